@@ -1,0 +1,1 @@
+"""Chat backends that answer prompts: vLLM offline and any OpenAI-compatible endpoint."""

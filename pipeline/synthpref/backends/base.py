@@ -1,0 +1,46 @@
+"""The interface every chat backend implements, and the plain data it exchanges.
+
+`generate` and the vLLM judge hand a backend a list of ChatRequests and get one ChatResult per
+request back, in the same order. A per-request failure (prompt too long, HTTP error after
+retries) is a ChatResult with `error` set, never an exception: one bad row does not kill a shard.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+
+@dataclass(frozen=True)
+class ChatRequest:
+    """One chat completion to run."""
+
+    key: str
+    messages: list[dict[str, str]]
+    max_tokens: int
+    temperature: float = 0.0
+    top_p: float = 1.0
+    seed: int | None = None
+    json_schema: dict[str, Any] | None = None  # structured output: reply must match it
+
+
+@dataclass(frozen=True)
+class ChatResult:
+    """The answer to one ChatRequest; exactly one of `text` and `error` is set."""
+
+    key: str
+    text: str | None = None
+    error: str | None = None
+    finish_reason: str | None = None
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+class ChatBackend(Protocol):
+    """Loaded once per process, then called once per shard."""
+
+    def complete(self, requests: Sequence[ChatRequest]) -> list[ChatResult]: ...
+
+    def close(self) -> None: ...

@@ -1,0 +1,84 @@
+"""Where each artifact of a run lives under the storage root, and who works on which shard.
+
+Every stage is sharded by the prompt shard index, so later stages join shard by shard and an
+Indexed Job's pods split the work by index. Pure: names only, no I/O.
+"""
+
+from __future__ import annotations
+
+import os
+
+COMPLETION_INDEX_ENV = "JOB_COMPLETION_INDEX"
+
+PROMPTS_MANIFEST = "prompts/manifest.json"
+MIX_MANIFEST = "mix/manifest.json"
+SUMMARY = "dataset/summary.json"
+
+
+def _shard(index: int) -> str:
+    return f"shard-{index:05d}"
+
+
+def prompt_shard(index: int) -> str:
+    return f"prompts/{_shard(index)}.jsonl"
+
+
+def generation_shard(model: str, index: int) -> str:
+    return f"generations/{model}/{_shard(index)}.jsonl"
+
+
+def mix_shard(index: int) -> str:
+    return f"mix/{_shard(index)}.jsonl"
+
+
+def request_file(index: int, part: int) -> str:
+    """A judge request file (OpenAI Batch input format); a shard may need several parts."""
+    return f"requests/{_shard(index)}-part-{part:03d}.jsonl"
+
+
+def request_prefix(index: int) -> str:
+    """All judge request files of a shard start with this prefix."""
+    return f"requests/{_shard(index)}-"
+
+
+def result_prefix(index: int) -> str:
+    """All judge result files of a shard start with this prefix."""
+    return f"results/{_shard(index)}-"
+
+
+def result_file(index: int, part: int, attempt: int = 1) -> str:
+    """Judge results (OpenAI Batch output format) for one request file and attempt."""
+    return f"{result_prefix(index)}part-{part:03d}-attempt-{attempt:02d}.jsonl"
+
+
+def result_for_request(request_key: str, attempt: int = 1) -> str:
+    """The result file that answers request file `request_key` (see `request_file`)."""
+    stem = request_key.removeprefix("requests/").removesuffix(".jsonl")
+    return f"results/{stem}-attempt-{attempt:02d}.jsonl"
+
+
+def dataset_shard(index: int, extension: str = "jsonl") -> str:
+    return f"dataset/part-{index:05d}.{extension}"
+
+
+def parse_summary(index: int) -> str:
+    return f"dataset/summaries/{_shard(index)}.json"
+
+
+def shards_for_worker(total: int, worker: int, workers: int) -> list[int]:
+    """The shards worker `worker` of `workers` takes: every shard s with s mod workers == worker."""
+    if workers < 1:
+        raise ValueError(f"workers must be >= 1 (got {workers})")
+    if not 0 <= worker < workers:
+        raise ValueError(f"worker index {worker} is outside 0..{workers - 1}")
+    return list(range(worker, total, workers))
+
+
+def worker_from_env(default: int = 0) -> int:
+    """This pod's index in an Indexed Job (JOB_COMPLETION_INDEX), else `default`."""
+    value = os.environ.get(COMPLETION_INDEX_ENV)
+    if value is None or value == "":
+        return default
+    if not value.isdigit():
+        raise ValueError(f"{COMPLETION_INDEX_ENV}={value!r} is not a non-negative integer")
+    return int(value)

@@ -1,0 +1,409 @@
+"""Pydantic models of the PreferenceRun spec: the one source of truth for a run.
+
+Read by every stage (through `load_run`), by the local runner and by the operator; the CRD's
+OpenAPI schema is generated from these models. Field names are camelCase in YAML, as in every
+Kubernetes resource, and snake_case in Python. Secrets are never fields: only references to them.
+"""
+
+from __future__ import annotations
+
+import re
+from enum import StrEnum
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+from pydantic.alias_generators import to_camel
+
+API_GROUP = "synthpref.dev"
+API_VERSION = "v1alpha1"
+KIND = "PreferenceRun"
+
+DEFAULT_ASPECTS = ("helpfulness", "honesty", "instruction_following", "truthfulness")
+# DNS-1123 label: model names end up in Job names, labels and storage paths.
+_MODEL_NAME = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+
+
+class SpecModel(BaseModel):
+    """Base for all spec models: camelCase aliases, unknown fields rejected."""
+
+    model_config = ConfigDict(
+        alias_generator=to_camel,
+        populate_by_name=True,
+        extra="forbid",
+        frozen=True,
+    )
+
+
+class SecretKeyRef(SpecModel):
+    """A reference to one key of a Kubernetes Secret (never the value itself)."""
+
+    name: str = Field(min_length=1, description="Name of the Secret in the run's namespace.")
+    key: str = Field(min_length=1, description="Key inside the Secret.")
+
+
+class MalformedPolicy(StrEnum):
+    FAIL = "fail"
+    SKIP = "skip"
+
+
+class PromptSource(SpecModel):
+    """Where the prompts come from: JSONL files of {"text": ..., **metadata}."""
+
+    uri: str = Field(
+        min_length=1,
+        description=(
+            "A JSONL file, a directory of *.jsonl files, or a glob; a local path or "
+            "s3://bucket/prefix."
+        ),
+    )
+    shard_size: int = Field(
+        default=500, ge=1, le=1_000_000, description="Prompts per shard (the unit of work)."
+    )
+    on_malformed: MalformedPolicy = Field(
+        default=MalformedPolicy.FAIL,
+        description="What to do with a malformed line: fail the stage, or skip it and report it.",
+    )
+
+
+class S3Credentials(SpecModel):
+    """Secret references for S3 credentials; without them the default AWS chain is used."""
+
+    access_key_id: SecretKeyRef = Field(description="Secret key holding AWS_ACCESS_KEY_ID.")
+    secret_access_key: SecretKeyRef = Field(description="Secret key holding AWS_SECRET_ACCESS_KEY.")
+
+
+class StorageSpec(SpecModel):
+    """Where every artifact of the run lands."""
+
+    uri: str = Field(
+        min_length=1, description="A local directory or s3://bucket/prefix for all artifacts."
+    )
+    endpoint_url: str | None = Field(
+        default=None, description="S3 endpoint URL for S3-compatible stores (MinIO, Ceph...)."
+    )
+    region: str | None = Field(default=None, description="S3 region.")
+    credentials: S3Credentials | None = Field(
+        default=None, description="Secret references for S3 credentials."
+    )
+
+
+class SamplingParams(SpecModel):
+    """Sampling settings for answering prompts."""
+
+    temperature: float = Field(default=0.8, ge=0.0, le=2.0, description="Sampling temperature.")
+    top_p: float = Field(default=0.95, gt=0.0, le=1.0, description="Nucleus sampling mass.")
+    max_tokens: int = Field(default=512, ge=1, le=131_072, description="Max new tokens.")
+    seed: int = Field(
+        default=0, ge=0, description="Base seed; each prompt's seed derives from it and its id."
+    )
+
+
+class OpenAIEndpoint(SpecModel):
+    """An OpenAI-compatible HTTP endpoint (api.openai.com, a vLLM server, a gateway)."""
+
+    base_url: str | None = Field(
+        default=None, description="Base URL, e.g. http://vllm:8000/v1; default: OpenAI's."
+    )
+    api_key_secret: SecretKeyRef | None = Field(
+        default=None, description="Secret holding the API key (in a cluster)."
+    )
+    api_key_env: str = Field(
+        default="OPENAI_API_KEY",
+        description="Environment variable holding the API key (set from apiKeySecret in a Job).",
+    )
+    concurrency: int = Field(default=8, ge=1, le=1024, description="Requests in flight at once.")
+    max_retries: int = Field(
+        default=6, ge=0, le=100, description="Retries with backoff on 429/5xx/connection errors."
+    )
+    timeout_seconds: float = Field(default=120.0, gt=0, description="Per-request timeout.")
+
+
+class GenerationBackend(StrEnum):
+    VLLM = "vllm"
+    OPENAI = "openai"
+
+
+class ModelSpec(SpecModel):
+    """One answering model."""
+
+    name: str = Field(
+        min_length=1,
+        max_length=40,
+        description="Short DNS-style label for the model (used in Job names and paths).",
+    )
+    backend: GenerationBackend = Field(
+        default=GenerationBackend.VLLM,
+        description="vllm (offline batch on GPUs) or openai (any OpenAI-compatible endpoint).",
+    )
+    path: str = Field(
+        min_length=1,
+        description="Model to load: a Hugging Face id or a local path (vllm); model name (openai).",
+    )
+    revision: str | None = Field(default=None, description="Model revision (vllm).")
+    gpus: int = Field(default=1, ge=0, le=64, description="GPUs per replica (tensor parallel).")
+    replicas: int = Field(
+        default=1, ge=1, le=1024, description="Parallel workers; each takes every n-th shard."
+    )
+    max_model_len: int | None = Field(
+        default=None, ge=16, description="Context length; longer prompts become per-row errors."
+    )
+    chat_template: str | None = Field(
+        default=None, description="Jinja chat template overriding the tokenizer's."
+    )
+    engine_args: dict[str, Any] = Field(
+        default_factory=dict, description="Extra vLLM engine arguments (e.g. dtype, quantization)."
+    )
+    sampling: SamplingParams = Field(
+        default_factory=SamplingParams, description="Sampling parameters."
+    )
+    openai: OpenAIEndpoint | None = Field(
+        default=None, description="Endpoint settings for the openai backend."
+    )
+
+    @field_validator("name")
+    @classmethod
+    def _dns_label(cls, value: str) -> str:
+        if not _MODEL_NAME.match(value):
+            raise ValueError(
+                "must be lowercase letters, digits and '-', starting and ending with a letter "
+                f"or digit (got {value!r})"
+            )
+        return value
+
+
+class MixSpec(SpecModel):
+    """How answers are sampled per prompt and turned into judge requests."""
+
+    responses_per_prompt: int = Field(
+        default=4, ge=2, le=16, description="Answers from distinct models per prompt (k)."
+    )
+    on_policy_model: str | None = Field(
+        default=None,
+        description="A model name that is always one side (on-policy pairs: k is then 2).",
+    )
+    seed: int = Field(default=0, ge=0, description="Seed for sampling models and answer order.")
+    aspects: list[str] = Field(
+        default_factory=lambda: list(DEFAULT_ASPECTS),
+        min_length=1,
+        description="Judge aspects, one request each (helpfulness, honesty, "
+        "instruction_following, truthfulness).",
+    )
+    template: Literal["ultrafeedback"] = Field(
+        default="ultrafeedback", description="Judge prompt template family."
+    )
+    shuffle_answers: bool = Field(
+        default=False, description="Shuffle answer order per aspect (permutation recorded)."
+    )
+    max_requests_per_file: int = Field(
+        default=50_000, ge=1, le=50_000, description="Requests per batch request file."
+    )
+    max_bytes_per_file: int = Field(
+        default=200_000_000,
+        ge=1024,
+        le=200_000_000,
+        description="Bytes per batch request file.",
+    )
+
+    @field_validator("aspects")
+    @classmethod
+    def _known_aspects(cls, value: list[str]) -> list[str]:
+        unknown = [a for a in value if a not in DEFAULT_ASPECTS]
+        if unknown:
+            raise ValueError(f"unknown aspect(s) {unknown}; choose from {list(DEFAULT_ASPECTS)}")
+        if len(set(value)) != len(value):
+            raise ValueError("aspects must not repeat")
+        return value
+
+
+class JudgeBackend(StrEnum):
+    OPENAI = "openai"
+    VLLM = "vllm"
+
+
+class JudgeSpec(SpecModel):
+    """The judge that rates answers."""
+
+    backend: JudgeBackend = Field(
+        default=JudgeBackend.OPENAI, description="openai (Batch API) or vllm (offline on GPUs)."
+    )
+    model: str = Field(
+        default="gpt-4o-2024-08-06",
+        min_length=1,
+        description="Judge model: OpenAI model name, or a Hugging Face id / local path (vllm).",
+    )
+    structured_output: bool = Field(
+        default=True, description="Constrain replies to a JSON schema of ratings and rationales."
+    )
+    temperature: float = Field(default=0.0, ge=0.0, le=2.0, description="Judge temperature.")
+    max_tokens: int = Field(default=1024, ge=16, le=65_536, description="Judge max reply tokens.")
+    gpus: int = Field(default=1, ge=0, le=64, description="GPUs for a vllm judge.")
+    max_model_len: int | None = Field(default=None, ge=16, description="vllm judge context.")
+    engine_args: dict[str, Any] = Field(
+        default_factory=dict, description="Extra vLLM engine arguments for a vllm judge."
+    )
+    openai: OpenAIEndpoint = Field(
+        default_factory=OpenAIEndpoint, description="Endpoint settings for the openai judge."
+    )
+    max_attempts: int = Field(
+        default=3, ge=1, le=20, description="Submissions per request before it is reported failed."
+    )
+    queued_token_budget: int | None = Field(
+        default=None, ge=1, description="Max estimated tokens queued in batches at once."
+    )
+    poll_interval_seconds: float = Field(
+        default=60.0, gt=0, description="Seconds between batch status polls."
+    )
+
+
+class BinarizationStrategy(StrEnum):
+    BEST_VS_RANDOM = "best-vs-random"
+    BEST_VS_WORST = "best-vs-worst"
+    ALL_PAIRS = "all-pairs"
+
+
+class TiesPolicy(StrEnum):
+    DROP = "drop"
+    KEEP = "keep"
+
+
+class BinarizationSpec(SpecModel):
+    """How rated answers become (chosen, rejected) pairs."""
+
+    strategy: BinarizationStrategy = Field(
+        default=BinarizationStrategy.BEST_VS_RANDOM,
+        description="best-vs-random (best vs a random lower-rated answer), best-vs-worst, "
+        "or all-pairs (every pair whose margin is at least minMargin).",
+    )
+    ties: TiesPolicy = Field(
+        default=TiesPolicy.DROP,
+        description="drop: no pair when ratings tie; keep: a tie may form a pair.",
+    )
+    min_margin: float = Field(
+        default=0.0, ge=0.0, le=4.0, description="Minimum chosen-minus-rejected mean rating."
+    )
+    seed: int = Field(default=0, ge=0, description="Seed for picking the random rejected answer.")
+
+
+class OutputFormat(StrEnum):
+    JSONL = "jsonl"
+    PARQUET = "parquet"
+
+
+class OutputSpec(SpecModel):
+    """The dataset's file format."""
+
+    format: OutputFormat = Field(default=OutputFormat.JSONL, description="jsonl or parquet.")
+
+
+class PreferenceRunSpec(SpecModel):
+    """The whole run: prompts in, preference dataset out."""
+
+    prompts: PromptSource = Field(description="Prompt source.")
+    storage: StorageSpec = Field(description="Where artifacts and the dataset land.")
+    models: list[ModelSpec] = Field(min_length=1, description="Answering models.")
+    mix: MixSpec = Field(default_factory=MixSpec, description="Answer sampling and judge requests.")
+    judge: JudgeSpec = Field(default_factory=JudgeSpec, description="The judge.")
+    binarization: BinarizationSpec = Field(
+        default_factory=BinarizationSpec, description="Pair selection."
+    )
+    output: OutputSpec = Field(default_factory=OutputSpec, description="Dataset format.")
+
+    @model_validator(mode="after")
+    def _cross_field_rules(self) -> PreferenceRunSpec:
+        names = [m.name for m in self.models]
+        duplicates = sorted({n for n in names if names.count(n) > 1})
+        if duplicates:
+            raise ValueError(f"models: names must be unique, repeated: {duplicates}")
+        on_policy = self.mix.on_policy_model
+        if on_policy is not None and on_policy not in names:
+            raise ValueError(f"mix.onPolicyModel: {on_policy!r} is not one of models {names}")
+        needed = 2 if on_policy is not None else self.mix.responses_per_prompt
+        if len(names) < needed:
+            raise ValueError(
+                f"mix.responsesPerPrompt: needs {needed} distinct models, spec has {len(names)}"
+            )
+        return self
+
+    def model(self, name: str) -> ModelSpec:
+        for model in self.models:
+            if model.name == name:
+                return model
+        raise KeyError(f"no model named {name!r} in spec (have {[m.name for m in self.models]})")
+
+
+class ObjectMeta(BaseModel):
+    """The part of Kubernetes metadata a run needs."""
+
+    model_config = ConfigDict(extra="allow")
+
+    name: str = Field(min_length=1)
+    namespace: str | None = None
+
+
+class PreferenceRunManifest(BaseModel):
+    """A PreferenceRun manifest, as a user would `kubectl apply` it."""
+
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+    api_version: str = Field(alias="apiVersion")
+    kind: Literal["PreferenceRun"]
+    metadata: ObjectMeta
+    spec: PreferenceRunSpec
+    status: dict[str, Any] | None = None
+
+    @field_validator("api_version")
+    @classmethod
+    def _known_version(cls, value: str) -> str:
+        expected = f"{API_GROUP}/{API_VERSION}"
+        if value != expected:
+            raise ValueError(f"must be {expected!r} (got {value!r})")
+        return value
+
+
+class SpecError(ValueError):
+    """A run spec that cannot be used; the message names the file and each bad field."""
+
+
+def format_validation_error(source: str, error: ValidationError) -> str:
+    """Render pydantic errors as `source: field.path: message` lines with camelCase paths."""
+    lines = [f"{source}: invalid PreferenceRun ({error.error_count()} problem(s))"]
+    for item in error.errors():
+        path = ".".join(str(part) for part in item["loc"]) or "(root)"
+        lines.append(f"  {path}: {item['msg']}")
+    return "\n".join(lines)
+
+
+def parse_manifest(document: Any, source: str = "<manifest>") -> PreferenceRunManifest:
+    """Validate one parsed YAML/JSON document as a PreferenceRun manifest."""
+    if not isinstance(document, dict):
+        raise SpecError(f"{source}: expected a mapping (a PreferenceRun manifest)")
+    try:
+        return PreferenceRunManifest.model_validate(document)
+    except ValidationError as error:
+        raise SpecError(format_validation_error(source, error)) from None
+
+
+def load_run(path: str | Path) -> PreferenceRunManifest:
+    """Read a PreferenceRun manifest from a YAML file (the first PreferenceRun document)."""
+    source = str(path)
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except OSError as error:
+        raise SpecError(f"{source}: cannot read: {error.strerror}") from None
+    try:
+        documents = [d for d in yaml.safe_load_all(text) if d is not None]
+    except yaml.YAMLError as error:
+        raise SpecError(f"{source}: not valid YAML: {error}") from None
+    runs = [d for d in documents if isinstance(d, dict) and d.get("kind") == KIND]
+    if not runs:
+        raise SpecError(f"{source}: no document with kind: {KIND}")
+    return parse_manifest(runs[0], source)

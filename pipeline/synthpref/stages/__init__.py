@@ -1,0 +1,1 @@
+"""The data stages; each is a plain function over a Storage and the run spec."""

@@ -1,0 +1,154 @@
+"""The `prepare` stage: read prompt files, give prompts stable ids, drop duplicates, shard.
+
+Input: JSONL files of {"text": ..., **metadata} (a file, a directory, a glob, or an s3:// prefix).
+Output: committed prompt shards of `shard_size` rows and `prompts/manifest.json`, written last,
+whose presence means the stage is done. Rerunning skips shards already committed; files are read
+in sorted order so shard contents are the same on every run.
+"""
+
+from __future__ import annotations
+
+import glob
+import hashlib
+import json
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from synthpref import layout
+from synthpref.jsonl import write_rows
+from synthpref.rows import PromptRow
+from synthpref.spec import MalformedPolicy, PreferenceRunSpec
+from synthpref.storage import LocalStorage, S3Storage, Storage, s3_client
+
+MAX_REPORTED_MALFORMED = 50
+
+
+class PromptFileError(ValueError):
+    """A malformed prompt line (under the `fail` policy) or an unusable prompt source."""
+
+
+@dataclass
+class PrepareSummary:
+    shards: int = 0
+    prompts: int = 0
+    duplicates: int = 0
+    malformed: int = 0
+    malformed_examples: list[str] = field(default_factory=list)
+    files: list[str] = field(default_factory=list)
+
+
+def prompt_id(text: str) -> str:
+    """A stable id for a prompt: the first 16 hex digits of the SHA-256 of its text."""
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()[:16]
+
+
+def list_prompt_files(
+    uri: str, endpoint_url: str | None = None, region: str | None = None
+) -> list[tuple[Storage, str]]:
+    """Every prompt file under `uri` as (storage, key) pairs, in a stable order."""
+    if uri.startswith("s3://"):
+        if uri.endswith(".jsonl"):
+            parent, _, name = uri.rpartition("/")
+            return [(S3Storage(parent, s3_client(endpoint_url, region)), name)]
+        storage = S3Storage(uri, s3_client(endpoint_url, region))
+        return [(storage, key) for key in storage.list() if key.endswith(".jsonl")]
+    path = Path(uri).expanduser()
+    if path.is_file():
+        return [(LocalStorage(path.parent), path.name)]
+    if path.is_dir():
+        files = sorted(path.rglob("*.jsonl"))
+    else:
+        files = sorted(Path(p) for p in glob.glob(str(path), recursive=True))
+    return [(LocalStorage(f.parent), f.name) for f in files if f.is_file()]
+
+
+def parse_prompt_line(line: str, where: str) -> PromptRow:
+    """One input line → PromptRow; raises PromptFileError naming `where` (file:line)."""
+    try:
+        record: Any = json.loads(line)
+    except json.JSONDecodeError as error:
+        raise PromptFileError(f"{where}: not valid JSON: {error.msg}") from None
+    if not isinstance(record, dict):
+        raise PromptFileError(f"{where}: expected a JSON object, got {type(record).__name__}")
+    text = record.pop("text", None)
+    if not isinstance(text, str):
+        raise PromptFileError(f"{where}: missing string field 'text'")
+    if not text.strip():
+        raise PromptFileError(f"{where}: field 'text' is empty")
+    return PromptRow(id=prompt_id(text), text=text, metadata=record, source=where)
+
+
+def read_prompts(
+    files: list[tuple[Storage, str]], policy: MalformedPolicy, summary: PrepareSummary
+) -> Iterator[PromptRow]:
+    """Unique prompts from all files; counts duplicates and (under `skip`) malformed lines."""
+    seen: set[str] = set()
+    for storage, key in files:
+        summary.files.append(storage.url(key))
+        for number, line in enumerate(storage.read_lines(key), start=1):
+            if not line.strip():
+                continue
+            where = f"{storage.url(key)}:{number}"
+            try:
+                row = parse_prompt_line(line, where)
+            except PromptFileError as error:
+                if policy is MalformedPolicy.FAIL:
+                    raise
+                summary.malformed += 1
+                if len(summary.malformed_examples) < MAX_REPORTED_MALFORMED:
+                    summary.malformed_examples.append(str(error))
+                continue
+            if row.id in seen:
+                summary.duplicates += 1
+                continue
+            seen.add(row.id)
+            yield row
+
+
+def run_prepare(
+    spec: PreferenceRunSpec,
+    storage: Storage,
+    on_shard: Callable[[int], None] | None = None,
+) -> PrepareSummary:
+    """Run the stage; returns what the manifest records. A done stage is not redone."""
+    if storage.exists(layout.PROMPTS_MANIFEST):
+        return PrepareSummary(**storage.read_json(layout.PROMPTS_MANIFEST))
+    source = spec.prompts
+    files = list_prompt_files(source.uri, spec.storage.endpoint_url, spec.storage.region)
+    if not files:
+        raise PromptFileError(f"{source.uri}: no prompt files (*.jsonl) found")
+    summary = PrepareSummary()
+    batch: list[PromptRow] = []
+
+    def flush() -> None:
+        key = layout.prompt_shard(summary.shards)
+        if storage.committed(key) is None:
+            write_rows(storage, key, batch)
+        summary.shards += 1
+        if on_shard is not None:
+            on_shard(summary.shards)
+        batch.clear()
+
+    for row in read_prompts(files, source.on_malformed, summary):
+        summary.prompts += 1
+        batch.append(row)
+        if len(batch) == source.shard_size:
+            flush()
+    if batch:
+        flush()
+    if summary.prompts == 0:
+        raise PromptFileError(f"{source.uri}: no usable prompts in {len(files)} file(s)")
+    storage.write_json(layout.PROMPTS_MANIFEST, asdict(summary))
+    return summary
+
+
+def shard_count(storage: Storage) -> int:
+    """The number of prompt shards; an error that says what to do when prepare has not run."""
+    if not storage.exists(layout.PROMPTS_MANIFEST):
+        raise FileNotFoundError(
+            f"{storage.url(layout.PROMPTS_MANIFEST)}: not found; run the prepare stage first"
+        )
+    shards: int = storage.read_json(layout.PROMPTS_MANIFEST)["shards"]
+    return shards
