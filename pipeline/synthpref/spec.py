@@ -243,6 +243,12 @@ class JudgeSpec(SpecModel):
     structured_output: bool = Field(
         default=True, description="Constrain replies to a JSON schema of ratings and rationales."
     )
+    rationale_max_chars: int | None = Field(
+        default=None,
+        ge=1,
+        description="vLLM judge only: cap each rationale's length in the structured-output "
+        "schema (maxLength), so a weak judge cannot ramble past maxTokens.",
+    )
     temperature: float = Field(default=0.0, ge=0.0, le=2.0, description="Judge temperature.")
     max_tokens: int = Field(default=1024, ge=16, le=65_536, description="Judge max reply tokens.")
     gpus: int = Field(default=1, ge=0, le=64, description="GPUs for a vllm judge.")

@@ -158,6 +158,7 @@ class S3Storage(Storage):
     # Writers spool to memory up to this size, then to a temp file; boto3 switches to
     # multipart upload for large objects on its own.
     SPOOL_BYTES = 32 * 1024 * 1024
+    LIST_PAGE_SIZE = 1000
 
     def __init__(self, uri: str, client: S3Client) -> None:
         bucket, _, prefix = uri.removeprefix("s3://").partition("/")
@@ -195,9 +196,9 @@ class S3Storage(Storage):
             text = io.TextIOWrapper(spool, encoding="utf-8", newline="\n", write_through=True)
             yield text
             text.flush()
+            text.detach()  # keep the spool open when the wrapper goes away
             spool.seek(0)
             self.client.upload_fileobj(spool, self.bucket, self._key(key))
-            text.detach()
 
     def exists(self, key: str) -> bool:
         from botocore.exceptions import ClientError
@@ -214,7 +215,11 @@ class S3Storage(Storage):
         paginator = self.client.get_paginator("list_objects_v2")
         root = f"{self.prefix}/" if self.prefix else ""
         keys = []
-        for page in paginator.paginate(Bucket=self.bucket, Prefix=root + prefix):
+        for page in paginator.paginate(
+            Bucket=self.bucket,
+            Prefix=root + prefix,
+            PaginationConfig={"PageSize": self.LIST_PAGE_SIZE},
+        ):
             for item in page.get("Contents", []):
                 keys.append(item["Key"][len(root) :])
         return sorted(keys)

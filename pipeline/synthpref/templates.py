@@ -1,8 +1,8 @@
-"""The judge's instructions: an UltraFeedback-style 1–5 rubric per aspect, rendered as chat.
+"""The judge's instructions: an UltraFeedback-style 1-5 rubric per aspect, rendered as chat.
 
 Called by `mix` (through `judge_requests`) to render one request per (prompt, aspect), and by
 the tests that pin the answer numbering. Pure: the rubric text lives here, in our own words, on
-the same four aspects and 1–5 scales as UltraFeedback.
+the same four aspects and 1-5 scales as UltraFeedback.
 
 Answers are numbered 1..k in every aspect (the original instruction-following template counted
 2..5). The reply format is either free text, one block per answer:
@@ -149,7 +149,7 @@ def _format_text(aspect: str, count: int, structured: bool) -> str:
         keys = ", ".join(f'"{n}"' for n in range(1, count + 1))
         return (
             f"Reply with one JSON object and nothing else. It has exactly the keys {keys}, one "
-            "per answer number. Each value is an object with \"rationale\" (one to three "
+            'per answer number. Each value is an object with "rationale" (one to three '
             f'sentences justifying the rating) and "rating" ({allowed}).'
         )
     blocks = "\n\n".join(
@@ -157,8 +157,7 @@ def _format_text(aspect: str, count: int, structured: bool) -> str:
         for n in range(1, count + 1)
     )
     return (
-        f"Write exactly {count} blocks, one per answer, in answer order, in this form:\n\n"
-        f"{blocks}"
+        f"Write exactly {count} blocks, one per answer, in answer order, in this form:\n\n{blocks}"
     )
 
 

@@ -105,7 +105,7 @@ class CertificateAuthority:
         dns_names: tuple[str, ...] = (),
         ip_addresses: tuple[str, ...] = (),
     ) -> CertPair:
-        """Issue a client (or, with ``server``, serving) certificate written as ``stem``.crt/.key."""
+        """Issue a client (``server``: serving) certificate, written as ``stem``.crt/.key."""
         key = ec.generate_private_key(ec.SECP256R1())
         attrs = [x509.NameAttribute(NameOID.ORGANIZATION_NAME, org) for org in organizations]
         attrs.append(x509.NameAttribute(NameOID.COMMON_NAME, common_name))

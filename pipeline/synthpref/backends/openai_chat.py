@@ -1,0 +1,242 @@
+"""The `openai` chat backend: answers through any OpenAI-compatible chat completions endpoint.
+
+`generate` uses it for models with `backend: openai` (a hosted model, or a vLLM server someone
+already runs), and it can answer judge requests synchronously. It implements the ChatBackend
+protocol of backends/base.py with the official `openai` client:
+
+- at most `concurrency` requests in flight (asyncio + a semaphore inside `complete`);
+- retries with exponential backoff and jitter on 429, 408/409, 5xx and connection errors,
+  honouring the server's `retry-after`; the client's own retries are off so this policy is the
+  only one (and testable);
+- a request that still fails, or that the server rejects as a bad request (e.g. a prompt longer
+  than the context), is a ChatResult with `error` set, never an exception;
+- an error no request of the shard can recover from (401/403 bad key, 404 unknown model) raises
+  `FatalBackendError` naming the cause. The API key is read from the environment variable the
+  spec names and never appears in logs or errors.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import email.utils
+import logging
+import os
+import random
+import time
+from collections.abc import Sequence
+from typing import Any
+
+import openai
+
+from synthpref.backends.base import ChatRequest, ChatResult
+from synthpref.spec import ModelSpec, OpenAIEndpoint
+
+log = logging.getLogger(__name__)
+
+# The statuses the official client itself retries: timeout, conflict, rate limit, server errors.
+RETRYABLE_STATUSES = frozenset({408, 409, 429})
+FATAL_STATUSES = frozenset({401, 403, 404})
+
+
+class FatalBackendError(RuntimeError):
+    """An error that no request of the shard can recover from (bad key, unknown model)."""
+
+
+def _retry_after_seconds(headers: Any) -> float | None:
+    """The delay a server asks for: `retry-after-ms`, or `retry-after` (seconds or HTTP date)."""
+    if headers is None:
+        return None
+    millis = headers.get("retry-after-ms")
+    if millis is not None:
+        try:
+            return max(0.0, float(millis) / 1000)
+        except ValueError:
+            pass
+    value = headers.get("retry-after")
+    if value is None:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        parsed = email.utils.parsedate_to_datetime(value) if value else None
+        if parsed is None:
+            return None
+        return max(0.0, parsed.timestamp() - time.time())
+
+
+def backoff_delay(
+    attempt: int, base_s: float, max_s: float, rng: random.Random, retry_after: float | None
+) -> float:
+    """Seconds to wait before retry number `attempt` (1-based): the server's retry-after when it
+    gives one (capped at `max_s`), else exponential backoff with jitter in [50%, 100%]."""
+    if retry_after is not None:
+        return min(retry_after, max_s)
+    ceiling = min(max_s, base_s * 2.0 ** (attempt - 1))
+    return ceiling * (0.5 + 0.5 * rng.random())
+
+
+def _describe(error: openai.APIStatusError) -> str:
+    """`HTTP <status> <code>: <message>` from an API error body (the request is not included)."""
+    body = error.body if isinstance(error.body, dict) else {}
+    message = body.get("message")
+    text = f"HTTP {error.status_code}"
+    if error.code:
+        text += f" {error.code}"
+    return f"{text}: {message}" if isinstance(message, str) and message else text
+
+
+class OpenAIChatBackend:
+    """ChatBackend over an OpenAI-compatible endpoint; see the module docstring for the policy."""
+
+    def __init__(
+        self,
+        model: str,
+        endpoint: OpenAIEndpoint,
+        *,
+        api_key: str | None = None,
+        backoff_base_s: float = 1.0,
+        backoff_max_s: float = 60.0,
+        seed: int | None = None,
+    ) -> None:
+        self.model = model
+        self.endpoint = endpoint
+        if api_key is None:
+            api_key = os.environ.get(endpoint.api_key_env)
+        if not api_key:
+            raise FatalBackendError(
+                f"no API key for model {model!r}: environment variable "
+                f"{endpoint.api_key_env} is not set"
+            )
+        self._api_key = api_key
+        self.backoff_base_s = backoff_base_s
+        self.backoff_max_s = backoff_max_s
+        self._rng = random.Random(seed)
+
+    @classmethod
+    def from_model_spec(cls, spec: ModelSpec, **kwargs: Any) -> OpenAIChatBackend:
+        """A backend for an answering model with `backend: openai` (`path` is the model name)."""
+        return cls(spec.path, spec.openai or OpenAIEndpoint(), **kwargs)
+
+    @property
+    def where(self) -> str:
+        return self.endpoint.base_url or "the OpenAI API"
+
+    def complete(self, requests: Sequence[ChatRequest]) -> list[ChatResult]:
+        """Answer every request (same order); runs its own event loop, so call it from sync code."""
+        if not requests:
+            return []
+        return asyncio.run(self._complete_all(requests))
+
+    def close(self) -> None:
+        """Nothing to release: each `complete` call opens and closes its own HTTP client."""
+
+    async def _complete_all(self, requests: Sequence[ChatRequest]) -> list[ChatResult]:
+        semaphore = asyncio.Semaphore(self.endpoint.concurrency)
+        client = openai.AsyncOpenAI(
+            api_key=self._api_key,
+            base_url=self.endpoint.base_url,
+            max_retries=0,
+            timeout=self.endpoint.timeout_seconds,
+        )
+        async with client:
+
+            async def bounded(request: ChatRequest) -> ChatResult:
+                async with semaphore:
+                    return await self._one(client, request)
+
+            try:
+                async with asyncio.TaskGroup() as group:
+                    tasks = [group.create_task(bounded(r)) for r in requests]
+            except* FatalBackendError as fatal:
+                # The first fatal error stops the shard; the group cancelled the other requests.
+                raise fatal.exceptions[0] from None
+            return [task.result() for task in tasks]
+
+    def _kwargs(self, request: ChatRequest) -> dict[str, Any]:
+        kwargs: dict[str, Any] = {
+            "model": self.model,
+            "messages": request.messages,
+            "max_tokens": request.max_tokens,
+            "temperature": request.temperature,
+            "top_p": request.top_p,
+        }
+        if request.seed is not None:
+            kwargs["seed"] = request.seed
+        if request.json_schema is not None:
+            kwargs["response_format"] = {
+                "type": "json_schema",
+                "json_schema": {"name": "reply", "schema": request.json_schema, "strict": True},
+            }
+        return kwargs
+
+    def _fatal(self, error: openai.APIStatusError) -> FatalBackendError:
+        status = error.status_code
+        if status in (401, 403):
+            code = f" {error.code}" if error.code else ""
+            # The server's message may echo part of the key; only the status and code are kept.
+            return FatalBackendError(
+                f"{self.where} rejected the API key from ${self.endpoint.api_key_env} "
+                f"(HTTP {status}{code}): authentication failed"
+            )
+        return FatalBackendError(
+            f"{self.where} does not serve model {self.model!r}: {_describe(error)}"
+        )
+
+    async def _one(self, client: openai.AsyncOpenAI, request: ChatRequest) -> ChatResult:
+        attempts = self.endpoint.max_retries + 1
+        last_error = "no attempt made"
+        for attempt in range(1, attempts + 1):
+            retry_after: float | None = None
+            try:
+                response = await client.chat.completions.create(**self._kwargs(request))
+            except openai.APIStatusError as error:
+                if error.status_code in FATAL_STATUSES:
+                    raise self._fatal(error) from None
+                last_error = _describe(error)
+                retryable = error.status_code in RETRYABLE_STATUSES or error.status_code >= 500
+                if not retryable:
+                    return ChatResult(
+                        key=request.key, error=last_error, extra={"attempts": attempt}
+                    )
+                retry_after = _retry_after_seconds(error.response.headers)
+            except (openai.APIConnectionError, openai.APITimeoutError) as error:
+                last_error = f"{type(error).__name__}: {error}"
+            else:
+                return self._result(request, response, attempt)
+            if attempt < attempts:
+                delay = backoff_delay(
+                    attempt, self.backoff_base_s, self.backoff_max_s, self._rng, retry_after
+                )
+                log.debug("retrying %s in %.2fs after %s", request.key, delay, last_error)
+                await asyncio.sleep(delay)
+        return ChatResult(
+            key=request.key,
+            error=f"failed after {attempts} attempt(s): {last_error}",
+            extra={"attempts": attempts},
+        )
+
+    def _result(self, request: ChatRequest, response: Any, attempt: int) -> ChatResult:
+        usage = response.usage
+        prompt_tokens = usage.prompt_tokens if usage else 0
+        completion_tokens = usage.completion_tokens if usage else 0
+        if not response.choices:
+            return ChatResult(key=request.key, error="the reply has no choices")
+        choice = response.choices[0]
+        text = choice.message.content
+        if text is None:
+            refusal = getattr(choice.message, "refusal", None)
+            return ChatResult(
+                key=request.key,
+                error=f"no reply text (refusal: {refusal})" if refusal else "no reply text",
+                finish_reason=choice.finish_reason,
+                prompt_tokens=prompt_tokens,
+                completion_tokens=completion_tokens,
+            )
+        return ChatResult(
+            key=request.key,
+            text=text,
+            finish_reason=choice.finish_reason,
+            prompt_tokens=prompt_tokens,
+            completion_tokens=completion_tokens,
+            extra={"attempts": attempt},
+        )

@@ -1,0 +1,192 @@
+"""The `synthpref` command line: one subcommand per stage (as the cluster Jobs run them), the
+local end-to-end run, and developer tools.
+
+Every stage command takes the PreferenceRun manifest a user would `kubectl apply`. Workers of an
+Indexed Job find their index in JOB_COMPLETION_INDEX; `--worker/--workers` override it.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Callable
+from dataclasses import asdict, is_dataclass
+from typing import Any
+
+import click
+
+from synthpref import layout
+from synthpref.spec import PreferenceRunManifest, SpecError, load_run
+from synthpref.storage import Storage, open_storage
+
+
+class LazyGroup(click.Group):
+    """A group whose subcommands are imported only when used (keeps `--help` fast)."""
+
+    def __init__(self, *args: Any, lazy: dict[str, str] | None = None, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.lazy = lazy or {}
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted([*super().list_commands(ctx), *self.lazy])
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        if cmd_name in self.lazy:
+            module_name, _, attribute = self.lazy[cmd_name].partition(":")
+            module = __import__(module_name, fromlist=[attribute])
+            command: click.Command = getattr(module, attribute)
+            return command
+        return super().get_command(ctx, cmd_name)
+
+
+def load(run_file: str) -> tuple[PreferenceRunManifest, Storage]:
+    try:
+        manifest = load_run(run_file)
+    except SpecError as error:
+        raise click.ClickException(str(error)) from None
+    storage_spec = manifest.spec.storage
+    storage = open_storage(storage_spec.uri, storage_spec.endpoint_url, storage_spec.region)
+    return manifest, storage
+
+
+def echo_summary(summary: Any) -> None:
+    """Print a stage summary as one JSON document (what a Job's log shows)."""
+    value = asdict(summary) if is_dataclass(summary) and not isinstance(summary, type) else summary
+    click.echo(json.dumps(value, indent=2, sort_keys=True, default=str))
+
+
+def worker_options(function: Callable[..., Any]) -> Callable[..., Any]:
+    function = click.option(
+        "--workers",
+        type=click.IntRange(min=1),
+        default=1,
+        show_default=True,
+        help="How many workers share the shards.",
+    )(function)
+    return click.option(
+        "--worker",
+        type=click.IntRange(min=0),
+        default=None,
+        help="This worker's index (default: $JOB_COMPLETION_INDEX, else 0).",
+    )(function)
+
+
+def resolve_worker(worker: int | None, workers: int) -> int:
+    index = layout.worker_from_env() if worker is None else worker
+    if index >= workers:
+        raise click.BadParameter(f"worker {index} is not below --workers {workers}")
+    return index
+
+
+RUN_ARGUMENT = click.argument("run_file", metavar="RUN.yaml", type=click.Path(dir_okay=False))
+
+
+@click.group(
+    cls=LazyGroup,
+    lazy={"annotate": "synthpref.annotate.cli:annotate", "dev": "synthpref.devtools:dev"},
+)
+@click.version_option(package_name="synthpref")
+def main() -> None:
+    """Make synthetic preference datasets: prompts → answers → judge → chosen/rejected pairs."""
+
+
+@main.command()
+@RUN_ARGUMENT
+def prepare(run_file: str) -> None:
+    """Read prompt files, assign stable ids, drop duplicates, write prompt shards."""
+    from synthpref.stages.prepare import PromptFileError, run_prepare
+
+    manifest, storage = load(run_file)
+    try:
+        echo_summary(run_prepare(manifest.spec, storage))
+    except PromptFileError as error:
+        raise click.ClickException(str(error)) from None
+
+
+@main.command()
+@RUN_ARGUMENT
+@click.option("--model", "model_name", required=True, help="Name of the model in spec.models.")
+@worker_options
+def generate(run_file: str, model_name: str, worker: int | None, workers: int) -> None:
+    """Answer this worker's prompt shards with one model (loaded once)."""
+    from synthpref.stages.generate import run_generate
+
+    manifest, storage = load(run_file)
+    try:
+        manifest.spec.model(model_name)
+    except KeyError as error:
+        raise click.BadParameter(str(error.args[0]), param_hint="--model") from None
+    summary = run_generate(
+        manifest.spec,
+        storage,
+        model_name,
+        worker=resolve_worker(worker, workers),
+        workers=workers,
+    )
+    echo_summary({**asdict(summary), "tokens_per_second": round(summary.tokens_per_second, 1)})
+
+
+@main.command()
+@RUN_ARGUMENT
+@worker_options
+def mix(run_file: str, worker: int | None, workers: int) -> None:
+    """Join the models' answers, sample k per prompt, write judge request files."""
+    from synthpref.stages.mix import run_mix
+
+    manifest, storage = load(run_file)
+    echo_summary(
+        run_mix(manifest.spec, storage, worker=resolve_worker(worker, workers), workers=workers)
+    )
+
+
+@main.command()
+@RUN_ARGUMENT
+@worker_options
+def judge(run_file: str, worker: int | None, workers: int) -> None:
+    """Rate the judge request files with the offline vLLM judge (judge.backend: vllm)."""
+    from synthpref.stages.judge import run_judge
+
+    manifest, storage = load(run_file)
+    echo_summary(
+        run_judge(manifest.spec, storage, worker=resolve_worker(worker, workers), workers=workers)
+    )
+
+
+@main.command()
+@RUN_ARGUMENT
+@worker_options
+def parse(run_file: str, worker: int | None, workers: int) -> None:
+    """Parse judge ratings, binarize into pairs, write the dataset and its summary."""
+    from synthpref.stages.parse import run_parse
+
+    manifest, storage = load(run_file)
+    echo_summary(
+        run_parse(manifest.spec, storage, worker=resolve_worker(worker, workers), workers=workers)
+    )
+
+
+@main.command()
+@RUN_ARGUMENT
+@click.option("--local", is_flag=True, required=True, help="Run every stage here, in order.")
+@click.option("--no-progress", is_flag=True, help="No progress bars (e.g. in CI logs).")
+def run(run_file: str, local: bool, no_progress: bool) -> None:
+    """Run the whole pipeline locally: prepare → generate → mix → judge → parse."""
+    from synthpref.local_run import run_local
+
+    manifest, storage = load(run_file)
+    result = run_local(manifest, storage, progress=not no_progress)
+    echo_summary(result.summary)
+    click.echo(f"dataset: {result.dataset_uri} ({result.pairs} pairs)")
+
+
+def entrypoint() -> None:
+    """Console-script entry: a missing or malformed stage input is a one-line error, exit 1."""
+    from synthpref.jsonl import RowError
+    from synthpref.stages.judge import MixNotDoneError
+    from synthpref.storage import StorageError
+
+    try:
+        main(standalone_mode=True)
+    except (FileNotFoundError, StorageError, RowError, MixNotDoneError) as error:
+        click.echo(f"Error: {error}", err=True)
+        sys.exit(1)

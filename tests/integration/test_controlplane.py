@@ -1,0 +1,527 @@
+"""The local control plane: CRD validation, the Job controller and GC with the test kubelet,
+kubectl/helm, GPU slots and the kubelet's fault injection."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+from kubernetes import client
+
+from synthpref_operator.devcluster.controlplane import ControlPlane
+from synthpref_operator.devcluster.kubelet import TestKubelet, in_namespace, job_index
+
+pytestmark = pytest.mark.cluster
+
+Kubectl = Callable[..., subprocess.CompletedProcess[str]]
+INDEX_ANNOTATION = "metadata.annotations['batch.kubernetes.io/job-completion-index']"
+
+
+def wait_for(condition: Callable[[], Any], timeout: float, what: str) -> Any:
+    """Poll until ``condition()`` is truthy; return its value."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = condition()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        time.sleep(0.2)
+
+
+def job_condition(batch: client.BatchV1Api, ns: str, name: str) -> tuple[str, str] | None:
+    """(type, reason) of the Job's Complete/Failed condition, if it has one."""
+    job = batch.read_namespaced_job_status(name, ns)
+    for cond in (job.status and job.status.conditions) or []:
+        if cond.type in ("Complete", "Failed") and cond.status == "True":
+            return cond.type, cond.reason or ""
+    return None
+
+
+def indexed_job(
+    name: str,
+    script: str,
+    *,
+    completions: int,
+    backoff_limit_per_index: int | None = None,
+    owner: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """An Indexed Job running ``python -c script`` with INDEX from the completion annotation."""
+    spec: dict[str, Any] = {
+        "completionMode": "Indexed",
+        "completions": completions,
+        "parallelism": completions,
+        "template": {
+            "spec": {
+                "restartPolicy": "Never",
+                "containers": [
+                    {
+                        "name": "main",
+                        "image": "local/python",
+                        "command": ["python", "-c", script],
+                        "env": [
+                            {
+                                "name": "INDEX",
+                                "valueFrom": {"fieldRef": {"fieldPath": INDEX_ANNOTATION}},
+                            },
+                            {
+                                "name": "POD_NAME",
+                                "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}},
+                            },
+                        ],
+                    }
+                ],
+            }
+        },
+    }
+    if backoff_limit_per_index is None:
+        spec["backoffLimit"] = 0
+    else:
+        spec["backoffLimitPerIndex"] = backoff_limit_per_index
+        spec["backoffLimit"] = 1000
+    meta: dict[str, Any] = {"name": name}
+    if owner is not None:
+        meta["ownerReferences"] = [owner]
+    return {"apiVersion": "batch/v1", "kind": "Job", "metadata": meta, "spec": spec}
+
+
+def create_job(batch: client.BatchV1Api, ns: str, body: dict[str, Any]) -> None:
+    batch.create_namespaced_job(ns, body, _preload_content=False)
+
+
+def write_index_script(out: Path) -> str:
+    """Python that appends '<INDEX> <JOB_COMPLETION_INDEX> <pod>' to out/<INDEX>."""
+    return (
+        "import os\n"
+        f"out = {str(out)!r}\n"
+        "i = os.environ['INDEX']\n"
+        "with open(os.path.join(out, i), 'a') as f:\n"
+        "    f.write(f\"{i} {os.environ['JOB_COMPLETION_INDEX']} {os.environ['POD_NAME']}\\n\")\n"
+    )
+
+
+# ---------------------------------------------------------------------------- CRD
+CRD_GROUP = "test.synthpref.dev"
+
+
+def widget_crd() -> dict[str, Any]:
+    return {
+        "apiVersion": "apiextensions.k8s.io/v1",
+        "kind": "CustomResourceDefinition",
+        "metadata": {"name": f"widgets.{CRD_GROUP}"},
+        "spec": {
+            "group": CRD_GROUP,
+            "scope": "Namespaced",
+            "names": {"plural": "widgets", "singular": "widget", "kind": "Widget"},
+            "versions": [
+                {
+                    "name": "v1",
+                    "served": True,
+                    "storage": True,
+                    "schema": {
+                        "openAPIV3Schema": {
+                            "type": "object",
+                            "properties": {
+                                "spec": {
+                                    "type": "object",
+                                    "required": ["replicas"],
+                                    "properties": {
+                                        "replicas": {"type": "integer", "minimum": 1},
+                                        "mode": {"type": "string", "enum": ["fast", "slow"]},
+                                    },
+                                }
+                            },
+                        }
+                    },
+                }
+            ],
+        },
+    }
+
+
+def test_crd_schema_enforced(k8s_api_client: Any, kubectl: Kubectl, namespace: str) -> None:
+    crds = client.ApiextensionsV1Api(k8s_api_client)
+    name = f"widgets.{CRD_GROUP}"
+    kubectl("apply", "-f", "-", input=json.dumps(widget_crd()))
+    try:
+
+        def established() -> bool:
+            crd = crds.read_custom_resource_definition(name)
+            conds = (crd.status and crd.status.conditions) or []
+            return any(c.type == "Established" and c.status == "True" for c in conds)
+
+        wait_for(established, 30, "CRD Established")
+        objs = client.CustomObjectsApi(k8s_api_client)
+
+        def widget(obj_name: str, spec: dict[str, Any]) -> dict[str, Any]:
+            return {
+                "apiVersion": f"{CRD_GROUP}/v1",
+                "kind": "Widget",
+                "metadata": {"name": obj_name},
+                "spec": spec,
+            }
+
+        # The CRD may be Established a moment before its REST endpoint answers.
+        def create_good() -> bool:
+            try:
+                objs.create_namespaced_custom_object(
+                    CRD_GROUP,
+                    "v1",
+                    namespace,
+                    "widgets",
+                    widget("good", {"replicas": 2, "mode": "fast"}),
+                )
+            except client.ApiException as e:
+                if e.status == 404:
+                    return False
+                raise
+            return True
+
+        wait_for(create_good, 30, "custom object endpoint")
+        got = objs.get_namespaced_custom_object(CRD_GROUP, "v1", namespace, "widgets", "good")
+        assert got["spec"] == {"replicas": 2, "mode": "fast"}
+
+        for bad_spec, field_name in (
+            ({"replicas": 0}, "spec.replicas"),
+            ({"replicas": 1, "mode": "sideways"}, "spec.mode"),
+            ({"mode": "fast"}, "spec.replicas"),
+        ):
+            with pytest.raises(client.ApiException) as err:
+                objs.create_namespaced_custom_object(
+                    CRD_GROUP, "v1", namespace, "widgets", widget("bad", bad_spec)
+                )
+            assert err.value.status == 422, err.value.body
+            assert field_name in str(err.value.body), err.value.body
+    finally:
+        kubectl("delete", "crd", name, "--wait=false", check=False)
+
+
+# ---------------------------------------------------------------------------- Jobs
+def test_indexed_job_completes(
+    k8s_api_client: Any, test_kubelet: TestKubelet, namespace: str, tmp_path: Path
+) -> None:
+    batch = client.BatchV1Api(k8s_api_client)
+    create_job(batch, namespace, indexed_job("idx", write_index_script(tmp_path), completions=3))
+    cond = wait_for(lambda: job_condition(batch, namespace, "idx"), 60, "Job idx to finish")
+    assert cond[0] == "Complete", cond
+    for i in range(3):
+        lines = (tmp_path / str(i)).read_text().splitlines()
+        assert len(lines) == 1, lines
+        index, job_completion_index, pod = lines[0].split()
+        assert index == job_completion_index == str(i)
+        assert pod.startswith(f"idx-{i}-")
+    runs = test_kubelet.runs_in(namespace)
+    assert sorted(r.completion_index for r in runs) == [0, 1, 2]
+    assert all(r.exit_code == 0 and r.reason == "Completed" for r in runs)
+    job = batch.read_namespaced_job_status("idx", namespace)
+    assert job.status.succeeded == 3
+    assert job.status.completed_indexes == "0-2"
+
+
+def test_failed_index_retried_and_backoff_limit_per_index(
+    k8s_api_client: Any, test_kubelet: TestKubelet, namespace: str, tmp_path: Path
+) -> None:
+    batch = client.BatchV1Api(k8s_api_client)
+    retry_out = tmp_path / "retry"
+    limit_out = tmp_path / "limit"
+    retry_out.mkdir()
+    limit_out.mkdir()
+    mine = in_namespace(namespace)
+    # Index 1 of "retry" runs its command, then its container fails (once).
+    test_kubelet.fail(lambda p: mine(p) and job_index(1, "retry")(p), exit_code=3, run_command=True)
+    # Index 0 of "limit" always fails; with backoffLimitPerIndex=0 it is not retried.
+    test_kubelet.fail(lambda p: mine(p) and job_index(0, "limit")(p), exit_code=2, count=None)
+    create_job(
+        batch,
+        namespace,
+        indexed_job(
+            "retry", write_index_script(retry_out), completions=3, backoff_limit_per_index=1
+        ),
+    )
+    create_job(
+        batch,
+        namespace,
+        indexed_job(
+            "limit", write_index_script(limit_out), completions=2, backoff_limit_per_index=0
+        ),
+    )
+    limit = wait_for(lambda: job_condition(batch, namespace, "limit"), 60, "Job limit to finish")
+    assert limit == ("Failed", "FailedIndexes"), limit
+    limit_job = batch.read_namespaced_job_status("limit", namespace)
+    assert limit_job.status.failed_indexes == "0"
+    assert limit_job.status.completed_indexes == "1"
+
+    retry = wait_for(lambda: job_condition(batch, namespace, "retry"), 90, "Job retry to finish")
+    assert retry[0] == "Complete", retry
+    assert len((retry_out / "1").read_text().splitlines()) == 2  # ran twice
+    assert len((retry_out / "0").read_text().splitlines()) == 1
+    assert len((retry_out / "2").read_text().splitlines()) == 1
+    index1 = [r for r in test_kubelet.runs_in(namespace) if r.name.startswith("retry-1-")]
+    assert [(r.exit_code, r.fault) for r in index1] == [(3, "fail"), (0, None)]
+    assert index1[0].name != index1[1].name
+
+
+def test_owner_deletion_garbage_collects_jobs_and_pods(
+    k8s_api_client: Any, test_kubelet: TestKubelet, namespace: str
+) -> None:
+    core = client.CoreV1Api(k8s_api_client)
+    batch = client.BatchV1Api(k8s_api_client)
+    owner = core.create_namespaced_config_map(
+        namespace, client.V1ConfigMap(metadata=client.V1ObjectMeta(name="owner"))
+    )
+    ref = {
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "name": "owner",
+        "uid": owner.metadata.uid,
+        "blockOwnerDeletion": True,
+    }
+    create_job(
+        batch,
+        namespace,
+        indexed_job("owned", "import time; time.sleep(600)", completions=1, owner=ref),
+    )
+    run = wait_for(
+        lambda: [r for r in test_kubelet.runs_in(namespace) if r.name.startswith("owned-")],
+        30,
+        "the owned Job's pod to start",
+    )[0]
+    assert run.exit_code is None
+    core.delete_namespaced_config_map("owner", namespace, propagation_policy="Foreground")
+
+    def all_gone() -> bool:
+        cms = core.list_namespaced_config_map(namespace, field_selector="metadata.name=owner")
+        jobs = batch.list_namespaced_job(namespace)
+        pods = core.list_namespaced_pod(namespace)
+        return not cms.items and not jobs.items and not pods.items
+
+    wait_for(all_gone, 60, "owner, Job and pod to be deleted")
+    assert run.exit_code == 137 and run.reason == "Error"  # the process was killed
+
+
+# ---------------------------------------------------------------------------- CLIs
+def test_kubectl_and_helm(
+    kube_bin_dir: Path, kubeconfig: Path, kubectl: Kubectl, namespace: str, tmp_path: Path
+) -> None:
+    namespaces = kubectl("get", "ns", "-o", "name").stdout.split()
+    assert f"namespace/{namespace}" in namespaces
+    assert "namespace/kube-system" in namespaces
+    version = json.loads(kubectl("version", "-o", "json").stdout)
+    assert version["clientVersion"]["gitVersion"] == "v1.36.3"
+    assert version["serverVersion"]["gitVersion"] == "v1.36.3"
+    nodes = kubectl("get", "nodes", "-o", "jsonpath={.items[*].status.capacity.nvidia\\.com/gpu}")
+    assert nodes.stdout.strip()
+
+    env = {
+        **os.environ,
+        "KUBECONFIG": str(kubeconfig),
+        "HELM_CACHE_HOME": str(tmp_path / "helm-cache"),
+        "HELM_CONFIG_HOME": str(tmp_path / "helm-config"),
+        "HELM_DATA_HOME": str(tmp_path / "helm-data"),
+    }
+    helm = str(kube_bin_dir / "helm")
+    out = subprocess.run(
+        [helm, "version", "--short"], capture_output=True, text=True, env=env, check=True
+    )
+    assert out.stdout.startswith("v3.21.4"), out.stdout
+    listed = subprocess.run(
+        [helm, "list", "-n", namespace, "-o", "json"],
+        capture_output=True,
+        text=True,
+        env=env,
+        check=True,
+    )
+    assert json.loads(listed.stdout) == []
+
+
+# ---------------------------------------------------------------------------- kubelet
+def gpu_pod(name: str, gpus: int, script: str) -> dict[str, Any]:
+    return {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": name},
+        "spec": {
+            "restartPolicy": "Never",
+            "containers": [
+                {
+                    "name": "main",
+                    "image": "local/python",
+                    "command": ["python", "-c", script],
+                    "resources": {"limits": {"nvidia.com/gpu": str(gpus)}},
+                }
+            ],
+        },
+    }
+
+
+def pod_phase(core: client.CoreV1Api, ns: str, name: str) -> str:
+    return str(core.read_namespaced_pod_status(name, ns).status.phase)
+
+
+def test_gpu_slots_serialize_pods(
+    k8s_api_client: Any, test_kubelet: TestKubelet, namespace: str
+) -> None:
+    core = client.CoreV1Api(k8s_api_client)
+    old_gpus = test_kubelet.gpus
+    test_kubelet.gpus = 1  # the scheduler side; the node object keeps its capacity
+    try:
+        script = "import time; time.sleep(1.5)"
+        for name in ("gpu-a", "gpu-b"):
+            core.create_namespaced_pod(namespace, gpu_pod(name, 1, script), _preload_content=False)
+        core.create_namespaced_pod(namespace, gpu_pod("gpu-big", 2, script), _preload_content=False)
+
+        def unschedulable(name: str) -> bool:
+            pod = core.read_namespaced_pod_status(name, namespace)
+            return any(
+                c.type == "PodScheduled" and c.status == "False" and c.reason == "Unschedulable"
+                for c in pod.status.conditions or []
+            )
+
+        wait_for(
+            lambda: unschedulable("gpu-a") or unschedulable("gpu-b"), 20, "one waits for a GPU"
+        )
+        for name in ("gpu-a", "gpu-b"):
+            wait_for(lambda n=name: pod_phase(core, namespace, n) == "Succeeded", 30, f"{name}")
+        runs = sorted(
+            (r for r in test_kubelet.runs_in(namespace) if r.name in ("gpu-a", "gpu-b")),
+            key=lambda r: r.started_at,
+        )
+        assert len(runs) == 2
+        assert runs[0].finished_at is not None
+        assert runs[0].finished_at <= runs[1].started_at, "two 1-GPU pods overlapped on 1 slot"
+        assert unschedulable("gpu-big")
+        assert core.read_namespaced_pod("gpu-big", namespace).spec.node_name is None
+    finally:
+        test_kubelet.gpus = old_gpus
+
+
+def test_pod_env_and_faults(
+    k8s_api_client: Any, test_kubelet: TestKubelet, namespace: str, tmp_path: Path
+) -> None:
+    core = client.CoreV1Api(k8s_api_client)
+    core.create_namespaced_secret(
+        namespace,
+        client.V1Secret(
+            metadata=client.V1ObjectMeta(name="creds"), string_data={"token": "s3cr3t"}
+        ),
+    )
+    core.create_namespaced_config_map(
+        namespace,
+        client.V1ConfigMap(
+            metadata=client.V1ObjectMeta(name="cfg"), data={"MODE": "fast", "n": "3"}
+        ),
+    )
+    script = (
+        "import json, os, sys\n"
+        "keys = ['TOKEN', 'N', 'MODE', 'LABEL', 'NS', 'GREETING', 'CFG_n']\n"
+        f"out = open({str(tmp_path / 'env.json')!r}, 'w')\n"
+        "json.dump({k: os.environ.get(k) for k in keys}, out)\n"
+        "print('hello from the pod'); print('to stderr', file=sys.stderr)\n"
+    )
+    pod = {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": "env", "labels": {"team": "synth"}},
+        "spec": {
+            "restartPolicy": "Never",
+            "containers": [
+                {
+                    "name": "main",
+                    "image": "local/python",
+                    "command": ["python", "-c", script],
+                    "envFrom": [
+                        {"configMapRef": {"name": "cfg"}},
+                        {"configMapRef": {"name": "cfg"}, "prefix": "CFG_"},
+                    ],
+                    "env": [
+                        {
+                            "name": "TOKEN",
+                            "valueFrom": {"secretKeyRef": {"name": "creds", "key": "token"}},
+                        },
+                        {
+                            "name": "N",
+                            "valueFrom": {"configMapKeyRef": {"name": "cfg", "key": "n"}},
+                        },
+                        {
+                            "name": "LABEL",
+                            "valueFrom": {"fieldRef": {"fieldPath": "metadata.labels['team']"}},
+                        },
+                        {
+                            "name": "NS",
+                            "valueFrom": {"fieldRef": {"fieldPath": "metadata.namespace"}},
+                        },
+                        {"name": "GREETING", "value": "hi-$(LABEL)"},
+                    ],
+                }
+            ],
+        },
+    }
+    core.create_namespaced_pod(namespace, pod, _preload_content=False)
+    wait_for(lambda: pod_phase(core, namespace, "env") == "Succeeded", 30, "pod env")
+    env = json.loads((tmp_path / "env.json").read_text())
+    assert env == {
+        "TOKEN": "s3cr3t",
+        "N": "3",
+        "MODE": "fast",
+        "LABEL": "synth",
+        "NS": namespace,
+        "GREETING": "hi-synth",
+        "CFG_n": "3",
+    }
+    log = test_kubelet.pod_log(namespace, "env")
+    assert "hello from the pod" in log and "to stderr" in log
+    status = core.read_namespaced_pod_status("env", namespace).status
+    term = status.container_statuses[0].state.terminated
+    assert (term.exit_code, term.reason) == (0, "Completed")
+
+    # Faults: OOM kill, kill mid-run, delayed start.
+    mine = in_namespace(namespace)
+    test_kubelet.oom(lambda p: mine(p) and p["metadata"]["name"] == "oom")
+    test_kubelet.kill(lambda p: mine(p) and p["metadata"]["name"] == "killed", after=1.0)
+    test_kubelet.delay(lambda p: mine(p) and p["metadata"]["name"] == "late", 2.0)
+    long_pod = {**pod, "metadata": {"name": "x"}}
+    for name, script_ in (
+        ("oom", "print('never runs')"),
+        ("killed", "import time; print('started', flush=True); time.sleep(60)"),
+        ("late", "print('late start')"),
+    ):
+        body = json.loads(json.dumps(long_pod))
+        body["metadata"]["name"] = name
+        body["spec"]["containers"][0]["command"] = ["python", "-c", script_]
+        del body["spec"]["containers"][0]["env"]
+        del body["spec"]["containers"][0]["envFrom"]
+        core.create_namespaced_pod(namespace, body, _preload_content=False)
+    t0 = time.time()
+    for name, phase in (("oom", "Failed"), ("killed", "Failed"), ("late", "Succeeded")):
+        wait_for(lambda n=name, ph=phase: pod_phase(core, namespace, n) == ph, 30, name)
+    oom = core.read_namespaced_pod_status("oom", namespace).status.container_statuses[0]
+    assert (oom.state.terminated.exit_code, oom.state.terminated.reason) == (137, "OOMKilled")
+    killed = core.read_namespaced_pod_status("killed", namespace).status.container_statuses[0]
+    assert (killed.state.terminated.exit_code, killed.state.terminated.reason) == (137, "Error")
+    assert "started" in test_kubelet.pod_log(namespace, "killed")
+    late = next(r for r in test_kubelet.runs_in(namespace) if r.name == "late")
+    assert late.started_at - t0 >= 1.5
+    assert test_kubelet.pod_log(namespace, "late").strip() == "late start"
+
+
+def test_controlplane_basics(control_plane: ControlPlane, tmp_path: Path) -> None:
+    assert control_plane.running
+    assert control_plane.startup_seconds is not None
+    assert "kube-apiserver" in control_plane.log_tail(5) or control_plane.log_tail(5) == ""
+    version = control_plane.request("GET", "/version")
+    assert version["gitVersion"] == "v1.36.3"
+    # An extra user without RBAC bindings is authenticated but forbidden.
+    cfg = control_plane.write_kubeconfig(tmp_path / "alice.kubeconfig", user="alice", groups=())
+    from kubernetes import config
+
+    alice = client.CoreV1Api(config.new_client_from_config(config_file=str(cfg)))
+    with pytest.raises(client.ApiException) as err:
+        alice.list_namespace()
+    assert err.value.status == 403
+    assert "alice" in str(err.value.body)

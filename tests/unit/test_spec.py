@@ -1,0 +1,98 @@
+"""Spec validation: good manifests load, bad ones name the file and field."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from synthpref.spec import SpecError, load_run, parse_manifest
+from tests.builders import manifest_dict, spec_dict
+
+
+def write(tmp_path: Path, document: Any) -> Path:
+    path = tmp_path / "run.yaml"
+    path.write_text(yaml.safe_dump(document))
+    return path
+
+
+def test_defaults_and_camel_case(tmp_path: Path) -> None:
+    run = load_run(write(tmp_path, manifest_dict()))
+    spec = run.spec
+    assert spec.prompts.shard_size == 2
+    assert spec.mix.responses_per_prompt == 4
+    assert spec.mix.aspects == ["helpfulness", "honesty", "instruction_following", "truthfulness"]
+    assert spec.judge.backend == "openai" and spec.judge.structured_output
+    assert spec.binarization.strategy == "best-vs-random"
+    assert spec.models[0].sampling.max_tokens == 512
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"mix": {"responsesPerPrompt": 1}}, "mix.responsesPerPrompt: Input should be greater"),
+        ({"mix": {"onPolicyModel": "nope"}}, "mix.onPolicyModel: 'nope' is not one of models"),
+        ({"mix": {"aspects": ["style"]}}, "mix.aspects: Value error, unknown aspect"),
+        ({"judge": {"backend": "claude"}}, "judge.backend: Input should be 'openai' or 'vllm'"),
+        ({"prompts": {"uri": "p", "shardSize": 0}}, "prompts.shardSize: Input should be greater"),
+        ({"storage": {"uri": "s", "secretKey": "x"}}, "storage.secretKey: Extra inputs"),
+        ({"binarization": {"ties": "maybe"}}, "binarization.ties: Input should be"),
+    ],
+)
+def test_bad_fields_are_named(tmp_path: Path, change: dict[str, Any], message: str) -> None:
+    path = write(tmp_path, manifest_dict(spec_dict(**change)))
+    with pytest.raises(SpecError) as caught:
+        load_run(path)
+    assert str(path) in str(caught.value)
+    assert message in str(caught.value)
+
+
+def test_too_few_models_for_k() -> None:
+    with pytest.raises(SpecError, match="needs 4 distinct models, spec has 3"):
+        parse_manifest(manifest_dict(spec_dict(models=3)))
+
+
+def test_on_policy_needs_only_two_models() -> None:
+    spec = spec_dict(models=2, mix={"onPolicyModel": "m0"})
+    assert parse_manifest(manifest_dict(spec)).spec.mix.on_policy_model == "m0"
+
+
+def test_model_names_must_be_dns_labels_and_unique() -> None:
+    bad = spec_dict()
+    bad["models"][0]["name"] = "Big_Model"
+    with pytest.raises(SpecError, match=r"models\.0\.name: Value error, must be lowercase"):
+        parse_manifest(manifest_dict(bad))
+    dup = spec_dict()
+    dup["models"][1]["name"] = "m0"
+    with pytest.raises(SpecError, match=r"names must be unique, repeated: \['m0'\]"):
+        parse_manifest(manifest_dict(dup))
+
+
+def test_wrong_kind_or_version(tmp_path: Path) -> None:
+    document = manifest_dict()
+    document["apiVersion"] = "synthpref.dev/v1"
+    with pytest.raises(
+        SpecError, match="apiVersion: Value error, must be 'synthpref.dev/v1alpha1'"
+    ):
+        load_run(write(tmp_path, document))
+    document["kind"] = "Job"
+    with pytest.raises(SpecError, match="no document with kind: PreferenceRun"):
+        load_run(write(tmp_path, document))
+
+
+def test_unreadable_and_invalid_yaml(tmp_path: Path) -> None:
+    with pytest.raises(SpecError, match="cannot read"):
+        load_run(tmp_path / "missing.yaml")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("spec: [unclosed")
+    with pytest.raises(SpecError, match="not valid YAML"):
+        load_run(bad)
+
+
+def test_multi_document_file_picks_the_run(tmp_path: Path) -> None:
+    path = tmp_path / "run.yaml"
+    secret = {"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "k"}}
+    path.write_text(yaml.safe_dump_all([secret, manifest_dict(name="second")]))
+    assert load_run(path).metadata.name == "second"
