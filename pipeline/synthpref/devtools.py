@@ -23,8 +23,13 @@ def dev() -> None:
 
 
 @dev.command("field-reference")
-@click.option("--write", "readme", type=click.Path(exists=True, dir_okay=False), default=None,
-              help="Update this README in place instead of printing.")
+@click.option(
+    "--write",
+    "readme",
+    type=click.Path(exists=True, dir_okay=False),
+    default=None,
+    help="Update this README in place instead of printing.",
+)
 def field_reference_command(readme: str | None) -> None:
     """Print the spec's field reference (Markdown) that README.md carries."""
     from pathlib import Path

@@ -8,13 +8,13 @@ be mixed comes back as a `Shortfall` with a reason, so the stage counts it inste
 
 from __future__ import annotations
 
-import hashlib
 import random
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 
 from synthpref.rows import Candidate, GenerationRow
+from synthpref.seeding import stable_seed
 
 
 class ShortfallReason(StrEnum):
@@ -35,15 +35,8 @@ class Shortfall:
 
 
 def stable_rng(seed: int, *parts: str) -> random.Random:
-    """A Random seeded from a SHA-256 of (seed, *parts): identical in every process and run."""
-    digest = hashlib.sha256()
-    digest.update(str(seed).encode())
-    for part in parts:
-        # Length-prefixed so ("ab", "c") and ("a", "bc") never collide.
-        encoded = part.encode("utf-8")
-        digest.update(len(encoded).to_bytes(8, "big"))
-        digest.update(encoded)
-    return random.Random(int.from_bytes(digest.digest()[:16], "big"))
+    """A Random seeded from (seed, *parts) via `seeding.stable_seed`: the same in every process."""
+    return random.Random(stable_seed(seed, *parts))
 
 
 def usable(row: GenerationRow) -> bool:

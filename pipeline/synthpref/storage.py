@@ -62,9 +62,9 @@ class Storage(ABC):
         """The full URI of a key, for messages and status."""
         return f"{self.uri.rstrip('/')}/{key}"
 
+    @abstractmethod
     def write_bytes(self, key: str, data: bytes) -> None:
-        with self.open_writer(key) as stream:
-            stream.write(data.decode("utf-8"))
+        """Write a whole object atomically."""
 
     def read_json(self, key: str) -> Any:
         return json.loads(self.read_bytes(key))
@@ -119,18 +119,30 @@ class LocalStorage(Storage):
             raise StorageError(f"{self.url(key)}: not found") from None
 
     @contextmanager
-    def open_writer(self, key: str) -> Iterator[IO[str]]:
+    def _atomic_file(self, key: str, binary: bool) -> Iterator[IO[Any]]:
+        """Write to a temp file beside the target, then rename it into place."""
         path = self._path(key)
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
         try:
-            with tmp.open("w", encoding="utf-8", newline="\n") as stream:
+            with (
+                tmp.open("wb") if binary else tmp.open("w", encoding="utf-8", newline="\n")
+            ) as stream:
                 yield stream
                 stream.flush()
                 os.fsync(stream.fileno())
             os.replace(tmp, path)
         finally:
             tmp.unlink(missing_ok=True)
+
+    @contextmanager
+    def open_writer(self, key: str) -> Iterator[IO[str]]:
+        with self._atomic_file(key, binary=False) as stream:
+            yield stream
+
+    def write_bytes(self, key: str, data: bytes) -> None:
+        with self._atomic_file(key, binary=True) as stream:
+            stream.write(data)
 
     def exists(self, key: str) -> bool:
         return self._path(key).is_file()
@@ -199,6 +211,9 @@ class S3Storage(Storage):
             text.detach()  # keep the spool open when the wrapper goes away
             spool.seek(0)
             self.client.upload_fileobj(spool, self.bucket, self._key(key))
+
+    def write_bytes(self, key: str, data: bytes) -> None:
+        self.client.put_object(Bucket=self.bucket, Key=self._key(key), Body=data)
 
     def exists(self, key: str) -> bool:
         from botocore.exceptions import ClientError

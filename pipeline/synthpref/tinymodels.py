@@ -65,17 +65,46 @@ a trip? Sure, here is a plan for three days. Step 1: pack. Step 2: travel. Step 
 """
 
 _SUBJECTS = (
-    "the model", "a careful judge", "the student", "my friend", "the answer", "this recipe",
-    "the teacher", "a small robot", "the dataset", "our team", "the river", "every prompt",
+    "the model",
+    "a careful judge",
+    "the student",
+    "my friend",
+    "the answer",
+    "this recipe",
+    "the teacher",
+    "a small robot",
+    "the dataset",
+    "our team",
+    "the river",
+    "every prompt",
 )
 _VERBS = (
-    "explains", "writes", "describes", "rates", "compares", "answers", "improves", "summarizes",
-    "lists", "translates", "checks", "builds",
+    "explains",
+    "writes",
+    "describes",
+    "rates",
+    "compares",
+    "answers",
+    "improves",
+    "summarizes",
+    "lists",
+    "translates",
+    "checks",
+    "builds",
 )
 _OBJECTS = (
-    "the question", "a simple story", "three ideas", "the main point", "a clear plan",
-    "the weather today", "a short poem", "the history of science", "the best option",
-    "two examples", "the final result", "a helpful reply",
+    "the question",
+    "a simple story",
+    "three ideas",
+    "the main point",
+    "a clear plan",
+    "the weather today",
+    "a short poem",
+    "the history of science",
+    "the best option",
+    "two examples",
+    "the final result",
+    "a helpful reply",
 )
 _ENDINGS = (".", "!", "?", " today.", " very well.", " in 5 steps.", " with care.", " again.")
 
@@ -258,9 +287,7 @@ def build_tiny_models(
     }
 
 
-def _split_names(
-    _ctx: click.Context, _param: click.Parameter, value: str
-) -> Sequence[str]:
+def _split_names(_ctx: click.Context, _param: click.Parameter, value: str) -> Sequence[str]:
     names = [n.strip() for n in value.split(",") if n.strip()]
     if not names:
         raise click.BadParameter("give at least one name, e.g. --names tiny-a,tiny-b")

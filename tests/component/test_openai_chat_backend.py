@@ -33,9 +33,7 @@ def api_key(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv(KEY_ENV, DEFAULT_API_KEY)
 
 
-def backend(
-    server: OpenAIServer, model: str = "model-a", **endpoint: object
-) -> OpenAIChatBackend:
+def backend(server: OpenAIServer, model: str = "model-a", **endpoint: object) -> OpenAIChatBackend:
     settings = OpenAIEndpoint.model_validate(
         {"base_url": server.base_url, "api_key_env": KEY_ENV, **endpoint}
     )

@@ -52,7 +52,7 @@ def test_list_by_prefix_sorted(storage: Storage) -> None:
 
 
 def test_missing_object_error_names_uri(storage: Storage) -> None:
-    with pytest.raises(StorageError, match="nope.jsonl: not found"):
+    with pytest.raises(StorageError, match=r"nope\.jsonl: not found"):
         storage.read_bytes("nope.jsonl")
 
 

@@ -8,6 +8,7 @@ import os
 import subprocess
 import time
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -35,7 +36,7 @@ def wait_for(condition: Callable[[], Any], timeout: float, what: str) -> Any:
         time.sleep(0.2)
 
 
-def job_condition(batch: client.BatchV1Api, ns: str, name: str) -> tuple[str, str] | None:
+def job_condition(batch: Any, ns: str, name: str) -> tuple[str, str] | None:
     """(type, reason) of the Job's Complete/Failed condition, if it has one."""
     job = batch.read_namespaced_job_status(name, ns)
     for cond in (job.status and job.status.conditions) or []:
@@ -91,7 +92,7 @@ def indexed_job(
     return {"apiVersion": "batch/v1", "kind": "Job", "metadata": meta, "spec": spec}
 
 
-def create_job(batch: client.BatchV1Api, ns: str, body: dict[str, Any]) -> None:
+def create_job(batch: Any, ns: str, body: dict[str, Any]) -> None:
     batch.create_namespaced_job(ns, body, _preload_content=False)
 
 
@@ -146,7 +147,7 @@ def widget_crd() -> dict[str, Any]:
 
 
 def test_crd_schema_enforced(k8s_api_client: Any, kubectl: Kubectl, namespace: str) -> None:
-    crds = client.ApiextensionsV1Api(k8s_api_client)
+    crds: Any = client.ApiextensionsV1Api(k8s_api_client)
     name = f"widgets.{CRD_GROUP}"
     kubectl("apply", "-f", "-", input=json.dumps(widget_crd()))
     try:
@@ -157,7 +158,7 @@ def test_crd_schema_enforced(k8s_api_client: Any, kubectl: Kubectl, namespace: s
             return any(c.type == "Established" and c.status == "True" for c in conds)
 
         wait_for(established, 30, "CRD Established")
-        objs = client.CustomObjectsApi(k8s_api_client)
+        objs: Any = client.CustomObjectsApi(k8s_api_client)
 
         def widget(obj_name: str, spec: dict[str, Any]) -> dict[str, Any]:
             return {
@@ -206,7 +207,7 @@ def test_crd_schema_enforced(k8s_api_client: Any, kubectl: Kubectl, namespace: s
 def test_indexed_job_completes(
     k8s_api_client: Any, test_kubelet: TestKubelet, namespace: str, tmp_path: Path
 ) -> None:
-    batch = client.BatchV1Api(k8s_api_client)
+    batch: Any = client.BatchV1Api(k8s_api_client)
     create_job(batch, namespace, indexed_job("idx", write_index_script(tmp_path), completions=3))
     cond = wait_for(lambda: job_condition(batch, namespace, "idx"), 60, "Job idx to finish")
     assert cond[0] == "Complete", cond
@@ -217,7 +218,7 @@ def test_indexed_job_completes(
         assert index == job_completion_index == str(i)
         assert pod.startswith(f"idx-{i}-")
     runs = test_kubelet.runs_in(namespace)
-    assert sorted(r.completion_index for r in runs) == [0, 1, 2]
+    assert sorted(r.completion_index or -1 for r in runs) == [0, 1, 2]
     assert all(r.exit_code == 0 and r.reason == "Completed" for r in runs)
     job = batch.read_namespaced_job_status("idx", namespace)
     assert job.status.succeeded == 3
@@ -227,7 +228,7 @@ def test_indexed_job_completes(
 def test_failed_index_retried_and_backoff_limit_per_index(
     k8s_api_client: Any, test_kubelet: TestKubelet, namespace: str, tmp_path: Path
 ) -> None:
-    batch = client.BatchV1Api(k8s_api_client)
+    batch: Any = client.BatchV1Api(k8s_api_client)
     retry_out = tmp_path / "retry"
     limit_out = tmp_path / "limit"
     retry_out.mkdir()
@@ -270,8 +271,8 @@ def test_failed_index_retried_and_backoff_limit_per_index(
 def test_owner_deletion_garbage_collects_jobs_and_pods(
     k8s_api_client: Any, test_kubelet: TestKubelet, namespace: str
 ) -> None:
-    core = client.CoreV1Api(k8s_api_client)
-    batch = client.BatchV1Api(k8s_api_client)
+    core: Any = client.CoreV1Api(k8s_api_client)
+    batch: Any = client.BatchV1Api(k8s_api_client)
     owner = core.create_namespaced_config_map(
         namespace, client.V1ConfigMap(metadata=client.V1ObjectMeta(name="owner"))
     )
@@ -360,14 +361,18 @@ def gpu_pod(name: str, gpus: int, script: str) -> dict[str, Any]:
     }
 
 
-def pod_phase(core: client.CoreV1Api, ns: str, name: str) -> str:
+def pod_phase(core: Any, ns: str, name: str) -> str:
     return str(core.read_namespaced_pod_status(name, ns).status.phase)
+
+
+def pod_has_phase(core: Any, ns: str, name: str, phase: str) -> bool:
+    return pod_phase(core, ns, name) == phase
 
 
 def test_gpu_slots_serialize_pods(
     k8s_api_client: Any, test_kubelet: TestKubelet, namespace: str
 ) -> None:
-    core = client.CoreV1Api(k8s_api_client)
+    core: Any = client.CoreV1Api(k8s_api_client)
     old_gpus = test_kubelet.gpus
     test_kubelet.gpus = 1  # the scheduler side; the node object keeps its capacity
     try:
@@ -387,7 +392,7 @@ def test_gpu_slots_serialize_pods(
             lambda: unschedulable("gpu-a") or unschedulable("gpu-b"), 20, "one waits for a GPU"
         )
         for name in ("gpu-a", "gpu-b"):
-            wait_for(lambda n=name: pod_phase(core, namespace, n) == "Succeeded", 30, f"{name}")
+            wait_for(partial(pod_has_phase, core, namespace, name, "Succeeded"), 30, name)
         runs = sorted(
             (r for r in test_kubelet.runs_in(namespace) if r.name in ("gpu-a", "gpu-b")),
             key=lambda r: r.started_at,
@@ -404,7 +409,7 @@ def test_gpu_slots_serialize_pods(
 def test_pod_env_and_faults(
     k8s_api_client: Any, test_kubelet: TestKubelet, namespace: str, tmp_path: Path
 ) -> None:
-    core = client.CoreV1Api(k8s_api_client)
+    core: Any = client.CoreV1Api(k8s_api_client)
     core.create_namespaced_secret(
         namespace,
         client.V1Secret(
@@ -499,7 +504,7 @@ def test_pod_env_and_faults(
         core.create_namespaced_pod(namespace, body, _preload_content=False)
     t0 = time.time()
     for name, phase in (("oom", "Failed"), ("killed", "Failed"), ("late", "Succeeded")):
-        wait_for(lambda n=name, ph=phase: pod_phase(core, namespace, n) == ph, 30, name)
+        wait_for(partial(pod_has_phase, core, namespace, name, phase), 30, name)
     oom = core.read_namespaced_pod_status("oom", namespace).status.container_statuses[0]
     assert (oom.state.terminated.exit_code, oom.state.terminated.reason) == (137, "OOMKilled")
     killed = core.read_namespaced_pod_status("killed", namespace).status.container_statuses[0]
@@ -520,7 +525,8 @@ def test_controlplane_basics(control_plane: ControlPlane, tmp_path: Path) -> Non
     cfg = control_plane.write_kubeconfig(tmp_path / "alice.kubeconfig", user="alice", groups=())
     from kubernetes import config
 
-    alice = client.CoreV1Api(config.new_client_from_config(config_file=str(cfg)))
+    load: Any = config.new_client_from_config
+    alice: Any = client.CoreV1Api(load(config_file=str(cfg)))
     with pytest.raises(client.ApiException) as err:
         alice.list_namespace()
     assert err.value.status == 403

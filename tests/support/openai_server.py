@@ -94,12 +94,19 @@ _ANSWER_MARKER = re.compile(
 _SECTION_END = re.compile(r"(?m)^[ \t]*(?:#{2,}|</?texts?>\s*$|</answers?>)")
 
 
+_ANSWER_TAG = re.compile(r'<answer number="(\d+)">\n?(.*?)\n?</answer>', re.DOTALL)
+
+
 def extract_answers(text: str) -> dict[int, str]:
     """The numbered answers in a judge prompt: number -> answer text (empty if none found).
 
-    An answer runs from its marker to its closing tag (`</text N>`), the next marker, or the next
-    heading, whichever comes first.
+    `<answer number="N">...</answer>` blocks (synthpref's templates) win. Otherwise an answer
+    runs from its marker (`<text N>`, `Answer N:`) to its closing tag (`</text N>`), the next
+    marker, or the next heading, whichever comes first.
     """
+    tagged = _ANSWER_TAG.findall(text)
+    if tagged:
+        return {int(number): body.strip() for number, body in tagged}
     markers = list(_ANSWER_MARKER.finditer(text))
     answers: dict[int, str] = {}
     for position, match in enumerate(markers):
@@ -448,9 +455,10 @@ def judgement_json(judgement: Judgement, response_format: JsonObject) -> str:
 
 
 def judgement_text(judgement: Judgement) -> str:
-    """The rubric reply: per answer `#### Output for Text N` / `Rating: R` / `Rationale: ...`."""
+    """The rubric reply: per answer `Answer N` / `Rating: R` / `Rationale: ...` (the templates'
+    format)."""
     blocks = [
-        f"#### Output for Text {n}\nRating: {r}\nRationale: {judgement.rationale}"
+        f"Answer {n}\nRating: {r}\nRationale: {judgement.rationale}"
         for n, r in sorted(judgement.ratings.items())
     ]
     return "\n\n".join(blocks)
@@ -530,7 +538,7 @@ class OpenAIServer:
 
     def start(self) -> OpenAIServer:
         self._thread = threading.Thread(
-            target=self._httpd.serve_forever, name="openai-test-server", daemon=True
+            target=self._httpd.serve_forever, args=(0.05,), name="openai-test-server", daemon=True
         )
         self._thread.start()
         return self
@@ -661,7 +669,10 @@ class OpenAIServer:
                 return scripted
         answers = request_answers(body)
         if answers:
-            return Judgement({n: default_rating(text) for n, text in answers.items()})
+            return Judgement(
+                {n: default_rating(text) for n, text in answers.items()},
+                "Default judgement (a hash of the answer text).",
+            )
         return ReplyText(default_reply(body))
 
     def _completion(self, body: JsonObject, outcome: Outcome) -> JsonObject:

@@ -21,7 +21,7 @@ def test_every_shard_taken_exactly_once() -> None:
 
 
 def test_bad_worker_index() -> None:
-    with pytest.raises(ValueError, match="outside 0..1"):
+    with pytest.raises(ValueError, match=r"outside 0\.\.1"):
         layout.shards_for_worker(4, 2, 2)
 
 

@@ -74,7 +74,7 @@ def test_wrong_kind_or_version(tmp_path: Path) -> None:
     document = manifest_dict()
     document["apiVersion"] = "synthpref.dev/v1"
     with pytest.raises(
-        SpecError, match="apiVersion: Value error, must be 'synthpref.dev/v1alpha1'"
+        SpecError, match=r"apiVersion: Value error, must be 'synthpref\.dev/v1alpha1'"
     ):
         load_run(write(tmp_path, document))
     document["kind"] = "Job"

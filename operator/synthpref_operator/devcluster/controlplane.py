@@ -354,7 +354,8 @@ class ControlPlane:
         """A new `kubernetes.client.ApiClient` for the admin kubeconfig."""
         from kubernetes import config
 
-        return config.new_client_from_config(config_file=str(self.kubeconfig))
+        load: Any = config.new_client_from_config
+        return load(config_file=str(self.kubeconfig))
 
     # ------------------------------------------------------------------ raw HTTP
     def _ssl_context(self) -> ssl.SSLContext:
@@ -430,14 +431,13 @@ class ControlPlane:
             "etcd",
             [
                 str(self.bin_dir / "etcd"),
-                "--name=default",
+                "--name=synthpref",
                 f"--data-dir={self.work_dir / 'etcd-data'}",
                 f"--listen-client-urls={client_url}",
                 f"--advertise-client-urls={client_url}",
                 f"--listen-peer-urls={peer_url}",
                 f"--initial-advertise-peer-urls={peer_url}",
-                f"--initial-cluster=default={peer_url}",
-                "--listen-metrics-urls=",
+                f"--initial-cluster=synthpref={peer_url}",
                 "--unsafe-no-fsync=true",
                 "--quota-backend-bytes=2147483648",
                 "--snapshot-count=10000",

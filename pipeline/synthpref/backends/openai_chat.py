@@ -42,7 +42,7 @@ class FatalBackendError(RuntimeError):
     """An error that no request of the shard can recover from (bad key, unknown model)."""
 
 
-def _retry_after_seconds(headers: Any) -> float | None:
+def retry_after_seconds(headers: Any) -> float | None:
     """The delay a server asks for: `retry-after-ms`, or `retry-after` (seconds or HTTP date)."""
     if headers is None:
         return None
@@ -198,7 +198,7 @@ class OpenAIChatBackend:
                     return ChatResult(
                         key=request.key, error=last_error, extra={"attempts": attempt}
                     )
-                retry_after = _retry_after_seconds(error.response.headers)
+                retry_after = retry_after_seconds(error.response.headers)
             except (openai.APIConnectionError, openai.APITimeoutError) as error:
                 last_error = f"{type(error).__name__}: {error}"
             else:

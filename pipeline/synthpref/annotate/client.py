@@ -1,0 +1,208 @@
+"""The Batch and Files API as the annotate engine needs it, through the official `openai` client.
+
+Every call is retried with exponential backoff and jitter on 429, 408/409 (where safe), 5xx and
+connection errors, honouring `retry-after`; the client's own retries are off so this policy is
+the only one. A 401/403 raises `FatalApiError` naming the environment variable of the key (never
+the key). Other 4xx answers raise `ApiRequestError` for the engine to judge. The key is read
+from the environment variable the spec names (a Kubernetes Secret is mounted into it).
+"""
+
+from __future__ import annotations
+
+import functools
+import io
+import logging
+import os
+import random
+import time
+from collections.abc import Callable
+from typing import Any, Final, TypeVar
+
+import openai
+
+from synthpref.backends.openai_chat import backoff_delay, retry_after_seconds
+from synthpref.spec import OpenAIEndpoint
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+ENDPOINT: Final = "/v1/chat/completions"
+
+
+class FatalApiError(RuntimeError):
+    """An API answer no retry can change (bad key, no access)."""
+
+
+class TransientApiError(RuntimeError):
+    """The API kept failing (429/5xx/connection) after every retry; try again later."""
+
+
+class ApiRequestError(RuntimeError):
+    """A 4xx answer other than auth (e.g. 400 bad parameter, 404 unknown id)."""
+
+    def __init__(self, message: str, status: int, code: str | None) -> None:
+        super().__init__(message)
+        self.status = status
+        self.code = code
+
+
+def _detail(error: openai.APIStatusError) -> str:
+    body = error.body if isinstance(error.body, dict) else {}
+    message = body.get("message")
+    code = f" {error.code}" if error.code else ""
+    text = f"HTTP {error.status_code}{code}"
+    return f"{text}: {message}" if isinstance(message, str) and message else text
+
+
+class BatchClient:
+    """Files + Batches calls with retries; one instance per process is enough."""
+
+    def __init__(
+        self,
+        endpoint: OpenAIEndpoint,
+        *,
+        api_key: str | None = None,
+        sleep: Callable[[float], None] = time.sleep,
+        backoff_base_s: float = 1.0,
+        backoff_max_s: float = 60.0,
+        seed: int | None = None,
+    ) -> None:
+        self.endpoint = endpoint
+        key = api_key if api_key is not None else os.environ.get(endpoint.api_key_env)
+        if not key:
+            raise FatalApiError(
+                f"no API key for the judge: environment variable {endpoint.api_key_env} is not set"
+            )
+        self._client = openai.OpenAI(
+            api_key=key,
+            base_url=endpoint.base_url,
+            max_retries=0,
+            timeout=endpoint.timeout_seconds,
+        )
+        self._sleep = sleep
+        self._rng = random.Random(seed)
+        self.backoff_base_s = backoff_base_s
+        self.backoff_max_s = backoff_max_s
+
+    @property
+    def where(self) -> str:
+        return self.endpoint.base_url or "the OpenAI API"
+
+    def close(self) -> None:
+        self._client.close()
+
+    def _call(self, what: str, call: Callable[[], T], retry_conflict: bool = True) -> T:
+        attempts = self.endpoint.max_retries + 1
+        last = ""
+        for attempt in range(1, attempts + 1):
+            retry_after: float | None = None
+            try:
+                return call()
+            except openai.APIStatusError as error:
+                status = error.status_code
+                if status in (401, 403):
+                    code = f" {error.code}" if error.code else ""
+                    # The server's message may echo part of the key: only status and code.
+                    raise FatalApiError(
+                        f"{self.where} rejected the judge's API key from "
+                        f"${self.endpoint.api_key_env} (HTTP {status}{code}) while trying to "
+                        f"{what}"
+                    ) from None
+                retryable = (
+                    status in (408, 429) or status >= 500 or (status == 409 and retry_conflict)
+                )
+                if not retryable:
+                    raise ApiRequestError(f"{what}: {_detail(error)}", status, error.code) from None
+                last = _detail(error)
+                retry_after = retry_after_seconds(error.response.headers)
+            except openai.APIConnectionError as error:
+                last = f"{type(error).__name__}: {error}"
+            if attempt < attempts:
+                delay = backoff_delay(
+                    attempt, self.backoff_base_s, self.backoff_max_s, self._rng, retry_after
+                )
+                log.info("%s failed (%s); retry %d in %.2fs", what, last, attempt, delay)
+                self._sleep(delay)
+        raise TransientApiError(f"{what}: still failing after {attempts} attempt(s): {last}")
+
+    # ---- files
+
+    def upload(self, filename: str, data: bytes) -> Any:
+        return self._call(
+            f"upload {filename}",
+            lambda: self._client.files.create(file=(filename, io.BytesIO(data)), purpose="batch"),
+        )
+
+    def find_file(self, filename: str, size: int) -> Any | None:
+        """An uploaded batch input file with this name and size (an upload not yet recorded)."""
+        page = self._call("list files", lambda: self._client.files.list(purpose="batch"))
+        for item in page.data:
+            if item.filename == filename and item.bytes == size:
+                return item
+        return None
+
+    def content(self, file_id: str) -> bytes:
+        return self._call(
+            f"download file {file_id}", lambda: self._client.files.content(file_id).content
+        )
+
+    def delete_file(self, file_id: str) -> None:
+        try:
+            self._call(f"delete file {file_id}", lambda: self._client.files.delete(file_id))
+        except ApiRequestError as error:
+            if error.status != 404:
+                raise
+
+    # ---- batches
+
+    def create_batch(self, file_id: str, metadata: dict[str, str]) -> Any:
+        # A 409 on create is not retried blindly: the engine looks for the batch first.
+        return self._call(
+            f"create a batch for {file_id}",
+            lambda: self._client.batches.create(
+                input_file_id=file_id,
+                endpoint=ENDPOINT,
+                completion_window="24h",
+                metadata=metadata,
+            ),
+            retry_conflict=False,
+        )
+
+    def find_batch(self, metadata: dict[str, str], since: float) -> Any | None:
+        """The newest batch whose metadata includes `metadata`, created at or after `since`
+        (server time); the listing is newest first, so the search stops at older batches."""
+        after: str | None = None
+        while True:
+            page = self._call("list batches", functools.partial(self._list_batches, after))
+            for batch in page.data:
+                if batch.created_at < since:
+                    return None
+                found = batch.metadata or {}
+                if all(found.get(k) == v for k, v in metadata.items()):
+                    return batch
+            if not page.data or not page.has_more:
+                return None
+            after = page.data[-1].id
+
+    def _list_batches(self, after: str | None) -> Any:
+        if after is None:
+            return self._client.batches.list(limit=100)
+        return self._client.batches.list(limit=100, after=after)
+
+    def retrieve(self, batch_id: str) -> Any:
+        return self._call(
+            f"retrieve batch {batch_id}", lambda: self._client.batches.retrieve(batch_id)
+        )
+
+    def cancel(self, batch_id: str) -> Any:
+        """Cancel a batch; one that already ended (409) is returned as it is."""
+        try:
+            return self._call(
+                f"cancel batch {batch_id}",
+                lambda: self._client.batches.cancel(batch_id),
+                retry_conflict=False,
+            )
+        except ApiRequestError as error:
+            if error.status != 409:
+                raise
+            return self.retrieve(batch_id)

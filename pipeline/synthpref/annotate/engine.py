@@ -1,0 +1,551 @@
+"""The OpenAI Batch judge engine: advance every request file of a run one step at a time.
+
+Called by `synthpref annotate ...`, by the local run (`annotate.local`) and, later, by the
+operator's controller loop. `Annotator.step()` makes at most one API move per request file and
+records it in that file's ledger before returning, so a process may die anywhere and the next
+step carries on from storage. `run_until_done()` repeats steps with the spec's poll interval;
+`cancel()` stops the run and keeps what finished.
+
+Per request file (see `ledger.Phase`): pending → upload → uploaded → create batch → submitted →
+poll until the batch ends → ended → fetch output and error files into the attempt's result file
+(`layout.result_for_request(request_key, attempt)`, committed) → done, or a resubmission file of
+the failed and missing requests → pending (next attempt) while attempts remain. A batch that
+fails with `token_limit_exceeded` is created again later (same attempt, not counted as failed).
+
+Exactly once: an upload is recorded as intended before it happens and looked up by its file name
+after a crash; a batch carries metadata naming the run, request file, attempt and submission, and
+the engine looks for such a batch before it creates one; each custom_id appears in exactly one
+result line over all result files of its request file (200 lines as they come; failures only in
+the last attempt's file, so `parse` reports them).
+
+Limits: an optional budget of estimated queued tokens (files wait to be uploaded while the
+budget is taken; a file larger than the budget goes alone), and at most
+`max_creations_per_hour` batch creations (2,000 for the Batch API) in any hour.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import time
+from collections import Counter
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+from synthpref import layout
+from synthpref.annotate import ledger as ledgers
+from synthpref.annotate.client import ApiRequestError, BatchClient, FatalApiError, TransientApiError
+from synthpref.annotate.estimate import request_tokens
+from synthpref.annotate.ledger import FileLedger, Phase, Submission
+from synthpref.annotate.outcomes import MISSING, SortedResults, sort_results
+from synthpref.spec import PreferenceRunSpec
+from synthpref.stages.judge import committed_request_files
+from synthpref.stages.prepare import shard_count
+from synthpref.storage import Storage
+
+log = logging.getLogger(__name__)
+
+MAX_CREATIONS_PER_HOUR = 2000
+TOKEN_LIMIT = "token_limit_exceeded"
+# Batch failures that mean the judge model itself is unusable: stop, naming the cause.
+FATAL_BATCH_ERRORS = frozenset({"model_not_found"})
+ENDED_STATUSES = frozenset({"completed", "failed", "expired", "cancelled"})
+# How far back (service clock) a batch search looks before the upload it belongs to.
+SEARCH_MARGIN_S = 300.0
+
+
+class FatalAnnotateError(RuntimeError):
+    """The judge cannot go on (bad key, unknown model); the message names the cause."""
+
+
+@dataclass
+class StepReport:
+    """What one step did: the moves made, what waits and why, and whether all files are done."""
+
+    actions: list[str] = field(default_factory=list)
+    waiting: list[str] = field(default_factory=list)
+    transient_errors: list[str] = field(default_factory=list)
+    done: bool = False
+
+    @property
+    def progressed(self) -> bool:
+        return bool(self.actions)
+
+
+@dataclass
+class AnnotateSummary:
+    """Counts over the run's request files; requests = done + failed + still open."""
+
+    files: int = 0
+    files_done: int = 0
+    requests: int = 0
+    done: int = 0
+    failed: int = 0
+    failed_by_reason: dict[str, int] = field(default_factory=dict)
+    batches: int = 0
+    resubmitted: int = 0
+    token_limit_retries: int = 0
+    phases: dict[str, int] = field(default_factory=dict)
+    cancelled: bool = False
+
+
+def _store_tag(storage: Storage) -> str:
+    return hashlib.sha256(storage.uri.encode()).hexdigest()[:16]
+
+
+class Annotator:
+    """Drives the OpenAI judge of one run over `storage`; see the module docstring."""
+
+    def __init__(
+        self,
+        spec: PreferenceRunSpec,
+        storage: Storage,
+        run_name: str,
+        client: BatchClient,
+        *,
+        shards: Iterable[int] | None = None,
+        clock: Callable[[], float] = time.time,
+        sleep: Callable[[float], None] = time.sleep,
+        max_creations_per_hour: int = MAX_CREATIONS_PER_HOUR,
+    ) -> None:
+        self.spec = spec
+        self.judge = spec.judge
+        self.storage = storage
+        self.run_name = run_name
+        self.client = client
+        self.clock = clock
+        self.sleep = sleep
+        self.max_creations_per_hour = max_creations_per_hour
+        self._shards = list(shards) if shards is not None else None
+        self._ledgers: dict[str, FileLedger] | None = None
+        self._tag = _store_tag(storage)
+
+    # ---- state
+
+    @property
+    def shards(self) -> list[int]:
+        if self._shards is None:
+            self._shards = list(range(shard_count(self.storage)))
+        return self._shards
+
+    def ledgers(self) -> list[FileLedger]:
+        """The ledger of every committed request file of the shards (created on first sight)."""
+        if self._ledgers is None:
+            found: dict[str, FileLedger] = {}
+            for shard in self.shards:
+                for key in committed_request_files(self.storage, shard):
+                    existing = ledgers.load(self.storage, key)
+                    found[key] = existing or self._new_ledger(shard, key)
+            self._ledgers = found
+        return [self._ledgers[k] for k in sorted(self._ledgers)]
+
+    def _new_ledger(self, shard: int, key: str) -> FileLedger:
+        count, tokens, models = 0, 0, set()
+        for line in self._input_lines(key):
+            body = line.get("body") or {}
+            count += 1
+            tokens += request_tokens(body)
+            models.add(str(body.get("model")))
+        if len(models) > 1:
+            raise FatalAnnotateError(
+                f"{self.storage.url(key)}: requests name several models {sorted(models)}; "
+                "a batch input file may use one model only"
+            )
+        record = FileLedger(
+            request_key=key,
+            shard=shard,
+            model=models.pop() if models else self.judge.model,
+            requests=count,
+            input_key=key,
+            input_requests=count,
+            input_tokens=tokens,
+        )
+        ledgers.save(self.storage, record)
+        return record
+
+    def _input_lines(self, key: str) -> Iterable[dict[str, Any]]:
+        for number, text in enumerate(self.storage.read_lines(key), start=1):
+            if not text.strip():
+                continue
+            try:
+                line = json.loads(text)
+            except json.JSONDecodeError as error:
+                raise FatalAnnotateError(
+                    f"{self.storage.url(key)}:{number}: not JSON: {error.msg}"
+                ) from None
+            yield line
+
+    def cancelled(self) -> bool:
+        return self.storage.exists(ledgers.CANCEL_MARKER)
+
+    def _metadata(self, record: FileLedger, submission: Submission) -> dict[str, str]:
+        return {
+            "synthpref_run": self.run_name[:512],
+            "synthpref_store": self._tag,
+            "synthpref_file": record.request_key[:512],
+            "synthpref_attempt": str(submission.attempt),
+            "synthpref_submission": str(submission.submission),
+        }
+
+    def _filename(self, record: FileLedger) -> str:
+        stem = record.request_key.removeprefix("requests/").removesuffix(".jsonl")
+        return f"synthpref-{self._tag}-{self.run_name}-{stem}-attempt-{record.attempt:02d}.jsonl"
+
+    def _tokens_in_flight(self) -> int:
+        return sum(r.input_tokens for r in self.ledgers() if r.holds_tokens())
+
+    def _creations_last_hour(self, now: float) -> int:
+        return sum(
+            1
+            for record in self.ledgers()
+            for sub in record.submissions()
+            if sub.created_at is not None and now - sub.created_at < 3600
+        )
+
+    def _save(self, record: FileLedger) -> None:
+        ledgers.save(self.storage, record)
+
+    # ---- one step
+
+    def step(self) -> StepReport:
+        """Make at most one API move per request file; every move is recorded before return."""
+        report = StepReport()
+        cancelled = self.cancelled()
+        for record in self.ledgers():
+            if record.phase in ledgers.TERMINAL_PHASES:
+                continue
+            try:
+                self._advance(record, report, cancelled)
+            except TransientApiError as error:
+                report.transient_errors.append(f"{record.request_key}: {error}")
+            except FatalApiError as error:
+                raise FatalAnnotateError(str(error)) from None
+        report.done = all(r.phase in ledgers.TERMINAL_PHASES for r in self.ledgers())
+        return report
+
+    def _advance(self, record: FileLedger, report: StepReport, cancelled: bool) -> None:
+        now = self.clock()
+        if record.phase is Phase.PENDING:
+            if cancelled:
+                self._finish_unsubmitted(record, report)
+            elif record.not_before > now:
+                report.waiting.append(f"{record.request_key}: waiting to retry")
+            elif not self._budget_allows(record):
+                report.waiting.append(f"{record.request_key}: queued-token budget is taken")
+            else:
+                self._upload(record, report)
+        elif record.phase is Phase.UPLOADED:
+            if cancelled:
+                self._cancel_unrecorded(record, report)
+            elif record.not_before > now:
+                report.waiting.append(f"{record.request_key}: token limit, retrying later")
+            elif self._creations_last_hour(now) >= self.max_creations_per_hour:
+                report.waiting.append(f"{record.request_key}: batch creation rate limit")
+            else:
+                self._create(record, report)
+        elif record.phase is Phase.SUBMITTED:
+            self._poll(record, report)
+        elif record.phase is Phase.ENDED:
+            self._fetch(record, report, cancelled)
+
+    def _budget_allows(self, record: FileLedger) -> bool:
+        budget = self.judge.queued_token_budget
+        if budget is None:
+            return True
+        in_flight = self._tokens_in_flight()
+        return in_flight == 0 or in_flight + record.input_tokens <= budget
+
+    def _upload(self, record: FileLedger, report: StepReport) -> None:
+        data = self.storage.read_bytes(record.input_key)
+        filename = self._filename(record)
+        existing = None
+        if record.current is not None and record.current.file_id is None:
+            # An upload was intended before a crash: it may have happened.
+            existing = self.client.find_file(filename, len(data))
+        else:
+            record.current = Submission(attempt=record.attempt, input_key=record.input_key)
+            self._save(record)
+        uploaded = existing or self.client.upload(filename, data)
+        assert record.current is not None
+        record.current.file_id = uploaded.id
+        record.current.uploaded_at = float(uploaded.created_at)
+        record.phase = Phase.UPLOADED
+        self._save(record)
+        report.actions.append(f"{record.request_key}: uploaded {uploaded.id}")
+
+    def _find_batch(self, record: FileLedger) -> Any | None:
+        assert record.current is not None
+        since = (record.current.uploaded_at or 0.0) - SEARCH_MARGIN_S
+        return self.client.find_batch(self._metadata(record, record.current), since)
+
+    def _create(self, record: FileLedger, report: StepReport) -> None:
+        current = record.current
+        assert current is not None and current.file_id is not None
+        batch = self._find_batch(record)
+        verb = "found"
+        if batch is None:
+            try:
+                batch = self.client.create_batch(current.file_id, self._metadata(record, current))
+            except ApiRequestError as error:
+                if error.status == 409:
+                    raise TransientApiError(str(error)) from None  # look it up next step
+                raise
+            verb = "created"
+        current.created_at = self.clock()
+        self._record_batch(current, batch)
+        record.phase = Phase.SUBMITTED
+        self._save(record)
+        report.actions.append(f"{record.request_key}: {verb} batch {batch.id}")
+
+    @staticmethod
+    def _record_batch(current: Submission, batch: Any) -> None:
+        current.batch_id = batch.id
+        current.status = batch.status
+        counts = batch.request_counts
+        if counts is not None:
+            current.request_counts = {
+                "total": counts.total,
+                "completed": counts.completed,
+                "failed": counts.failed,
+            }
+        current.output_file_id = batch.output_file_id
+        current.error_file_id = batch.error_file_id
+        errors = batch.errors.data if batch.errors is not None and batch.errors.data else []
+        current.errors = [
+            {"code": e.code, "message": e.message, "line": e.line, "param": e.param} for e in errors
+        ]
+
+    def _poll(self, record: FileLedger, report: StepReport) -> None:
+        current = record.current
+        assert current is not None and current.batch_id is not None
+        batch = self.client.retrieve(current.batch_id)
+        before = (current.status, current.request_counts)
+        self._record_batch(current, batch)
+        if batch.status not in ENDED_STATUSES:
+            if (current.status, current.request_counts) != before:
+                self._save(record)
+            return
+        codes = {str(e["code"]) for e in current.errors}
+        if batch.status == "failed" and TOKEN_LIMIT in codes:
+            self._retry_after_token_limit(record)
+            report.actions.append(f"{record.request_key}: {TOKEN_LIMIT}, will retry")
+            return
+        if batch.status == "failed" and codes & FATAL_BATCH_ERRORS:
+            message = "; ".join(str(e["message"]) for e in current.errors)
+            record.phase = Phase.FAILED
+            record.error = f"batch {batch.id} failed: {message}"
+            self._save(record)
+            raise FatalAnnotateError(
+                f"{self.storage.url(record.request_key)}: the judge model {record.model!r} "
+                f"cannot be used: {message}"
+            )
+        record.phase = Phase.ENDED
+        self._save(record)
+        report.actions.append(f"{record.request_key}: batch {batch.id} {batch.status}")
+
+    def _retry_after_token_limit(self, record: FileLedger) -> None:
+        current = record.current
+        assert current is not None
+        record.history.append(current)
+        record.token_limit_retries += 1
+        record.current = Submission(
+            attempt=current.attempt,
+            submission=current.submission + 1,
+            input_key=current.input_key,
+            file_id=current.file_id,
+            uploaded_at=current.uploaded_at,
+        )
+        record.phase = Phase.UPLOADED
+        exponent = min(record.token_limit_retries - 1, 6)
+        record.not_before = self.clock() + self.judge.poll_interval_seconds * 2**exponent
+        self._save(record)
+
+    def _fetch(self, record: FileLedger, report: StepReport, cancelled: bool) -> None:
+        current = record.current
+        assert current is not None
+        output = self._lines(current.output_file_id)
+        errors = self._lines(current.error_file_id)
+        missing = MISSING
+        if current.status == "cancelled":
+            missing = "cancelled"
+        elif current.status == "failed":
+            codes = sorted({str(e["code"]) for e in current.errors}) or ["unknown"]
+            missing = "batch_failed_" + "_".join(codes)
+        ids = [str(line["custom_id"]) for line in self._input_lines(record.input_key)]
+        results = sort_results(ids, output, errors, missing)
+        resubmit = bool(results.failed) and record.attempt < self.judge.max_attempts
+        if cancelled or current.status == "cancelled":
+            resubmit = False
+        self._write_results(record, current, results, final=not resubmit)
+        record.done += len(results.ok)
+        record.history.append(current)
+        record.current = None
+        if resubmit:
+            self._resubmit(record, set(results.failed))
+            report.actions.append(
+                f"{record.request_key}: fetched {len(results.ok)}, resubmitting "
+                f"{len(results.failed)} (attempt {record.attempt})"
+            )
+        else:
+            record.failed = dict(Counter(record.failed) + Counter(results.failed.values()))
+            stopped = cancelled or current.status == "cancelled"
+            record.phase = Phase.CANCELLED if stopped else Phase.DONE
+            report.actions.append(
+                f"{record.request_key}: fetched {len(results.ok)}, {len(results.failed)} failed"
+            )
+        self._save(record)
+
+    def _lines(self, file_id: str | None) -> list[str]:
+        if file_id is None:
+            return []
+        return self.client.content(file_id).decode("utf-8").splitlines()
+
+    def _write_results(
+        self, record: FileLedger, current: Submission, results: SortedResults, *, final: bool
+    ) -> None:
+        key = layout.result_for_request(record.request_key, record.attempt)
+        lines = list(results.ok.values())
+        if final:
+            lines += [results.failure_lines[c] for c in sorted(results.failed)]
+        with self.storage.open_writer(key) as stream:
+            for line in lines:
+                stream.write(line.strip() + "\n")
+        self.storage.commit(
+            key,
+            {
+                "rows": len(lines),
+                "batch_id": current.batch_id,
+                "ok": len(results.ok),
+                "failed": len(results.failed) if final else 0,
+                "resubmitted": 0 if final else len(results.failed),
+                "unknown": results.unknown,
+            },
+        )
+        current.result_key = key
+
+    def _resubmit(self, record: FileLedger, failed: set[str]) -> None:
+        attempt = record.attempt + 1
+        key = ledgers.resubmit_key(record.request_key, attempt)
+        count = tokens = 0
+        with self.storage.open_writer(key) as stream:
+            for line in self._input_lines(record.input_key):
+                if line["custom_id"] in failed:
+                    stream.write(json.dumps(line, ensure_ascii=False) + "\n")
+                    count += 1
+                    tokens += request_tokens(line.get("body") or {})
+        self.storage.commit(key, {"rows": count})
+        record.attempt = attempt
+        record.input_key = key
+        record.input_requests = count
+        record.input_tokens = tokens
+        record.resubmitted += count
+        record.not_before = 0.0
+        record.phase = Phase.PENDING
+
+    def _finish_unsubmitted(self, record: FileLedger, report: StepReport) -> None:
+        """A cancelled run: report the current attempt's requests as failed ('cancelled')."""
+        ids = [str(line["custom_id"]) for line in self._input_lines(record.input_key)]
+        results = sort_results(ids, [], [], "cancelled")
+        current = record.current or Submission(attempt=record.attempt, input_key=record.input_key)
+        self._write_results(record, current, results, final=True)
+        record.history.append(current)
+        record.current = None
+        record.failed = dict(Counter(record.failed) + Counter(results.failed.values()))
+        record.phase = Phase.CANCELLED
+        self._save(record)
+        report.actions.append(f"{record.request_key}: cancelled before submission")
+
+    def _cancel_unrecorded(self, record: FileLedger, report: StepReport) -> None:
+        """Cancelled while uploaded: a batch created just before a crash may exist; cancel it."""
+        batch = self._find_batch(record)
+        if batch is None:
+            self._finish_unsubmitted(record, report)
+            return
+        assert record.current is not None
+        record.current.created_at = self.clock()
+        self._record_batch(record.current, self.client.cancel(batch.id))
+        record.phase = Phase.SUBMITTED
+        self._save(record)
+        report.actions.append(f"{record.request_key}: cancelling unrecorded batch {batch.id}")
+
+    # ---- whole runs
+
+    def run_until_done(
+        self,
+        on_shard: Callable[[int], None] | None = None,
+        max_stalled_steps: int = 50,
+    ) -> AnnotateSummary:
+        """Step until every request file is done; sleeps the poll interval when nothing moved.
+        Raises TransientApiError after `max_stalled_steps` steps in a row with only API errors."""
+        reported: set[int] = set()
+        stalled = 0
+        while True:
+            report = self.step()
+            self._report_shards(on_shard, reported)
+            if report.done:
+                return self.summary()
+            if report.transient_errors and not report.progressed:
+                stalled += 1
+                if stalled >= max_stalled_steps:
+                    raise TransientApiError("; ".join(report.transient_errors))
+            else:
+                stalled = 0
+            if not report.progressed:
+                self.sleep(self.judge.poll_interval_seconds)
+
+    def _report_shards(self, on_shard: Callable[[int], None] | None, reported: set[int]) -> None:
+        if on_shard is None:
+            return
+        by_shard: dict[int, list[FileLedger]] = {s: [] for s in self.shards}
+        for record in self.ledgers():
+            by_shard.setdefault(record.shard, []).append(record)
+        for shard, records in sorted(by_shard.items()):
+            if shard not in reported and all(r.phase in ledgers.TERMINAL_PHASES for r in records):
+                reported.add(shard)
+                on_shard(shard)
+
+    def cancel(self, *, wait: bool = True, delete_files: bool = False) -> AnnotateSummary:
+        """Stop the run: no new batches; cancel every batch in flight; with `wait`, wait for
+        `cancelled` and fetch what finished. `delete_files` removes the uploaded input files."""
+        if not self.cancelled():
+            self.storage.write_json(ledgers.CANCEL_MARKER, {"cancelled_at": self.clock()})
+        for record in self.ledgers():
+            current = record.current
+            if (
+                record.phase is Phase.SUBMITTED
+                and current is not None
+                and current.batch_id
+                and current.status not in (*ENDED_STATUSES, "cancelling")
+            ):
+                self._record_batch(current, self.client.cancel(current.batch_id))
+                self._save(record)
+        if wait:
+            while not self.step().done:
+                self.sleep(self.judge.poll_interval_seconds)
+        if delete_files:
+            for record in self.ledgers():
+                for sub in record.submissions():
+                    if sub.file_id is not None:
+                        self.client.delete_file(sub.file_id)
+        return self.summary()
+
+    def summary(self) -> AnnotateSummary:
+        result = AnnotateSummary(cancelled=self.cancelled())
+        reasons: Counter[str] = Counter()
+        phases: Counter[str] = Counter()
+        for record in self.ledgers():
+            result.files += 1
+            result.files_done += record.phase in ledgers.TERMINAL_PHASES
+            result.requests += record.requests
+            result.done += record.done
+            reasons.update(record.failed)
+            result.batches += sum(1 for s in record.submissions() if s.batch_id is not None)
+            result.resubmitted += record.resubmitted
+            result.token_limit_retries += record.token_limit_retries
+            phases[record.phase.value] += 1
+        result.failed = sum(reasons.values())
+        result.failed_by_reason = dict(sorted(reasons.items()))
+        result.phases = dict(sorted(phases.items()))
+        return result

@@ -1,0 +1,86 @@
+"""Sort a finished batch's output and error lines into results and failed requests.
+
+Called by the annotate engine when it fetches a batch. Pure. A request is done when its output
+line has a 200 response (whatever the reply says: an unparseable reply is `parse`'s to count);
+it failed when its line is on the error file, has a non-2xx response or an `error` object
+(`batch_expired`, `request_timeout`, ...), or when no line names it at all (missing).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+from pydantic import ValidationError
+
+from synthpref.rows import BatchError, BatchResultLine
+
+MISSING = "missing"
+
+
+@dataclass
+class SortedResults:
+    ok: dict[str, str] = field(default_factory=dict)  # custom_id -> output line (JSON text)
+    failed: dict[str, str] = field(default_factory=dict)  # custom_id -> reason
+    failure_lines: dict[str, str] = field(default_factory=dict)  # custom_id -> line to report
+    unknown: int = 0  # lines that are not JSON, or name no request of the input
+
+
+def _reason(line: BatchResultLine) -> str | None:
+    """None for a usable 200 response, else why the request failed."""
+    if line.error is not None:
+        return line.error.code or "error"
+    if line.response is None:
+        return "no_response"
+    if line.response.status_code != 200:
+        body = line.response.body or {}
+        detail = body.get("error") if isinstance(body, dict) else None
+        code = detail.get("code") if isinstance(detail, dict) else None
+        return f"http_{line.response.status_code}" + (f"_{code}" if code else "")
+    return None
+
+
+def failure_line(custom_id: str, reason: str, message: str) -> str:
+    """A Batch error line for a request that got none from the service (e.g. missing)."""
+    line = BatchResultLine(
+        id=None, custom_id=custom_id, response=None, error=BatchError(code=reason, message=message)
+    )
+    return line.model_dump_json()
+
+
+def sort_results(
+    input_ids: Iterable[str],
+    output_lines: Iterable[str],
+    error_lines: Iterable[str],
+    missing_reason: str = MISSING,
+) -> SortedResults:
+    """Results of one batch: each input custom_id ends in exactly one of `ok` and `failed`."""
+    expected = set(input_ids)
+    result = SortedResults()
+    for text in [*output_lines, *error_lines]:
+        if not text.strip():
+            continue
+        try:
+            line = BatchResultLine.model_validate_json(text)
+        except (ValidationError, json.JSONDecodeError):
+            result.unknown += 1
+            continue
+        custom_id = line.custom_id
+        if custom_id not in expected:
+            result.unknown += 1
+            continue
+        reason = _reason(line)
+        if reason is None:
+            result.ok[custom_id] = text
+            result.failed.pop(custom_id, None)
+            result.failure_lines.pop(custom_id, None)
+        elif custom_id not in result.ok:
+            result.failed[custom_id] = reason
+            result.failure_lines[custom_id] = text
+    for custom_id in sorted(expected - result.ok.keys() - result.failed.keys()):
+        result.failed[custom_id] = missing_reason
+        result.failure_lines[custom_id] = failure_line(
+            custom_id, missing_reason, "The request has no line in the batch's output or errors."
+        )
+    return result

@@ -1,0 +1,560 @@
+"""The OpenAI Batch judge (synthpref.annotate) against the OpenAI-compatible test server.
+
+Each test builds a real run up to `mix` (prompts → answers from four "models" served by the
+test server through the `openai` generation backend → mix request files), then drives the judge
+through scripted service behaviour and checks the outcome against a reference: the same
+request files judged by the same deterministic ratings, written directly as result files and
+parsed. Failure modes: partial expiry, error lines, garbled replies, token budget and
+token_limit_exceeded, creation rate, 429/500 bursts, cancel, bad key, unknown model, and a
+process killed between create and record or in the middle of polling.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import textwrap
+from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from synthpref import layout
+from synthpref.annotate import ledger as ledgers
+from synthpref.annotate.client import BatchClient
+from synthpref.annotate.engine import Annotator, FatalAnnotateError
+from synthpref.annotate.estimate import file_tokens
+from synthpref.jsonl import read_rows
+from synthpref.rows import BatchResultLine, PreferenceRow
+from synthpref.spec import PreferenceRunSpec
+from synthpref.stages.generate import run_generate
+from synthpref.stages.judge import committed_request_files
+from synthpref.stages.mix import run_mix
+from synthpref.stages.parse import run_parse
+from synthpref.stages.prepare import run_prepare
+from synthpref.storage import LocalStorage, Storage
+from tests.builders import spec_dict
+from tests.support.openai_server import (
+    DEFAULT_API_KEY,
+    BatchInfo,
+    BatchScript,
+    Call,
+    ErrorLine,
+    Garbled,
+    Judgement,
+    OpenAIServer,
+    RequestInfo,
+    default_rating,
+    judgement_json,
+    judgement_text,
+    prompt_tokens,
+    request_answers,
+)
+
+KEY_ENV = "SYNTHPREF_TEST_JUDGE_KEY"
+RUN = "test-run"
+PROMPTS = 12
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(autouse=True)
+def api_key(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(KEY_ENV, DEFAULT_API_KEY)
+
+
+@pytest.fixture
+def server() -> Iterator[OpenAIServer]:
+    with OpenAIServer() as running:
+        yield running
+
+
+def build_spec(
+    tmp_path: Path, server: OpenAIServer, *, structured: bool = True, **judge: Any
+) -> PreferenceRunSpec:
+    prompt_file = tmp_path / "in" / "prompts.jsonl"
+    prompt_file.parent.mkdir(exist_ok=True)
+    prompt_file.write_text(
+        "".join(
+            json.dumps({"text": f"Question {i}: why is the sky blue?"}) + "\n"
+            for i in range(PROMPTS)
+        )
+    )
+    endpoint = {"baseUrl": server.base_url, "apiKeyEnv": KEY_ENV, "concurrency": 4}
+    document = spec_dict(
+        prompts_uri=str(prompt_file),
+        storage_uri=str(tmp_path / "store"),
+        mix={"responsesPerPrompt": 4, "seed": 3, "maxRequestsPerFile": 10},
+        judge={
+            "backend": "openai",
+            "model": "judge-1",
+            "structuredOutput": structured,
+            "maxAttempts": 3,
+            "pollIntervalSeconds": 0.01,
+            "openai": {**endpoint, "maxRetries": 6},
+            **judge,
+        },
+        binarization={"strategy": "best-vs-worst"},
+    )
+    document["prompts"]["shardSize"] = 4
+    document["models"] = [
+        {"name": f"m{i}", "backend": "openai", "path": f"model-{i}", "openai": endpoint}
+        for i in range(4)
+    ]
+    return PreferenceRunSpec.model_validate(document)
+
+
+def run_until_mix(spec: PreferenceRunSpec, storage: Storage) -> None:
+    run_prepare(spec, storage)
+    for model in spec.models:
+        run_generate(spec, storage, model.name)
+    run_mix(spec, storage)
+
+
+@pytest.fixture
+def mixed(tmp_path: Path, server: OpenAIServer) -> tuple[PreferenceRunSpec, LocalStorage]:
+    spec = build_spec(tmp_path, server)
+    storage = LocalStorage(tmp_path / "store")
+    run_until_mix(spec, storage)
+    server.calls.clear()
+    return spec, storage
+
+
+def annotator(spec: PreferenceRunSpec, storage: Storage, **kwargs: Any) -> Annotator:
+    client = BatchClient(spec.judge.openai, backoff_base_s=0.01, backoff_max_s=0.05, seed=1)
+    return Annotator(spec, storage, RUN, client, **kwargs)
+
+
+def request_files(storage: Storage) -> list[str]:
+    shards = storage.read_json(layout.PROMPTS_MANIFEST)["shards"]
+    return [key for shard in range(shards) for key in committed_request_files(storage, shard)]
+
+
+def request_lines(storage: Storage) -> list[dict[str, Any]]:
+    return [json.loads(t) for key in request_files(storage) for t in storage.read_lines(key)]
+
+
+def expected_reply(body: dict[str, Any]) -> str:
+    """What the server's default judge answers to a request body."""
+    answers = request_answers(body)
+    judgement = Judgement(
+        {n: default_rating(t) for n, t in answers.items()},
+        "Default judgement (a hash of the answer text).",
+    )
+    response_format = body.get("response_format")
+    if isinstance(response_format, dict) and response_format.get("type") == "json_schema":
+        return judgement_json(judgement, response_format)
+    return judgement_text(judgement)
+
+
+def reference_dataset(
+    spec: PreferenceRunSpec, storage: LocalStorage, tmp_path: Path, replies: dict[str, str]
+) -> list[dict[str, Any]]:
+    """The dataset `parse` makes from a copy of the mixed run whose judge results are
+    `replies` (custom_id → reply text) written directly, without any batch."""
+    copy_root = tmp_path / "reference"
+    shutil.copytree(
+        storage.root, copy_root, ignore=shutil.ignore_patterns("results", "judge", "dataset")
+    )
+    reference = LocalStorage(copy_root)
+    for key in request_files(reference):
+        lines = []
+        for text in reference.read_lines(key):
+            custom_id = json.loads(text)["custom_id"]
+            if custom_id in replies:
+                body = {"choices": [{"message": {"content": replies[custom_id]}}]}
+                response = {"status_code": 200, "body": body}
+                lines.append(
+                    json.dumps({"custom_id": custom_id, "response": response, "error": None})
+                )
+        result = layout.result_for_request(key, 1)
+        with reference.open_writer(result) as stream:
+            stream.write("".join(line + "\n" for line in lines))
+        reference.commit(result, {"rows": len(lines)})
+    run_parse(spec, reference)
+    return dataset(reference)
+
+
+def dataset(storage: Storage) -> list[dict[str, Any]]:
+    keys = [k for k in storage.list("dataset/part-") if k.endswith(".jsonl")]
+    return [row.model_dump() for key in keys for row in read_rows(storage, key, PreferenceRow)]
+
+
+def result_lines(storage: Storage) -> list[BatchResultLine]:
+    keys = [k for k in storage.list("results/") if k.endswith(".jsonl")]
+    assert all(storage.committed(k) is not None for k in keys)
+    return [line for key in keys for line in read_rows(storage, key, BatchResultLine)]
+
+
+def assert_each_request_once(storage: Storage) -> list[BatchResultLine]:
+    """Every custom_id of the request files has exactly one line over all result files."""
+    lines = result_lines(storage)
+    counts = Counter(line.custom_id for line in lines)
+    assert sorted(counts) == sorted(line["custom_id"] for line in request_lines(storage))
+    assert set(counts.values()) == {1}
+    return lines
+
+
+def ok(line: BatchResultLine) -> bool:
+    return line.error is None and line.response is not None and line.response.status_code == 200
+
+
+# --------------------------------------------------------------------------------------- tests
+
+
+def test_happy_path_end_to_end_into_parse(
+    mixed: tuple[PreferenceRunSpec, LocalStorage], server: OpenAIServer, tmp_path: Path
+) -> None:
+    spec, storage = mixed
+    files = request_files(storage)
+    requests = request_lines(storage)
+    assert len(files) >= 3 and len(requests) == PROMPTS * 4
+
+    summary = annotator(spec, storage).run_until_done()
+
+    assert (summary.files, summary.files_done, summary.requests) == (
+        len(files),
+        len(files),
+        len(requests),
+    )
+    assert (summary.done, summary.failed, summary.resubmitted) == (len(requests), 0, 0)
+    assert summary.batches == len(files) == len(server.batches)
+    assert all(ok(line) for line in assert_each_request_once(storage))
+
+    parsed = run_parse(spec, storage)
+    assert parsed.request_failures == {} and parsed.rating_failures == {}
+    expected = reference_dataset(
+        spec, storage, tmp_path, {r["custom_id"]: expected_reply(r["body"]) for r in requests}
+    )
+    assert expected and dataset(storage) == expected
+
+
+def test_expired_batches_keep_partial_output_and_resubmit_only_the_rest(
+    mixed: tuple[PreferenceRunSpec, LocalStorage], server: OpenAIServer, tmp_path: Path
+) -> None:
+    spec, storage = mixed
+
+    def script(info: BatchInfo) -> BatchScript:
+        if info.metadata.get("synthpref_attempt") == "1":
+            return BatchScript(outcome="expired", expire_done=3)
+        return BatchScript()
+
+    server.batch_script = script
+    requests = request_lines(storage)
+    files = request_files(storage)
+    summary = annotator(spec, storage).run_until_done()
+
+    assert summary.done == len(requests) and summary.failed == 0
+    assert summary.resubmitted == len(requests) - 3 * len(files)
+    assert summary.batches == 2 * len(files)
+    for key in files:
+        first = {
+            line.custom_id
+            for line in read_rows(storage, layout.result_for_request(key, 1), BatchResultLine)
+        }
+        resubmitted = ledgers.resubmit_key(key, 2)
+        again = {json.loads(t)["custom_id"] for t in storage.read_lines(resubmitted)}
+        everything = {json.loads(t)["custom_id"] for t in storage.read_lines(key)}
+        assert len(first) == 3 and again == everything - first
+    assert set(server.processed.values()) == {1}  # no request ran twice
+    assert_each_request_once(storage)
+    run_parse(spec, storage)
+    expected = reference_dataset(
+        spec, storage, tmp_path, {r["custom_id"]: expected_reply(r["body"]) for r in requests}
+    )
+    assert dataset(storage) == expected
+
+
+def test_error_lines_are_resubmitted_then_reported(
+    mixed: tuple[PreferenceRunSpec, LocalStorage], server: OpenAIServer
+) -> None:
+    spec, storage = mixed
+    ids = sorted(r["custom_id"] for r in request_lines(storage))
+    flaky, doomed = set(ids[:5]), ids[5]
+
+    def script(info: RequestInfo) -> ErrorLine | None:
+        if info.custom_id == doomed:
+            return ErrorLine("server_error", "Internal error.", status_code=500)
+        if info.custom_id in flaky and info.seen_before == 0:
+            return ErrorLine("request_timeout", "The request timed out.")
+        return None
+
+    server.request_script = script
+    summary = annotator(spec, storage).run_until_done()
+
+    assert summary.failed_by_reason == {"http_500_server_error": 1}
+    assert summary.done == len(ids) - 1
+    assert summary.resubmitted == len(flaky) + 2  # the doomed one went twice more
+    assert server.processed[doomed] == spec.judge.max_attempts
+    lines = {line.custom_id: line for line in assert_each_request_once(storage)}
+    assert not ok(lines[doomed]) and all(ok(lines[c]) for c in flaky)
+    parsed = run_parse(spec, storage)
+    assert parsed.request_failures == {"http_error": 1}
+
+
+def test_garbled_replies_are_results_that_parse_counts(
+    mixed: tuple[PreferenceRunSpec, LocalStorage], server: OpenAIServer
+) -> None:
+    spec, storage = mixed
+    garbled = {r["custom_id"] for r in request_lines(storage)[::7]}
+    server.request_script = lambda info: Garbled() if info.custom_id in garbled else None
+
+    summary = annotator(spec, storage).run_until_done()
+
+    assert summary.failed == 0 and summary.resubmitted == 0
+    parsed = run_parse(spec, storage)
+    assert parsed.replies == len(request_lines(storage))
+    assert sum(parsed.rating_failures.values()) == 4 * len(garbled)
+
+
+def test_queued_token_budget_is_never_exceeded(tmp_path: Path, server: OpenAIServer) -> None:
+    probe = build_spec(tmp_path, server)
+    storage = LocalStorage(tmp_path / "store")
+    run_until_mix(probe, storage)
+    sizes = [
+        file_tokens(json.loads(t)["body"] for t in storage.read_lines(k))
+        for k in request_files(storage)
+    ]
+    budget = max(sizes) + min(sizes)  # room for about two files at once
+    spec = build_spec(tmp_path, server, queuedTokenBudget=budget)
+    server.batch_script = lambda info: BatchScript(in_progress_s=6)
+
+    summary = annotator(spec, storage).run_until_done()
+
+    assert summary.done == summary.requests and summary.failed == 0
+    peak = server.max_queued_tokens["judge-1"]
+    assert 0 < peak <= budget
+    assert peak > max(sizes) * 0.4  # the server saw real queued tokens, not zero
+    for batch in server.batches.values():  # the estimate never under-counts the server's view
+        assert batch.tokens <= sizes[request_files(storage).index(batch.metadata["synthpref_file"])]  # type: ignore[index]
+
+
+def test_token_limit_exceeded_is_retried_later_not_failed(
+    mixed: tuple[PreferenceRunSpec, LocalStorage], server: OpenAIServer
+) -> None:
+    spec, storage = mixed
+    sizes = [
+        sum(prompt_tokens(json.loads(t)["body"]) for t in storage.read_lines(k))
+        for k in request_files(storage)
+    ]
+    server.token_limits = {"judge-1": max(sizes) + 1}  # one batch at a time fits
+    server.batch_script = lambda info: BatchScript(in_progress_s=4)
+
+    summary = annotator(spec, storage).run_until_done()
+
+    assert summary.done == summary.requests and summary.failed == 0 and summary.resubmitted == 0
+    assert summary.token_limit_retries >= 1
+    failed = [b for b in server.batches.values() if b.status == "failed"]
+    assert failed and all(b.errors[0]["code"] == "token_limit_exceeded" for b in failed)
+    assert server.max_queued_tokens["judge-1"] <= max(sizes) + 1
+    assert_each_request_once(storage)
+
+
+def test_batch_creations_per_hour_are_limited(
+    mixed: tuple[PreferenceRunSpec, LocalStorage], server: OpenAIServer
+) -> None:
+    spec, storage = mixed
+    now = [1000.0]
+    engine = annotator(spec, storage, clock=lambda: now[0], max_creations_per_hour=2)
+    files = len(request_files(storage))
+    assert files > 2
+    for _ in range(4):
+        report = engine.step()
+    assert len(server.batches) == 2
+    assert any("creation rate limit" in w for w in report.waiting)
+    now[0] += 3601
+    summary = engine.run_until_done()
+    assert summary.batches == files and summary.done == summary.requests
+
+
+def test_rate_limit_and_server_error_bursts_are_survived(
+    mixed: tuple[PreferenceRunSpec, LocalStorage], server: OpenAIServer, tmp_path: Path
+) -> None:
+    spec, storage = mixed
+    server.fail_next("POST", "/v1/files", 429, count=3, retry_after=0.01)
+    server.fail_next("POST", "/v1/batches", 500, count=2)
+    server.fail_next("GET", "/v1/batches/", 429, count=4)
+    server.fail_next("GET", "/v1/files/", 502, count=2)
+
+    summary = annotator(spec, storage).run_until_done()
+
+    assert summary.done == summary.requests and summary.batches == len(request_files(storage))
+    assert len(server.batches) == summary.batches
+    statuses = Counter((c.method, c.path.split("/")[2], c.status) for c in server.calls)
+    assert statuses[("POST", "files", 429)] == 3
+    assert statuses[("POST", "batches", 500)] == 2
+    assert statuses[("GET", "batches", 429)] == 4
+    assert statuses[("GET", "files", 502)] == 2
+    assert_each_request_once(storage)
+
+
+def test_cancel_keeps_finished_results_and_reports_the_rest(
+    mixed: tuple[PreferenceRunSpec, LocalStorage], server: OpenAIServer
+) -> None:
+    spec, storage = mixed
+    server.batch_script = lambda info: BatchScript(in_progress_s=40, cancelling_s=3)
+    engine = annotator(spec, storage)
+    for _ in range(3):
+        engine.step()
+    assert {r.phase for r in engine.ledgers()} == {ledgers.Phase.SUBMITTED}
+    server.clock.advance(10)
+
+    summary = engine.cancel(wait=True, delete_files=True)
+
+    assert summary.cancelled and {r.phase for r in engine.ledgers()} == {ledgers.Phase.CANCELLED}
+    assert 0 < summary.done < summary.requests
+    assert summary.failed_by_reason == {"cancelled": summary.requests - summary.done}
+    assert {b.status for b in server.batches.values()} == {"cancelled"}
+    lines = assert_each_request_once(storage)
+    assert sum(ok(line) for line in lines) == summary.done
+    assert not [f for f in server.files.values() if f.purpose == "batch" and not f.deleted]
+    assert annotator(spec, storage).step().done  # a cancelled run submits nothing again
+    assert len(server.batches) == len(request_files(storage))
+
+
+def test_bad_key_stops_with_a_clear_error_without_the_key(
+    mixed: tuple[PreferenceRunSpec, LocalStorage], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    spec, storage = mixed
+    wrong = "sk-judge-wrong-key-987654321"
+    monkeypatch.setenv(KEY_ENV, wrong)
+    with pytest.raises(FatalAnnotateError) as caught:
+        annotator(spec, storage).step()
+    message = str(caught.value)
+    assert KEY_ENV in message and "401" in message
+    assert wrong not in message and wrong[-6:] not in message
+    for key in storage.list("judge/"):
+        assert wrong[-6:] not in storage.read_bytes(key).decode()
+
+
+def test_unknown_judge_model_stops_naming_it(
+    mixed: tuple[PreferenceRunSpec, LocalStorage], server: OpenAIServer
+) -> None:
+    spec, storage = mixed
+    server.models = {"some-other-model"}
+    with pytest.raises(FatalAnnotateError, match="judge-1"):
+        annotator(spec, storage).run_until_done()
+    failed = [r for r in annotator(spec, storage).ledgers() if r.phase is ledgers.Phase.FAILED]
+    assert failed and "does not exist" in str(failed[0].error)
+
+
+# ------------------------------------------------------------------ killed processes, resumed
+
+CHILD = textwrap.dedent(
+    """
+    import sys
+    from synthpref.spec import PreferenceRunSpec
+    from synthpref.storage import LocalStorage
+    from synthpref.annotate.local import annotate_until_done
+
+    spec = PreferenceRunSpec.model_validate_json(open(sys.argv[1]).read())
+    annotate_until_done(spec, LocalStorage(sys.argv[2]), run_name=sys.argv[3])
+    """
+)
+
+
+def run_child_until_killed(
+    spec: PreferenceRunSpec,
+    storage: LocalStorage,
+    server: OpenAIServer,
+    tmp_path: Path,
+    method: str,
+    path: str,
+    nth: int,
+) -> None:
+    """Run the judge in a child process and SIGKILL it when the server has answered (but not
+    yet sent) the `nth` call matching `method path`."""
+    spec_file = tmp_path / "spec.json"
+    spec_file.write_text(spec.model_dump_json(by_alias=True))
+    script = tmp_path / "child.py"
+    script.write_text(CHILD)
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    child = subprocess.Popen(
+        [sys.executable, str(script), str(spec_file), str(storage.root), RUN], env=env
+    )
+    seen = [0]
+
+    def kill(call: Call) -> None:
+        seen[0] += 1
+        if seen[0] == nth:
+            os.kill(child.pid, signal.SIGKILL)
+            child.wait(timeout=30)
+
+    server.hook(method, path, kill, when="after", times=None)
+    assert child.wait(timeout=120) == -signal.SIGKILL
+    server.hooks.clear()
+
+
+def test_crash_between_create_and_record_makes_no_second_batch(
+    mixed: tuple[PreferenceRunSpec, LocalStorage], server: OpenAIServer, tmp_path: Path
+) -> None:
+    spec, storage = mixed
+    run_child_until_killed(spec, storage, server, tmp_path, "POST", "/v1/batches", 1)
+    assert len(server.batches) == 1
+    unrecorded = [
+        r for r in annotator(spec, storage).ledgers() if r.phase is ledgers.Phase.UPLOADED
+    ]
+    assert unrecorded and unrecorded[0].current is not None
+    assert unrecorded[0].current.batch_id is None  # created, never recorded
+
+    summary = annotator(spec, storage).run_until_done()
+
+    files = request_files(storage)
+    assert len(server.batches) == len(files) == summary.batches
+    assert summary.done == summary.requests
+    assert set(server.processed.values()) == {1}
+    assert_each_request_once(storage)
+
+
+def test_resumed_run_after_kill_mid_poll_fetches_everything_once(
+    mixed: tuple[PreferenceRunSpec, LocalStorage], server: OpenAIServer, tmp_path: Path
+) -> None:
+    spec, storage = mixed
+    server.batch_script = lambda info: BatchScript(in_progress_s=8)
+    files = request_files(storage)
+    run_child_until_killed(spec, storage, server, tmp_path, "GET", "/v1/batches/", len(files) + 2)
+    polled = [r for r in annotator(spec, storage).ledgers() if r.phase is ledgers.Phase.SUBMITTED]
+    assert polled
+
+    summary = annotator(spec, storage).run_until_done()
+
+    assert len(server.batches) == len(files) == summary.batches
+    assert summary.done == summary.requests and summary.failed == 0
+    assert set(server.processed.values()) == {1}
+    assert_each_request_once(storage)
+    downloads = Counter(c.path for c in server.calls_to("GET", "/v1/files/") if c.status == 200)
+    outputs = {b.output_file_id for b in server.batches.values()}
+    assert {f"/v1/files/{o}/content" for o in outputs} == set(downloads)
+    assert set(downloads.values()) == {1}
+
+
+def test_local_run_with_the_openai_judge_produces_the_scripted_dataset(
+    tmp_path: Path, server: OpenAIServer
+) -> None:
+    from synthpref.local_run import run_local
+    from synthpref.spec import PreferenceRunManifest
+
+    spec = build_spec(tmp_path, server, structured=False)
+    manifest = PreferenceRunManifest.model_validate(
+        {
+            "apiVersion": "synthpref.dev/v1alpha1",
+            "kind": "PreferenceRun",
+            "metadata": {"name": RUN},
+            "spec": spec.model_dump(by_alias=True),
+        }
+    )
+    storage = LocalStorage(tmp_path / "store")
+    result = run_local(manifest, storage, progress=False)
+
+    requests = request_lines(storage)
+    assert result.summary["judge"]["done"] == len(requests) == PROMPTS * 4
+    expected = reference_dataset(
+        spec, storage, tmp_path, {r["custom_id"]: expected_reply(r["body"]) for r in requests}
+    )
+    assert result.pairs == len(expected) > 0
+    assert dataset(storage) == expected
