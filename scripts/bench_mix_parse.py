@@ -32,7 +32,9 @@ from synthpref.rows import BatchRequestLine, GenerationRow, PromptRow
 from synthpref.spec import PreferenceRunSpec
 from synthpref.storage import LocalStorage
 
-WORDS = tuple("the model answers each question with care and a few extra words".split(" "))
+WORDS = (
+    "the", "model", "answers", "each", "question", "with", "care", "and", "a", "few", "extra",
+)  # fmt: skip
 
 
 def bench_spec(root: Path, models: int, shard_size: int) -> PreferenceRunSpec:
