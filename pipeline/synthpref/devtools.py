@@ -15,7 +15,7 @@ from synthpref.cli import LazyGroup
     cls=LazyGroup,
     lazy={
         "tiny-models": "synthpref.tinymodels:tiny_models_command",
-        "cluster": "synthpref_operator.devcluster.cli:cluster",
+        "cluster": "synthpref_operator.devcluster.cli:cluster_group",
     },
 )
 def dev() -> None:

@@ -57,6 +57,8 @@ from tests.support.openai_server import (
     request_answers,
 )
 
+pytestmark = pytest.mark.timeout(180)
+
 KEY_ENV = "SYNTHPREF_TEST_JUDGE_KEY"
 RUN = "test-run"
 PROMPTS = 12
@@ -75,14 +77,19 @@ def server() -> Iterator[OpenAIServer]:
 
 
 def build_spec(
-    tmp_path: Path, server: OpenAIServer, *, structured: bool = True, **judge: Any
+    tmp_path: Path,
+    server: OpenAIServer,
+    *,
+    structured: bool = True,
+    prompts: int = PROMPTS,
+    **judge: Any,
 ) -> PreferenceRunSpec:
     prompt_file = tmp_path / "in" / "prompts.jsonl"
     prompt_file.parent.mkdir(exist_ok=True)
     prompt_file.write_text(
         "".join(
             json.dumps({"text": f"Question {i}: why is the sky blue?"}) + "\n"
-            for i in range(PROMPTS)
+            for i in range(prompts)
         )
     )
     endpoint = {"baseUrl": server.base_url, "apiKeyEnv": KEY_ENV, "concurrency": 4}
@@ -360,16 +367,24 @@ def test_batch_creations_per_hour_are_limited(
 ) -> None:
     spec, storage = mixed
     now = [1000.0]
-    engine = annotator(spec, storage, clock=lambda: now[0], max_creations_per_hour=2)
+
+    def sleep(seconds: float) -> None:
+        now[0] += 600  # each idle wait is ten (fake) minutes
+
+    engine = annotator(spec, storage, clock=lambda: now[0], sleep=sleep, max_creations_per_hour=2)
     files = len(request_files(storage))
     assert files > 2
     for _ in range(4):
         report = engine.step()
     assert len(server.batches) == 2
     assert any("creation rate limit" in w for w in report.waiting)
-    now[0] += 3601
     summary = engine.run_until_done()
     assert summary.batches == files and summary.done == summary.requests
+    created = sorted(
+        s.created_at for r in engine.ledgers() for s in r.submissions() if s.created_at
+    )
+    for index in range(len(created) - 2):  # never three creations within an hour
+        assert created[index + 2] - created[index] >= 3600
 
 
 def test_rate_limit_and_server_error_bursts_are_survived(
@@ -432,15 +447,77 @@ def test_bad_key_stops_with_a_clear_error_without_the_key(
         assert wrong[-6:] not in storage.read_bytes(key).decode()
 
 
-def test_unknown_judge_model_stops_naming_it(
-    mixed: tuple[PreferenceRunSpec, LocalStorage], server: OpenAIServer
+def test_unknown_judge_model_stops_naming_it_and_keeps_fetched_results(
+    tmp_path: Path, server: OpenAIServer
 ) -> None:
-    spec, storage = mixed
-    server.models = {"some-other-model"}
+    spec = build_spec(tmp_path, server, queuedTokenBudget=1)  # one file in flight at a time
+    storage = LocalStorage(tmp_path / "store")
+    run_until_mix(spec, storage)
+    engine = annotator(spec, storage)
+    while not any(r.phase is ledgers.Phase.DONE for r in engine.ledgers()):
+        engine.step()
+    done = [r.request_key for r in engine.ledgers() if r.phase is ledgers.Phase.DONE]
+    kept = {k: storage.read_bytes(k) for k in storage.list("results/")}
+    assert kept
+
+    server.models = {"some-other-model"}  # the judge model is withdrawn
     with pytest.raises(FatalAnnotateError, match="judge-1"):
-        annotator(spec, storage).run_until_done()
-    failed = [r for r in annotator(spec, storage).ledgers() if r.phase is ledgers.Phase.FAILED]
+        engine.run_until_done()
+
+    after = annotator(spec, storage).ledgers()
+    failed = [r for r in after if r.phase is ledgers.Phase.FAILED]
     assert failed and "does not exist" in str(failed[0].error)
+    assert [r.request_key for r in after if r.phase is ledgers.Phase.DONE] == done
+    assert {k: storage.read_bytes(k) for k in kept} == kept
+
+
+def test_larger_run_with_every_fault_at_once_matches_the_reference(
+    tmp_path: Path, server: OpenAIServer
+) -> None:
+    spec = build_spec(tmp_path, server, prompts=60)
+    storage = LocalStorage(tmp_path / "store")
+    run_until_mix(spec, storage)
+    files = request_files(storage)
+    requests = request_lines(storage)
+    sizes = [
+        sum(prompt_tokens(json.loads(t)["body"]) for t in storage.read_lines(k)) for k in files
+    ]
+    cap = 3 * max(sizes)
+    server.token_limits = {"judge-1": cap}
+
+    def batch_script(info: BatchInfo) -> BatchScript:
+        if info.ordinal % 3 == 0 and info.metadata.get("synthpref_attempt") == "1":
+            return BatchScript(outcome="expired", expire_done=info.request_count // 2)
+        return BatchScript(in_progress_s=3)
+
+    def request_script(info: RequestInfo) -> ErrorLine | None:
+        first_time = info.seen_before == 0
+        if first_time and info.custom_id is not None and hash(info.custom_id) % 10 == 0:
+            return ErrorLine("request_timeout", "The request timed out.")
+        return None
+
+    server.batch_script = batch_script
+    server.request_script = request_script
+    server.fail_next("GET", "/v1/batches/", 429, count=5, retry_after=0.01)
+    server.fail_next("POST", "/v1/batches", 503, count=3)
+
+    summary = annotator(spec, storage).run_until_done()
+
+    assert summary.done == summary.requests == len(requests) == 240 and summary.failed == 0
+    assert summary.resubmitted > 0 and summary.batches > len(files)
+    assert server.max_queued_tokens["judge-1"] <= cap
+    assert set(server.processed.values()) == {1} | ({2} if summary.resubmitted else set())
+    assert_each_request_once(storage)
+    run_parse(spec, storage)
+    expected = reference_dataset(
+        spec, storage, tmp_path, {r["custom_id"]: expected_reply(r["body"]) for r in requests}
+    )
+    assert dataset(storage) == expected
+    print(  # the figures for the closing note (pytest -s)
+        f"\nrequests={summary.requests} files={summary.files} batches={summary.batches} "
+        f"resubmitted={summary.resubmitted} token_limit_retries={summary.token_limit_retries} "
+        f"dataset_rows={len(expected)}"
+    )
 
 
 # ------------------------------------------------------------------ killed processes, resumed
@@ -558,3 +635,44 @@ def test_local_run_with_the_openai_judge_produces_the_scripted_dataset(
     )
     assert result.pairs == len(expected) > 0
     assert dataset(storage) == expected
+
+
+def test_cli_submit_poll_fetch_status(
+    mixed: tuple[PreferenceRunSpec, LocalStorage], server: OpenAIServer, tmp_path: Path
+) -> None:
+    from click.testing import CliRunner
+
+    from synthpref.cli import main
+
+    spec, storage = mixed
+    run_file = tmp_path / "run.yaml"
+    manifest = {
+        "apiVersion": "synthpref.dev/v1alpha1",
+        "kind": "PreferenceRun",
+        "metadata": {"name": RUN},
+        "spec": json.loads(spec.model_dump_json(by_alias=True)),
+    }
+    run_file.write_text(json.dumps(manifest))  # JSON is YAML
+    runner = CliRunner()
+
+    def call(*args: str) -> dict[str, Any]:
+        result = runner.invoke(main, ["annotate", *args, str(run_file)], catch_exceptions=False)
+        assert result.exit_code == 0, result.output
+        document: dict[str, Any] = json.loads(result.output)
+        return document
+
+    files = len(request_files(storage))
+    submitted = call("submit")
+    assert len(server.batches) == files
+    assert submitted["files_by_phase"].keys() == {"submitted"}
+    for _ in range(30):
+        call("poll")
+        call("fetch")
+        if call("status")["files_done"] == files:
+            break
+    final = call("status")
+    assert final["done"] == final["requests"] == len(request_lines(storage))
+    assert [c.status for c in server.calls if c.path == "/v1/batches" and c.method == "POST"] == [
+        200
+    ] * files
+    assert_each_request_once(storage)

@@ -6,6 +6,8 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+import sys
+import threading
 import time
 from collections.abc import Callable
 from functools import partial
@@ -93,7 +95,7 @@ def indexed_job(
 
 
 def create_job(batch: Any, ns: str, body: dict[str, Any]) -> None:
-    batch.create_namespaced_job(ns, body, _preload_content=False)
+    batch.create_namespaced_job(ns, body)
 
 
 def write_index_script(out: Path) -> str:
@@ -218,7 +220,11 @@ def test_indexed_job_completes(
         assert index == job_completion_index == str(i)
         assert pod.startswith(f"idx-{i}-")
     runs = test_kubelet.runs_in(namespace)
-    assert sorted(r.completion_index or -1 for r in runs) == [0, 1, 2]
+    assert sorted(-1 if r.completion_index is None else r.completion_index for r in runs) == [
+        0,
+        1,
+        2,
+    ]
     assert all(r.exit_code == 0 and r.reason == "Completed" for r in runs)
     job = batch.read_namespaced_job_status("idx", namespace)
     assert job.status.succeeded == 3
@@ -374,12 +380,12 @@ def test_gpu_slots_serialize_pods(
 ) -> None:
     core: Any = client.CoreV1Api(k8s_api_client)
     old_gpus = test_kubelet.gpus
-    test_kubelet.gpus = 1  # the scheduler side; the node object keeps its capacity
+    test_kubelet.set_gpus(1)
     try:
         script = "import time; time.sleep(1.5)"
         for name in ("gpu-a", "gpu-b"):
-            core.create_namespaced_pod(namespace, gpu_pod(name, 1, script), _preload_content=False)
-        core.create_namespaced_pod(namespace, gpu_pod("gpu-big", 2, script), _preload_content=False)
+            core.create_namespaced_pod(namespace, gpu_pod(name, 1, script))
+        core.create_namespaced_pod(namespace, gpu_pod("gpu-big", 2, script))
 
         def unschedulable(name: str) -> bool:
             pod = core.read_namespaced_pod_status(name, namespace)
@@ -402,8 +408,10 @@ def test_gpu_slots_serialize_pods(
         assert runs[0].finished_at <= runs[1].started_at, "two 1-GPU pods overlapped on 1 slot"
         assert unschedulable("gpu-big")
         assert core.read_namespaced_pod("gpu-big", namespace).spec.node_name is None
+        node = core.read_node(test_kubelet.node_name)
+        assert node.status.allocatable["nvidia.com/gpu"] == "1"
     finally:
-        test_kubelet.gpus = old_gpus
+        test_kubelet.set_gpus(old_gpus)
 
 
 def test_pod_env_and_faults(
@@ -467,7 +475,7 @@ def test_pod_env_and_faults(
             ],
         },
     }
-    core.create_namespaced_pod(namespace, pod, _preload_content=False)
+    core.create_namespaced_pod(namespace, pod)
     wait_for(lambda: pod_phase(core, namespace, "env") == "Succeeded", 30, "pod env")
     env = json.loads((tmp_path / "env.json").read_text())
     assert env == {
@@ -501,7 +509,7 @@ def test_pod_env_and_faults(
         body["spec"]["containers"][0]["command"] = ["python", "-c", script_]
         del body["spec"]["containers"][0]["env"]
         del body["spec"]["containers"][0]["envFrom"]
-        core.create_namespaced_pod(namespace, body, _preload_content=False)
+        core.create_namespaced_pod(namespace, body)
     t0 = time.time()
     for name, phase in (("oom", "Failed"), ("killed", "Failed"), ("late", "Succeeded")):
         wait_for(partial(pod_has_phase, core, namespace, name, phase), 30, name)
@@ -531,3 +539,63 @@ def test_controlplane_basics(control_plane: ControlPlane, tmp_path: Path) -> Non
         alice.list_namespace()
     assert err.value.status == 403
     assert "alice" in str(err.value.body)
+
+
+def test_dev_cluster_cli(
+    kube_bin_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from click.testing import CliRunner
+
+    from synthpref_operator.devcluster.cli import dev_group, state_file
+
+    monkeypatch.setenv("SYNTHPREF_DEVCLUSTER_DIR", str(tmp_path / "dev"))
+    monkeypatch.setenv("SYNTHPREF_KUBE_BIN_DIR", str(kube_bin_dir))
+    up = subprocess.Popen(
+        [sys.executable, "-m", "synthpref_operator.devcluster.cli", "cluster", "up"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    watchdog = threading.Timer(120, up.kill)
+    watchdog.start()
+    try:
+        assert up.stdout is not None
+        output = []
+        for line in up.stdout:
+            output.append(line)
+            if line.startswith("export PATH="):
+                break
+        exports = [line for line in output if line.startswith("export KUBECONFIG=")]
+        assert exports, "".join(output)
+
+        runner = CliRunner()
+        env_result = runner.invoke(dev_group, ["cluster", "env"])
+        assert env_result.exit_code == 0, env_result.output
+        assert exports[0].strip() in env_result.output
+        kubeconfig = json.loads(state_file().read_text())["kubeconfig"]
+        nodes = subprocess.run(
+            [
+                str(kube_bin_dir / "kubectl"),
+                f"--kubeconfig={kubeconfig}",
+                "get",
+                "nodes",
+                "-o",
+                "name",
+            ],
+            capture_output=True,
+            text=True,
+            check=True,
+        )
+        assert nodes.stdout.strip() == "node/synthpref-node"
+
+        down = runner.invoke(dev_group, ["cluster", "down"])
+        assert down.exit_code == 0, down.output
+        assert up.wait(30) == 0
+        assert not state_file().exists()
+        again = runner.invoke(dev_group, ["cluster", "env"])
+        assert again.exit_code != 0
+    finally:
+        watchdog.cancel()
+        if up.poll() is None:
+            up.kill()
+            up.wait()

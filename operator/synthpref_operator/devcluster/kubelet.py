@@ -321,7 +321,7 @@ class TestKubelet:
                 self._close_log(st)
         if delete_node:
             with contextlib.suppress(Exception):
-                self.api.delete_node(self.node_name, _preload_content=False)
+                self._call(self.api.delete_node, self.node_name)
         if self._own_work_dir and not os.environ.get("SYNTHPREF_KEEP_CLUSTER"):
             shutil.rmtree(self.work_dir, ignore_errors=True)
 
@@ -416,8 +416,13 @@ class TestKubelet:
 
     # ------------------------------------------------------------------ API helpers
     @staticmethod
-    def _json(resp: Any) -> Any:
-        return json.loads(resp.data or b"null")
+    def _call(method: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        """Call a generated API method without model (de)serialization; return the JSON."""
+        resp = method(*args, _preload_content=False, **kwargs)
+        try:
+            return json.loads(resp.data or b"null")
+        finally:
+            resp.release_conn()
 
     def _patch_status(self, pod: Pod | _PodState, status: dict[str, Any]) -> bool:
         ns, name = (
@@ -426,12 +431,12 @@ class TestKubelet:
             else (pod["metadata"]["namespace"], pod["metadata"]["name"])
         )
         try:
-            self.api.patch_namespaced_pod_status(
+            self._call(
+                self.api.patch_namespaced_pod_status,
                 name,
                 ns,
                 {"status": status},
                 _content_type="application/strategic-merge-patch+json",
-                _preload_content=False,
             )
         except self._client_mod.ApiException as e:
             if e.status == 404:
@@ -444,6 +449,23 @@ class TestKubelet:
         self.errors.append(f"{now_rfc3339()} {msg}")
         del self.errors[:-200]
 
+    def set_gpus(self, gpus: int) -> None:
+        """Change the node's GPU slots (scheduling and the Node's capacity/allocatable)."""
+        with self._lock:
+            self.gpus = gpus
+            self._call(
+                self.api.patch_node_status,
+                self.node_name,
+                {
+                    "status": {
+                        "capacity": {GPU_RESOURCE: str(gpus)},
+                        "allocatable": {GPU_RESOURCE: str(gpus)},
+                    }
+                },
+                _content_type="application/strategic-merge-patch+json",
+            )
+        self._wake.set()
+
     def _register_node(self) -> None:
         body = {
             "apiVersion": "v1",
@@ -452,7 +474,7 @@ class TestKubelet:
         }
         client = self._client_mod
         try:
-            self.api.create_node(client.V1Node.from_dict(body), _preload_content=False)
+            self._call(self.api.create_node, client.V1Node.from_dict(body))
         except client.ApiException as e:
             if e.status != 409:
                 raise
@@ -493,20 +515,19 @@ class TestKubelet:
                 "bootID": "",
             },
         }
-        self.api.patch_node_status(
+        self._call(
+            self.api.patch_node_status,
             self.node_name,
             {"status": status},
             _content_type="application/strategic-merge-patch+json",
-            _preload_content=False,
         )
 
     # ------------------------------------------------------------------ watch
     def _list(self) -> tuple[list[Pod], str]:
         if self.namespace:
-            resp = self.api.list_namespaced_pod(self.namespace, _preload_content=False)
+            data = self._call(self.api.list_namespaced_pod, self.namespace)
         else:
-            resp = self.api.list_pod_for_all_namespaces(_preload_content=False)
-        data = self._json(resp)
+            data = self._call(self.api.list_pod_for_all_namespaces)
         return list(data.get("items") or []), str(data["metadata"]["resourceVersion"])
 
     def _watch(self, rv: str) -> Any:
@@ -565,6 +586,7 @@ class TestKubelet:
                         if self._stop.is_set():
                             break
                 finally:
+                    resp.close()
                     resp.release_conn()
             except Exception as e:
                 if self._stop.is_set():
@@ -692,8 +714,8 @@ class TestKubelet:
             target=client.V1ObjectReference(api_version="v1", kind="Node", name=self.node_name),
         )
         try:
-            self.api.create_namespaced_pod_binding(
-                meta["name"], meta["namespace"], body, _preload_content=False
+            self._call(
+                self.api.create_namespaced_pod_binding, meta["name"], meta["namespace"], body
             )
         except client.ApiException as e:
             if e.status not in (404, 409):
@@ -940,7 +962,7 @@ class TestKubelet:
 
     def _config_map(self, ns: str, name: str, optional: bool) -> dict[str, str] | None:
         try:
-            data = self._json(self.api.read_namespaced_config_map(name, ns, _preload_content=False))
+            data = self._call(self.api.read_namespaced_config_map, name, ns)
         except self._client_mod.ApiException as e:
             if e.status == 404 and optional:
                 return None
@@ -949,7 +971,7 @@ class TestKubelet:
 
     def _secret(self, ns: str, name: str, optional: bool) -> dict[str, str] | None:
         try:
-            data = self._json(self.api.read_namespaced_secret(name, ns, _preload_content=False))
+            data = self._call(self.api.read_namespaced_secret, name, ns)
         except self._client_mod.ApiException as e:
             if e.status == 404 and optional:
                 return None
@@ -1091,11 +1113,11 @@ class TestKubelet:
         if st.bound:
             meta = pod["metadata"]
             try:
-                self.api.delete_namespaced_pod(
+                self._call(
+                    self.api.delete_namespaced_pod,
                     meta["name"],
                     meta["namespace"],
                     grace_period_seconds=0,
-                    _preload_content=False,
                 )
             except self._client_mod.ApiException as e:
                 if e.status != 404:

@@ -30,7 +30,7 @@ import json
 import logging
 import time
 from collections import Counter
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Collection, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -103,7 +103,7 @@ class Annotator:
         spec: PreferenceRunSpec,
         storage: Storage,
         run_name: str,
-        client: BatchClient,
+        client: BatchClient | None,
         *,
         shards: Iterable[int] | None = None,
         clock: Callable[[], float] = time.time,
@@ -114,13 +114,21 @@ class Annotator:
         self.judge = spec.judge
         self.storage = storage
         self.run_name = run_name
-        self.client = client
+        self._client = client
         self.clock = clock
         self.sleep = sleep
         self.max_creations_per_hour = max_creations_per_hour
         self._shards = list(shards) if shards is not None else None
         self._ledgers: dict[str, FileLedger] | None = None
         self._tag = _store_tag(storage)
+        self._in_flight = 0
+        self._recent_creations = 0
+
+    @property
+    def client(self) -> BatchClient:
+        if self._client is None:
+            raise RuntimeError("this Annotator has no API client (it was built for status only)")
+        return self._client
 
     # ---- state
 
@@ -209,12 +217,18 @@ class Annotator:
 
     # ---- one step
 
-    def step(self) -> StepReport:
-        """Make at most one API move per request file; every move is recorded before return."""
+    def step(self, only: Collection[Phase] | None = None) -> StepReport:
+        """Make at most one API move per request file (only files in `only` phases, if given);
+        every move is recorded in the file's ledger before this returns."""
         report = StepReport()
         cancelled = self.cancelled()
+        # Counted once per step and kept up to date by _upload/_create (not once per file).
+        self._in_flight = self._tokens_in_flight()
+        self._recent_creations = self._creations_last_hour(self.clock())
         for record in self.ledgers():
             if record.phase in ledgers.TERMINAL_PHASES:
+                continue
+            if only is not None and record.phase not in only:
                 continue
             try:
                 self._advance(record, report, cancelled)
@@ -241,7 +255,7 @@ class Annotator:
                 self._cancel_unrecorded(record, report)
             elif record.not_before > now:
                 report.waiting.append(f"{record.request_key}: token limit, retrying later")
-            elif self._creations_last_hour(now) >= self.max_creations_per_hour:
+            elif self._recent_creations >= self.max_creations_per_hour:
                 report.waiting.append(f"{record.request_key}: batch creation rate limit")
             else:
                 self._create(record, report)
@@ -254,8 +268,7 @@ class Annotator:
         budget = self.judge.queued_token_budget
         if budget is None:
             return True
-        in_flight = self._tokens_in_flight()
-        return in_flight == 0 or in_flight + record.input_tokens <= budget
+        return self._in_flight == 0 or self._in_flight + record.input_tokens <= budget
 
     def _upload(self, record: FileLedger, report: StepReport) -> None:
         data = self.storage.read_bytes(record.input_key)
@@ -273,6 +286,7 @@ class Annotator:
         record.current.uploaded_at = float(uploaded.created_at)
         record.phase = Phase.UPLOADED
         self._save(record)
+        self._in_flight += record.input_tokens
         report.actions.append(f"{record.request_key}: uploaded {uploaded.id}")
 
     def _find_batch(self, record: FileLedger) -> Any | None:
@@ -293,6 +307,7 @@ class Annotator:
                     raise TransientApiError(str(error)) from None  # look it up next step
                 raise
             verb = "created"
+            self._recent_creations += 1
         current.created_at = self.clock()
         self._record_batch(current, batch)
         record.phase = Phase.SUBMITTED

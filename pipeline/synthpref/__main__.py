@@ -1,0 +1,5 @@
+"""`python -m synthpref` runs the CLI."""
+
+from synthpref.cli import entrypoint
+
+entrypoint()

@@ -1,0 +1,86 @@
+"""The quickstart end to end through the real CLI: tiny vLLM models on CPU, a vLLM judge,
+every stage on the local filesystem; then a rerun that finds everything committed."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from synthpref import layout
+from synthpref.jsonl import read_rows
+from synthpref.rows import PreferenceRow
+from synthpref.storage import LocalStorage
+
+ROOT = Path(__file__).resolve().parents[2]
+SYNTHPREF = [sys.executable, "-m", "synthpref"]
+
+pytestmark = pytest.mark.vllm
+
+
+def synthpref(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+    result = subprocess.run(
+        [*SYNTHPREF, *args],
+        check=False,
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=1200,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )
+    assert result.returncode == 0, f"synthpref {args} failed:\n{result.stdout}\n{result.stderr}"
+    return result
+
+
+def test_quickstart_end_to_end_and_resume(tmp_path: Path) -> None:
+    manifest = yaml.safe_load((ROOT / "examples" / "quickstart.yaml").read_text())
+    spec = manifest["spec"]
+    # Run from a scratch directory: same relative layout as the repo (prompts, .tiny-models).
+    (tmp_path / "examples" / "prompts").mkdir(parents=True)
+    (tmp_path / spec["prompts"]["uri"]).write_bytes((ROOT / spec["prompts"]["uri"]).read_bytes())
+    names = ",".join(m["name"] for m in spec["models"])
+    synthpref("dev", "tiny-models", ".tiny-models", "--names", names, cwd=tmp_path)
+    run_file = tmp_path / "quickstart.yaml"
+    run_file.write_text(yaml.safe_dump(manifest))
+
+    first = synthpref("run", str(run_file), "--local", "--no-progress", cwd=tmp_path)
+
+    storage = LocalStorage(tmp_path / spec["storage"]["uri"])
+    summary = storage.read_json(layout.SUMMARY)
+    rows = [
+        row
+        for shard in range(3)
+        for row in read_rows(storage, layout.dataset_shard(shard), PreferenceRow)
+    ]
+    assert summary["pairs"] == len(rows) > 0
+    assert f"({len(rows)} pairs)" in first.stdout
+    for row in rows:
+        assert row.chosen_model != row.rejected_model
+        assert row.chosen_rating > row.rejected_rating  # ties: drop
+        assert row.chosen[0].content == row.prompt and row.chosen[1].role == "assistant"
+        assert set(row.chosen_aspect_ratings) <= set(
+            spec["mix"].get(
+                "aspects", ["helpfulness", "honesty", "instruction_following", "truthfulness"]
+            )
+        )
+        assert "topic" in row.metadata
+    printed = json.loads(first.stdout[: first.stdout.rindex("}") + 1])
+    assert printed["prepare"]["prompts"] == 24
+    for model in spec["models"]:
+        generated = printed["generate"][model["name"]]
+        assert generated["rows"] == 24 and generated["completion_tokens"] > 0
+    assert printed["judge"]["requests"] == 24 * 4
+
+    dataset_before = [storage.read_bytes(layout.dataset_shard(s)) for s in range(3)]
+    second = synthpref("run", str(run_file), "--local", "--no-progress", cwd=tmp_path)
+    again = json.loads(second.stdout[: second.stdout.rindex("}") + 1])
+    for model in spec["models"]:
+        assert again["generate"][model["name"]]["shards_done"] == 0
+        assert again["generate"][model["name"]]["shards_skipped"] == 3
+    assert again["judge"]["request_files"] == 0
+    assert [storage.read_bytes(layout.dataset_shard(s)) for s in range(3)] == dataset_before
