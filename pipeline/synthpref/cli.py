@@ -8,15 +8,17 @@ Indexed Job find their index in JOB_COMPLETION_INDEX; `--worker/--workers` overr
 from __future__ import annotations
 
 import json
+import os
 import sys
 from collections.abc import Callable
 from dataclasses import asdict, is_dataclass
 from typing import Any
 
 import click
+import yaml
 
 from synthpref import layout
-from synthpref.spec import PreferenceRunManifest, SpecError, load_run
+from synthpref.spec import PreferenceRunManifest, SpecError, load_run, parse_manifest
 from synthpref.storage import Storage, open_storage
 
 
@@ -39,9 +41,19 @@ class LazyGroup(click.Group):
         return super().get_command(ctx, cmd_name)
 
 
-def load(run_file: str) -> tuple[PreferenceRunManifest, Storage]:
+MANIFEST_ENV = "SYNTHPREF_RUN_MANIFEST"
+
+
+def load(run_file: str | None) -> tuple[PreferenceRunManifest, Storage]:
+    """The run manifest from RUN.yaml or, when omitted (in a Job), from $SYNTHPREF_RUN_MANIFEST."""
     try:
-        manifest = load_run(run_file)
+        if run_file is not None:
+            manifest = load_run(run_file)
+        elif MANIFEST_ENV in os.environ:
+            document = yaml.safe_load(os.environ[MANIFEST_ENV])
+            manifest = parse_manifest(document, f"${MANIFEST_ENV}")
+        else:
+            raise click.UsageError(f"give RUN.yaml or set {MANIFEST_ENV}")
     except SpecError as error:
         raise click.ClickException(str(error)) from None
     storage_spec = manifest.spec.storage
@@ -78,12 +90,18 @@ def resolve_worker(worker: int | None, workers: int) -> int:
     return index
 
 
-RUN_ARGUMENT = click.argument("run_file", metavar="RUN.yaml", type=click.Path(dir_okay=False))
+RUN_ARGUMENT = click.argument(
+    "run_file", metavar="[RUN.yaml]", required=False, type=click.Path(dir_okay=False)
+)
 
 
 @click.group(
     cls=LazyGroup,
-    lazy={"annotate": "synthpref.annotate.cli:annotate", "dev": "synthpref.devtools:dev"},
+    lazy={
+        "annotate": "synthpref.annotate.cli:annotate",
+        "dev": "synthpref.devtools:dev",
+        "operator": "synthpref_operator.cli:operator_command",
+    },
 )
 @click.version_option(package_name="synthpref")
 def main() -> None:
@@ -92,7 +110,7 @@ def main() -> None:
 
 @main.command()
 @RUN_ARGUMENT
-def prepare(run_file: str) -> None:
+def prepare(run_file: str | None) -> None:
     """Read prompt files, assign stable ids, drop duplicates, write prompt shards."""
     from synthpref.stages.prepare import PromptFileError, run_prepare
 
@@ -107,7 +125,7 @@ def prepare(run_file: str) -> None:
 @RUN_ARGUMENT
 @click.option("--model", "model_name", required=True, help="Name of the model in spec.models.")
 @worker_options
-def generate(run_file: str, model_name: str, worker: int | None, workers: int) -> None:
+def generate(run_file: str | None, model_name: str, worker: int | None, workers: int) -> None:
     """Answer this worker's prompt shards with one model (loaded once)."""
     from synthpref.stages.generate import run_generate
 
@@ -129,7 +147,7 @@ def generate(run_file: str, model_name: str, worker: int | None, workers: int) -
 @main.command()
 @RUN_ARGUMENT
 @worker_options
-def mix(run_file: str, worker: int | None, workers: int) -> None:
+def mix(run_file: str | None, worker: int | None, workers: int) -> None:
     """Join the models' answers, sample k per prompt, write judge request files."""
     from synthpref.stages.mix import run_mix
 
@@ -142,7 +160,7 @@ def mix(run_file: str, worker: int | None, workers: int) -> None:
 @main.command()
 @RUN_ARGUMENT
 @worker_options
-def judge(run_file: str, worker: int | None, workers: int) -> None:
+def judge(run_file: str | None, worker: int | None, workers: int) -> None:
     """Rate the judge request files with the offline vLLM judge (judge.backend: vllm)."""
     from synthpref.stages.judge import run_judge
 
@@ -155,7 +173,7 @@ def judge(run_file: str, worker: int | None, workers: int) -> None:
 @main.command()
 @RUN_ARGUMENT
 @worker_options
-def parse(run_file: str, worker: int | None, workers: int) -> None:
+def parse(run_file: str | None, worker: int | None, workers: int) -> None:
     """Parse judge ratings, binarize into pairs, write the dataset and its summary."""
     from synthpref.stages.parse import run_parse
 
@@ -169,7 +187,7 @@ def parse(run_file: str, worker: int | None, workers: int) -> None:
 @RUN_ARGUMENT
 @click.option("--local", is_flag=True, required=True, help="Run every stage here, in order.")
 @click.option("--no-progress", is_flag=True, help="No progress bars (e.g. in CI logs).")
-def run(run_file: str, local: bool, no_progress: bool) -> None:
+def run(run_file: str | None, local: bool, no_progress: bool) -> None:
     """Run the whole pipeline locally: prepare → generate → mix → judge → parse."""
     from synthpref.local_run import run_local
 

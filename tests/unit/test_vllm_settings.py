@@ -10,6 +10,7 @@ from synthpref.backends.base import ChatRequest
 from synthpref.backends.vllm_offline import (
     CPU_ENV_DEFAULTS,
     DEFAULT_STRUCTURED_OUTPUTS_CONFIG,
+    cpu_engine_defaults,
     cpu_env_defaults,
     engine_kwargs,
     request_seed,
@@ -103,3 +104,9 @@ def test_request_seed_uses_the_request_seed_or_derives_a_stable_one() -> None:
     assert request_seed(unseeded, 0) == request_seed(unseeded, 0)
     assert request_seed(unseeded, 0) != request_seed(other, 0)
     assert request_seed(unseeded, 0) != request_seed(unseeded, 1)
+
+
+def test_chunked_prefill_off_on_cpu_unless_set() -> None:
+    assert cpu_engine_defaults({}, has_cuda=False) == {"enable_chunked_prefill": False}
+    assert cpu_engine_defaults({"enable_chunked_prefill": True}, has_cuda=False) == {}
+    assert cpu_engine_defaults({}, has_cuda=True) == {}

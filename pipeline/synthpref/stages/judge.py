@@ -18,6 +18,7 @@ from synthpref import layout
 from synthpref.backends.base import ChatBackend, ChatRequest, ChatResult
 from synthpref.jsonl import read_rows, write_rows
 from synthpref.rows import BatchError, BatchRequestLine, BatchResponse, BatchResultLine
+from synthpref.seeding import stable_seed
 from synthpref.spec import JudgeSpec, PreferenceRunSpec
 from synthpref.stages.prepare import shard_count
 from synthpref.storage import Storage
@@ -69,7 +70,8 @@ def chat_request_from_line(line: BatchRequestLine, judge: JudgeSpec) -> ChatRequ
         max_tokens=int(body.get("max_tokens", body.get("max_completion_tokens", judge.max_tokens))),
         temperature=float(body.get("temperature", judge.temperature)),
         top_p=float(body.get("top_p", 1.0)),
-        seed=body.get("seed"),
+        # A judge sampling at temperature > 0 stays reproducible: one seed per request.
+        seed=body.get("seed", stable_seed("judge", line.custom_id) % (2**31)),
         json_schema=schema,
     )
 
