@@ -7,6 +7,7 @@ stopped when started again.
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -49,6 +50,8 @@ def run_local(
     from synthpref.stages.prepare import run_prepare
 
     spec = manifest.spec
+    if progress:  # vLLM's per-step INFO lines would bury the progress bars
+        os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")
     timings: dict[str, float] = {}
     summary: dict[str, Any] = {}
 
