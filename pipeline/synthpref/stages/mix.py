@@ -26,6 +26,7 @@ from synthpref.rows import GenerationRow, MixRow, PromptRow
 from synthpref.sampling import Selection, select
 from synthpref.spec import PreferenceRunSpec
 from synthpref.stages.prepare import shard_count
+from synthpref.stages.shards import ShardSummary, run_shards
 from synthpref.storage import COMMIT_SUFFIX, Storage
 
 
@@ -34,11 +35,9 @@ class MixInputError(RuntimeError):
 
 
 @dataclass
-class MixSummary:
+class MixSummary(ShardSummary):
     """Counts over the shards this call covered (done now or committed before)."""
 
-    shards_done: int = 0
-    shards_skipped: int = 0
     prompts: int = 0
     prompts_mixed: int = 0
     prompts_lacking: dict[str, int] = field(default_factory=dict)
@@ -46,30 +45,6 @@ class MixSummary:
     orphan_generations: int = 0
     requests: int = 0
     request_files: int = 0
-
-    def add(self, other: MixSummary) -> None:
-        """Add another summary's counts into this one."""
-        for name in (
-            "shards_done",
-            "shards_skipped",
-            "prompts",
-            "prompts_mixed",
-            "unusable_answers",
-            "orphan_generations",
-            "requests",
-            "request_files",
-        ):
-            setattr(self, name, getattr(self, name) + getattr(other, name))
-        lacking = Counter(self.prompts_lacking)
-        lacking.update(other.prompts_lacking)
-        self.prompts_lacking = dict(sorted(lacking.items()))
-
-    @classmethod
-    def from_info(cls, info: dict[str, Any]) -> MixSummary:
-        """The shard summary stored in a mix commit marker."""
-        stored = info.get("summary", {})
-        known = {k: v for k, v in stored.items() if k in cls.__dataclass_fields__}
-        return cls(**known)
 
 
 def _generations(
@@ -204,15 +179,10 @@ def run_mix(
     """
     if shards is None:
         shards = layout.shards_for_worker(shard_count(storage), worker, workers)
-    total = MixSummary()
-    for shard in shards:
-        info = storage.committed(layout.mix_shard(shard))
-        if info is not None:
-            done = MixSummary.from_info(info)
-            done.shards_skipped, done.shards_done = 1, 0
-            total.add(done)
-        else:
-            total.add(mix_shard(spec, storage, shard))
-        if on_shard is not None:
-            on_shard(shard)
-    return total
+    return run_shards(
+        shards,
+        committed=lambda shard: storage.committed(layout.mix_shard(shard)),
+        run_shard=lambda shard: mix_shard(spec, storage, shard),
+        total=MixSummary(),
+        on_shard=on_shard,
+    )

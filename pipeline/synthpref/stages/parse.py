@@ -22,11 +22,9 @@ from __future__ import annotations
 
 import io
 import json
-from collections import Counter
 from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field
 from enum import StrEnum
-from typing import Any
 
 from synthpref import layout
 from synthpref.binarize import binarize_prompt, preference_row, score_answers, to_candidate_order
@@ -37,6 +35,7 @@ from synthpref.rows import BatchResultLine, MixRow, PreferenceRow
 from synthpref.spec import OutputFormat, PreferenceRunSpec
 from synthpref.stages.mix import MixSummary
 from synthpref.stages.prepare import shard_count
+from synthpref.stages.shards import ShardSummary, run_shards
 from synthpref.storage import Storage
 
 
@@ -53,14 +52,8 @@ class RequestFailure(StrEnum):
     EMPTY_REPLY = "empty_reply"
 
 
-def _add_counts(into: dict[str, int], other: dict[str, int]) -> dict[str, int]:
-    merged = Counter(into)
-    merged.update(other)
-    return dict(sorted(merged.items()))
-
-
 @dataclass
-class ParseSummary:
+class ParseSummary(ShardSummary):
     """Counts over the shards covered; every request, rating, answer and prompt is accounted.
 
     requests = replies parsed + sum(request_failures);
@@ -68,8 +61,6 @@ class ParseSummary:
     prompts = prompts_with_pairs + sum(prompts_dropped).
     """
 
-    shards_done: int = 0
-    shards_skipped: int = 0
     prompts: int = 0
     prompts_with_pairs: int = 0
     pairs: int = 0
@@ -81,18 +72,6 @@ class ParseSummary:
     unrated_answers: int = 0
     prompts_dropped: dict[str, int] = field(default_factory=dict)
     unknown_results: int = 0
-
-    def add(self, other: ParseSummary) -> None:
-        for name, value in asdict(other).items():
-            mine = getattr(self, name)
-            if isinstance(mine, dict):
-                setattr(self, name, _add_counts(mine, value))
-            else:
-                setattr(self, name, mine + value)
-
-    @classmethod
-    def from_dict(cls, stored: dict[str, Any]) -> ParseSummary:
-        return cls(**{k: v for k, v in stored.items() if k in cls.__dataclass_fields__})
 
 
 Reply = str | RequestFailure
@@ -266,8 +245,8 @@ def write_run_summary(spec: PreferenceRunSpec, storage: Storage, shards: int) ->
         mix_info = storage.committed(layout.mix_shard(shard))
         if info is None or mix_info is None:
             return False
-        parse_done.append(ParseSummary.from_dict(info.get("summary", {})))
-        mix_done.append(MixSummary.from_info(mix_info))
+        parse_done.append(ParseSummary.from_stored(info.get("summary", {})))
+        mix_done.append(MixSummary.from_stored(mix_info.get("summary", {})))
     merged = merge_summaries(parse_done)
     mix_total = MixSummary()
     for item in mix_done:
@@ -301,16 +280,12 @@ def run_parse(
     total_shards = shard_count(storage)
     if shards is None:
         shards = layout.shards_for_worker(total_shards, worker, workers)
-    total = ParseSummary()
-    for shard in shards:
-        info = storage.committed(dataset_key(spec, shard))
-        if info is not None:
-            done = ParseSummary.from_dict(info.get("summary", {}))
-            done.shards_skipped, done.shards_done = 1, 0
-            total.add(done)
-        else:
-            total.add(parse_shard(spec, storage, shard))
-        if on_shard is not None:
-            on_shard(shard)
+    total = run_shards(
+        shards,
+        committed=lambda shard: storage.committed(dataset_key(spec, shard)),
+        run_shard=lambda shard: parse_shard(spec, storage, shard),
+        total=ParseSummary(),
+        on_shard=on_shard,
+    )
     write_run_summary(spec, storage, total_shards)
     return total
