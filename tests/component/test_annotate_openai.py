@@ -18,6 +18,7 @@ import signal
 import subprocess
 import sys
 import textwrap
+import zlib
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
@@ -484,6 +485,7 @@ def test_larger_run_with_every_fault_at_once_matches_the_reference(
     ]
     cap = 3 * max(sizes)
     server.token_limits = {"judge-1": cap}
+    server.clock.tick = 0.25  # batches outlive a step, so the queue fills up
 
     def batch_script(info: BatchInfo) -> BatchScript:
         if info.ordinal % 3 == 0 and info.metadata.get("synthpref_attempt") == "1":
@@ -492,7 +494,7 @@ def test_larger_run_with_every_fault_at_once_matches_the_reference(
 
     def request_script(info: RequestInfo) -> ErrorLine | None:
         first_time = info.seen_before == 0
-        if first_time and info.custom_id is not None and hash(info.custom_id) % 10 == 0:
+        if first_time and zlib.crc32(str(info.custom_id).encode()) % 10 == 0:
             return ErrorLine("request_timeout", "The request timed out.")
         return None
 
@@ -506,7 +508,8 @@ def test_larger_run_with_every_fault_at_once_matches_the_reference(
     assert summary.done == summary.requests == len(requests) == 240 and summary.failed == 0
     assert summary.resubmitted > 0 and summary.batches > len(files)
     assert server.max_queued_tokens["judge-1"] <= cap
-    assert set(server.processed.values()) == {1} | ({2} if summary.resubmitted else set())
+    assert summary.token_limit_retries > 0
+    assert set(server.processed.values()) <= {1, 2}  # done at most once after a timeout
     assert_each_request_once(storage)
     run_parse(spec, storage)
     expected = reference_dataset(

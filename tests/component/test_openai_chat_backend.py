@@ -165,7 +165,7 @@ def test_missing_key_variable_is_named() -> None:
 
 
 def test_concurrency_bound_is_respected(server: OpenAIServer) -> None:
-    server.chat_delay_s = 0.05
+    server.chat_delay_s = 0.2  # long enough that three requests overlap even on a busy CPU
     results = backend(server, concurrency=3).complete([ask(f"k{i}", f"q{i}") for i in range(12)])
 
     assert all(r.text for r in results)
