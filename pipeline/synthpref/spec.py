@@ -17,6 +17,7 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    JsonValue,
     ValidationError,
     field_validator,
     model_validator,
@@ -58,6 +59,18 @@ class MalformedPolicy(StrEnum):
 class PromptSource(SpecModel):
     """Where the prompts come from: JSONL files of {"text": ..., **metadata}."""
 
+    model_config = ConfigDict(
+        json_schema_extra={
+            "x-kubernetes-validations": [
+                {
+                    "rule": "self == oldSelf",
+                    "message": "spec.prompts cannot change once the run exists "
+                    "(shards are cut from it); create a new PreferenceRun instead",
+                }
+            ]
+        }
+    )
+
     uri: str = Field(
         min_length=1,
         description=(
@@ -83,6 +96,18 @@ class S3Credentials(SpecModel):
 
 class StorageSpec(SpecModel):
     """Where every artifact of the run lands."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "x-kubernetes-validations": [
+                {
+                    "rule": "self == oldSelf",
+                    "message": "spec.storage cannot change once the run exists "
+                    "(its artifacts live there); create a new PreferenceRun instead",
+                }
+            ]
+        }
+    )
 
     uri: str = Field(
         min_length=1, description="A local directory or s3://bucket/prefix for all artifacts."
@@ -188,6 +213,7 @@ class MixSpec(SpecModel):
     )
     on_policy_model: str | None = Field(
         default=None,
+        max_length=40,
         description="A model name that is always one side (on-policy pairs: k is then 2).",
     )
     seed: int = Field(default=0, ge=0, description="Seed for sampling models and answer order.")
@@ -299,6 +325,63 @@ class BinarizationSpec(SpecModel):
     seed: int = Field(default=0, ge=0, description="Seed for picking the random rejected answer.")
 
 
+class TolerationOperator(StrEnum):
+    EXISTS = "Exists"
+    EQUAL = "Equal"
+
+
+class TaintEffect(StrEnum):
+    NO_SCHEDULE = "NoSchedule"
+    PREFER_NO_SCHEDULE = "PreferNoSchedule"
+    NO_EXECUTE = "NoExecute"
+
+
+class Toleration(SpecModel):
+    """A Kubernetes toleration for the run's worker pods (e.g. of GPU node taints)."""
+
+    key: str | None = Field(default=None, description="Taint key; empty with Exists: any key.")
+    operator: TolerationOperator = Field(
+        default=TolerationOperator.EQUAL, description="Equal (key and value) or Exists (key)."
+    )
+    value: str | None = Field(default=None, description="Taint value (with Equal).")
+    effect: TaintEffect | None = Field(default=None, description="Taint effect; empty: any.")
+    toleration_seconds: int | None = Field(
+        default=None, ge=0, description="NoExecute only: seconds the pod stays once tainted."
+    )
+
+
+class WorkerSpec(SpecModel):
+    """Pod settings of the run's Jobs; unset fields take the operator's defaults."""
+
+    image: str | None = Field(
+        default=None, description="Worker image for GPU stages (default: the operator's)."
+    )
+    cpu_image: str | None = Field(
+        default=None,
+        description="Worker image for CPU stages (prepare, mix, parse; default: the operator's).",
+    )
+    node_selector: dict[str, str] = Field(
+        default_factory=dict, description="Node selector for GPU Jobs (generation, vllm judge)."
+    )
+    tolerations: list[Toleration] = Field(
+        default_factory=list, max_length=32, description="Tolerations for GPU Jobs."
+    )
+    priority_class_name: str | None = Field(
+        default=None, description="PriorityClass of every worker pod."
+    )
+    service_account_name: str | None = Field(
+        default=None, description="ServiceAccount of every worker pod (e.g. for IRSA S3 access)."
+    )
+    backoff_limit_per_index: int = Field(
+        default=2, ge=0, le=20, description="Pod retries per index of an Indexed Job."
+    )
+
+
+class DeletionPolicy(StrEnum):
+    CANCEL = "cancel"
+    LEAVE = "leave"
+
+
 class OutputFormat(StrEnum):
     JSONL = "jsonl"
     PARQUET = "parquet"
@@ -310,18 +393,59 @@ class OutputSpec(SpecModel):
     format: OutputFormat = Field(default=OutputFormat.JSONL, description="jsonl or parquet.")
 
 
+_SPEC_RULES: list[JsonValue] = [
+    {
+        "rule": "!has(self.mix.onPolicyModel) || "
+        "self.models.exists(m, m.name == self.mix.onPolicyModel)",
+        "message": "spec.mix.onPolicyModel must be the name of one of spec.models",
+    },
+    {
+        "rule": "self.models.all(m, self.models.exists_one(n, n.name == m.name))",
+        "message": "spec.models: names must be unique",
+    },
+    {
+        "rule": "has(self.mix.onPolicyModel) || size(self.models) >= self.mix.responsesPerPrompt",
+        "message": "spec.mix.responsesPerPrompt: needs that many distinct models in spec.models",
+    },
+    {
+        "rule": "self.models == oldSelf.models",
+        "message": "spec.models cannot change once the run exists (answers are keyed by "
+        "model); create a new PreferenceRun instead",
+    },
+]
+
+
 class PreferenceRunSpec(SpecModel):
     """The whole run: prompts in, preference dataset out."""
 
+    model_config = ConfigDict(json_schema_extra={"x-kubernetes-validations": _SPEC_RULES})
+
     prompts: PromptSource = Field(description="Prompt source.")
     storage: StorageSpec = Field(description="Where artifacts and the dataset land.")
-    models: list[ModelSpec] = Field(min_length=1, description="Answering models.")
+    models: list[ModelSpec] = Field(min_length=1, max_length=64, description="Answering models.")
     mix: MixSpec = Field(default_factory=MixSpec, description="Answer sampling and judge requests.")
     judge: JudgeSpec = Field(default_factory=JudgeSpec, description="The judge.")
     binarization: BinarizationSpec = Field(
         default_factory=BinarizationSpec, description="Pair selection."
     )
     output: OutputSpec = Field(default_factory=OutputSpec, description="Dataset format.")
+    suspend: bool = Field(
+        default=False,
+        description="true suspends the run's Jobs and stops new judge batches; false resumes "
+        "where it left off.",
+    )
+    queue_name: str | None = Field(
+        default=None,
+        max_length=63,
+        description="Kueue LocalQueue for the run's Jobs (the kueue.x-k8s.io/queue-name label).",
+    )
+    deletion_policy: DeletionPolicy = Field(
+        default=DeletionPolicy.CANCEL,
+        description="Deleting the run: cancel its in-flight judge batches, or leave them running.",
+    )
+    workers: WorkerSpec = Field(
+        default_factory=WorkerSpec, description="Pod settings of the run's Jobs."
+    )
 
     @model_validator(mode="after")
     def _cross_field_rules(self) -> PreferenceRunSpec:

@@ -1,0 +1,122 @@
+"""Apply the planner's actions through the Kubernetes API, idempotently.
+
+Called by `reconcile.Reconciler` after `planner.plan`. Creating a Job that exists (409) is
+success; a missing Job to suspend is nothing to do; the status is written in one JSON patch of
+the status subresource; Events go to the run after the status write.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import uuid
+from typing import Any, cast
+
+from kubernetes import client
+from kubernetes.client import ApiException
+
+from synthpref.spec import API_GROUP, API_VERSION, KIND, PreferenceRunSpec
+from synthpref_operator.builders import job_manifest, owner_reference
+from synthpref_operator.crd import PLURAL
+from synthpref_operator.names import ANNOTATION_SUSPENDED_BY_RUN
+from synthpref_operator.planner import CreateJob, Event, SuspendJob
+from synthpref_operator.settings import OperatorSettings
+
+log = logging.getLogger(__name__)
+
+
+class Applier:
+    """The API calls of one operator process (thread-safe: the client is)."""
+
+    def __init__(self, api_client: Any, settings: OperatorSettings) -> None:
+        self.batch = client.BatchV1Api(api_client)
+        self.core = client.CoreV1Api(api_client)
+        self.custom = client.CustomObjectsApi(api_client)
+        self.settings = settings
+        self.jobs_created: list[str] = []
+
+    def create_job(self, run: dict[str, Any], spec: PreferenceRunSpec, action: CreateJob) -> bool:
+        """Create the Job; True when this call created it, False when it already existed."""
+        meta = run["metadata"]
+        body = job_manifest(meta["name"], meta["namespace"], spec, action, self.settings)
+        body["metadata"]["ownerReferences"] = [owner_reference(meta["name"], meta["uid"])]
+        try:
+            self.batch.create_namespaced_job(meta["namespace"], cast(Any, body))
+        except ApiException as error:
+            if error.status == 409:
+                return False
+            raise
+        self.jobs_created.append(f"{meta['namespace']}/{action.name}")
+        log.info("created Job %s/%s", meta["namespace"], action.name)
+        return True
+
+    def suspend_job(self, namespace: str, action: SuspendJob) -> None:
+        patch = {
+            "metadata": {
+                "annotations": {ANNOTATION_SUSPENDED_BY_RUN: "true" if action.suspend else None}
+            },
+            "spec": {"suspend": action.suspend},
+        }
+        try:
+            self.batch.patch_namespaced_job(action.name, namespace, patch)
+        except ApiException as error:
+            if error.status != 404:
+                raise
+
+    def get_run(self, namespace: str, name: str) -> dict[str, Any] | None:
+        try:
+            run = cast(
+                dict[str, Any],
+                self.custom.get_namespaced_custom_object(
+                    API_GROUP, API_VERSION, namespace, PLURAL, name
+                ),
+            )
+        except ApiException as error:
+            if error.status == 404:
+                return None
+            raise
+        return run
+
+    def write_status(self, run: dict[str, Any], status: dict[str, Any]) -> bool:
+        """Replace the whole status (optimistic: against the run's resourceVersion). False on
+        a conflict: the run changed meanwhile, and its event brings another pass."""
+        meta = run["metadata"]
+        body = {**run, "status": status}
+        try:
+            self.custom.replace_namespaced_custom_object_status(
+                API_GROUP, API_VERSION, meta["namespace"], PLURAL, meta["name"], body
+            )
+        except ApiException as error:
+            if error.status in (404, 409):
+                return False
+            raise
+        return True
+
+    def emit(self, run: dict[str, Any], event: Event) -> None:
+        meta = run["metadata"]
+        now = dt.datetime.now(dt.UTC)
+        body = client.CoreV1Event(
+            metadata=client.V1ObjectMeta(
+                name=f"{meta['name']}.{uuid.uuid4().hex[:12]}", namespace=meta["namespace"]
+            ),
+            involved_object=client.V1ObjectReference(
+                api_version=f"{API_GROUP}/{API_VERSION}",
+                kind=KIND,
+                name=meta["name"],
+                namespace=meta["namespace"],
+                uid=meta["uid"],
+            ),
+            type=event.type,
+            reason=event.reason,
+            message=event.message[:1024],
+            first_timestamp=now,
+            last_timestamp=now,
+            count=1,
+            source=client.V1EventSource(component="synthpref-operator"),
+            reporting_component="synthpref.dev/operator",
+            reporting_instance="synthpref-operator",
+        )
+        try:
+            self.core.create_namespaced_event(meta["namespace"], body)
+        except ApiException as error:  # an Event is best effort
+            log.warning("cannot post Event %s on %s: %s", event.reason, meta["name"], error.status)

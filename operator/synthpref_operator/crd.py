@@ -1,0 +1,165 @@
+"""The PreferenceRun CustomResourceDefinition, generated from the pydantic spec and status models.
+
+`synthpref operator crd --write` (see `cli.py`) writes `crds/preferenceruns.synthpref.dev.yaml`;
+a unit test fails when the checked-in file differs from `crd_yaml()`. Pure: models in, YAML out.
+
+Pydantic's JSON schema is turned into a Kubernetes *structural* schema: `$ref`s inlined,
+`Optional[X]` becomes X (absent means unset), `const` becomes a one-value enum, numeric
+`exclusiveMinimum` takes the OpenAPI v3.0 boolean form, free-form maps keep unknown fields, and
+defaults of nested objects become `{}` so the API server applies the nested defaults itself.
+CEL rules come from the models' `json_schema_extra` (`x-kubernetes-validations`).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import yaml
+from pydantic import BaseModel
+from pydantic.json_schema import GenerateJsonSchema, NoDefault
+from pydantic_core import core_schema
+
+from synthpref.spec import API_GROUP, API_VERSION, KIND, PreferenceRunSpec
+from synthpref_operator.status import RunStatus
+
+PLURAL = "preferenceruns"
+SINGULAR = "preferencerun"
+SHORT_NAMES = ["prun"]
+CRD_NAME = f"{PLURAL}.{API_GROUP}"
+CRD_PATH = f"crds/{CRD_NAME}.yaml"
+
+_DROP_KEYS = frozenset({"title", "$defs", "additionalProperties"})
+
+
+class _WithFactoryDefaults(GenerateJsonSchema):
+    """Emit defaults made by `default_factory` too (objects as `{}`: see the module doc)."""
+
+    def get_default_value(self, schema: core_schema.WithDefaultSchema) -> Any:
+        if "default_factory" in schema and not schema.get("default_factory_takes_data"):
+            value = schema["default_factory"]()  # type: ignore[call-arg]
+            return {} if isinstance(value, BaseModel) else value
+        return schema.get("default", NoDefault)
+
+
+def _schema_of(model: type[BaseModel]) -> dict[str, Any]:
+    return model.model_json_schema(by_alias=True, schema_generator=_WithFactoryDefaults)
+
+
+def structural(node: Any, defs: dict[str, Any]) -> Any:
+    """Rewrite one pydantic JSON-schema node as a structural OpenAPI v3 schema node."""
+    if isinstance(node, list):
+        return [structural(item, defs) for item in node]
+    if not isinstance(node, dict):
+        return node
+    node = dict(node)
+    if "$ref" in node:
+        target = defs[node.pop("$ref").rsplit("/", 1)[-1]]
+        # The field's own keys (description, default) win over the referenced model's.
+        node = {**target, **node}
+    if "anyOf" in node:
+        options = [o for o in node.pop("anyOf") if o.get("type") != "null"]
+        if len(options) != 1:
+            raise ValueError(f"cannot express a union of {options} in a structural schema")
+        node = {**options[0], **node}
+        if "$ref" in node:
+            return structural(node, defs)
+        if node.get("default", 0) is None:
+            del node["default"]
+    if "const" in node:
+        node["enum"] = [node.pop("const")]
+    out: dict[str, Any] = {}
+    if node.get("type") == "object" and node.get("additionalProperties") is True:
+        out["x-kubernetes-preserve-unknown-fields"] = True
+    for key, value in node.items():
+        if key in _DROP_KEYS:
+            if key == "additionalProperties" and isinstance(value, dict):
+                out[key] = structural(value, defs)
+            continue
+        if key == "exclusiveMinimum" and not isinstance(value, bool):
+            out["minimum"], out["exclusiveMinimum"] = value, True
+        elif key == "exclusiveMaximum" and not isinstance(value, bool):
+            out["maximum"], out["exclusiveMaximum"] = value, True
+        elif key == "properties":
+            out[key] = {name: structural(sub, defs) for name, sub in value.items()}
+        elif key in ("items",):
+            out[key] = structural(value, defs)
+        else:
+            out[key] = value
+    if "enum" in out and "type" not in out:
+        out["type"] = "string"
+    return out
+
+
+def model_schema(model: type[BaseModel]) -> dict[str, Any]:
+    """The structural schema of a pydantic model."""
+    raw = _schema_of(model)
+    result: dict[str, Any] = structural(raw, raw.get("$defs", {}))
+    return result
+
+
+def crd() -> dict[str, Any]:
+    """The whole CRD as a dict."""
+    spec_schema = model_schema(PreferenceRunSpec)
+    status_schema = model_schema(RunStatus)
+    status_schema["description"] = "Observed state, written by the operator."
+    root = {
+        "type": "object",
+        "description": (
+            "A PreferenceRun makes a preference dataset: prompts are answered by several models, "
+            "the answers rated by a judge, and the ratings binarized into chosen/rejected pairs."
+        ),
+        "required": ["spec"],
+        "properties": {
+            "apiVersion": {"type": "string", "description": "API version of this object."},
+            "kind": {"type": "string", "description": "Kind of this object."},
+            "metadata": {"type": "object"},
+            "spec": spec_schema,
+            "status": status_schema,
+        },
+    }
+    columns = [
+        {"name": "Phase", "type": "string", "jsonPath": ".status.phase"},
+        {"name": "Progress", "type": "string", "jsonPath": ".status.progress"},
+        {"name": "Pairs", "type": "integer", "jsonPath": ".status.result.pairs"},
+        {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},
+        {"name": "Judge", "type": "string", "jsonPath": ".spec.judge.backend", "priority": 1},
+        {"name": "Message", "type": "string", "jsonPath": ".status.message", "priority": 1},
+    ]
+    return {
+        "apiVersion": "apiextensions.k8s.io/v1",
+        "kind": "CustomResourceDefinition",
+        "metadata": {"name": CRD_NAME},
+        "spec": {
+            "group": API_GROUP,
+            "scope": "Namespaced",
+            "names": {
+                "kind": KIND,
+                "listKind": f"{KIND}List",
+                "plural": PLURAL,
+                "singular": SINGULAR,
+                "shortNames": SHORT_NAMES,
+                "categories": ["synthpref"],
+            },
+            "versions": [
+                {
+                    "name": API_VERSION,
+                    "served": True,
+                    "storage": True,
+                    "subresources": {"status": {}},
+                    "additionalPrinterColumns": columns,
+                    "schema": {"openAPIV3Schema": root},
+                }
+            ],
+        },
+    }
+
+
+HEADER = (
+    "# Generated by `synthpref operator crd --write` from the pydantic models in\n"
+    "# pipeline/synthpref/spec.py and operator/synthpref_operator/status.py. Do not edit.\n"
+)
+
+
+def crd_yaml() -> str:
+    """The CRD as the YAML text checked in at `CRD_PATH`."""
+    return HEADER + yaml.safe_dump(crd(), sort_keys=False, width=100, allow_unicode=True)

@@ -1,0 +1,188 @@
+"""The kopf operator: thin handlers that hand every trigger to one reconcile pass.
+
+`build_registry` registers, for PreferenceRuns: an event handler (any change) and a timer
+(`interval`) that both call `Reconciler.request`, and a delete handler (behind a finalizer) that
+cancels in-flight judge batches per `spec.deletionPolicy`; for the operator's Jobs: an event
+handler that reconciles the owning run. Handlers are sync, so kopf runs them in worker threads
+and the event loop never blocks. kopf keeps its own bookkeeping in `synthpref.dev` annotations;
+the run's status is written only by the reconcile pass. `run_operator` is what
+`synthpref operator run` calls; `OperatorThread` runs the same operator inside a test process.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import kopf
+
+from synthpref.spec import API_GROUP, API_VERSION
+from synthpref_operator.crd import PLURAL
+from synthpref_operator.names import FINALIZER, LABEL_MANAGED_BY, LABEL_RUN, MANAGED_BY
+from synthpref_operator.reconcile import Reconciler
+from synthpref_operator.settings import OperatorSettings
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class OperatorConfig:
+    namespaces: list[str] = field(default_factory=list)
+    cluster_wide: bool = False
+    kubeconfig: str | None = None
+    settings: OperatorSettings = field(default_factory=OperatorSettings)
+    interval: float = 10.0
+
+
+def _client_configuration(kubeconfig: str | None) -> Any:
+    from kubernetes import client, config
+
+    configuration = client.Configuration()
+    if kubeconfig is not None:
+        config.load_kube_config(  # type: ignore[no-untyped-call]
+            config_file=kubeconfig, client_configuration=configuration
+        )
+    else:
+        try:
+            config.load_incluster_config(  # type: ignore[no-untyped-call]
+                client_configuration=configuration
+            )
+        except config.ConfigException:
+            config.load_kube_config(  # type: ignore[no-untyped-call]
+                client_configuration=configuration
+            )
+    return configuration
+
+
+def _connection_info(configuration: Any) -> kopf.ConnectionInfo:
+    token = (configuration.api_key or {}).get("authorization") or (configuration.api_key or {}).get(
+        "BearerToken"
+    )
+    scheme = None
+    if token:
+        scheme, _, token = token.partition(" ") if " " in token else ("Bearer", "", token)
+    return kopf.ConnectionInfo(
+        server=configuration.host,
+        ca_path=configuration.ssl_ca_cert,
+        insecure=not configuration.verify_ssl,
+        certificate_path=configuration.cert_file,
+        private_key_path=configuration.key_file,
+        scheme=scheme,
+        token=token or None,
+    )
+
+
+def kopf_settings() -> kopf.OperatorSettings:
+    settings = kopf.OperatorSettings()
+    settings.persistence.finalizer = FINALIZER
+    settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=API_GROUP)
+    settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
+        prefix=API_GROUP, key="last-handled-configuration"
+    )
+    settings.posting.enabled = False  # Events are ours (apply.Applier.emit)
+    settings.watching.server_timeout = 60
+    return settings
+
+
+def build_registry(config: OperatorConfig) -> kopf.OperatorRegistry:
+    """The handlers of one operator process."""
+    from kubernetes import client
+
+    registry = kopf.OperatorRegistry()
+    configuration = _client_configuration(config.kubeconfig)
+    reconciler = Reconciler(client.ApiClient(configuration), config.settings)
+
+    @kopf.on.login(registry=registry)
+    def login(**_: Any) -> kopf.ConnectionInfo:
+        return _connection_info(configuration)
+
+    @kopf.on.event(API_GROUP, API_VERSION, PLURAL, registry=registry)
+    def run_changed(*, name: str, namespace: str | None, type: str, **_: Any) -> None:
+        if type != "DELETED" and namespace:
+            reconciler.request(namespace, name)
+
+    @kopf.timer(API_GROUP, API_VERSION, PLURAL, interval=config.interval, registry=registry)
+    def run_tick(*, name: str, namespace: str | None, **_: Any) -> None:
+        if namespace:
+            reconciler.request(namespace, name)
+
+    @kopf.on.event("batch", "v1", "jobs", labels={LABEL_MANAGED_BY: MANAGED_BY}, registry=registry)
+    def job_changed(
+        *, labels: Mapping[str, str], namespace: str | None, type: str, **_: Any
+    ) -> None:
+        run = labels.get(LABEL_RUN)
+        if run and namespace and type != "DELETED":
+            reconciler.request(namespace, run)
+
+    @kopf.on.delete(API_GROUP, API_VERSION, PLURAL, registry=registry)
+    def run_deleted(*, name: str, namespace: str | None, spec: Any, **_: Any) -> None:
+        if not namespace:
+            return
+        try:
+            outcome = reconciler.cancel_batches(namespace, name, dict(spec))
+        except Exception as error:  # never block the deletion on the judge service
+            log.warning("%s/%s: could not cancel judge batches: %s", namespace, name, error)
+            return
+        log.info("%s/%s deleted: %s", namespace, name, outcome)
+
+    registry.reconciler = reconciler  # type: ignore[attr-defined]
+    return registry
+
+
+def run_operator(config: OperatorConfig) -> None:
+    """Run until interrupted (the CLI's `synthpref operator run`)."""
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    kopf.run(
+        registry=build_registry(config),
+        settings=kopf_settings(),
+        standalone=True,
+        clusterwide=config.cluster_wide,
+        namespaces=config.namespaces,
+    )
+
+
+class OperatorThread:
+    """The operator in a thread of this process (tests): `start()`, then `stop()`."""
+
+    def __init__(self, config: OperatorConfig) -> None:
+        self.config = config
+        self.registry = build_registry(config)
+        self._stop = threading.Event()
+        self._ready = threading.Event()
+        self._thread = threading.Thread(target=self._main, name="synthpref-operator", daemon=True)
+        self.error: BaseException | None = None
+
+    @property
+    def reconciler(self) -> Reconciler:
+        reconciler: Reconciler = self.registry.reconciler  # type: ignore[attr-defined]
+        return reconciler
+
+    def _main(self) -> None:
+        try:
+            asyncio.run(
+                kopf.operator(
+                    registry=self.registry,
+                    settings=kopf_settings(),
+                    standalone=True,
+                    clusterwide=self.config.cluster_wide,
+                    namespaces=self.config.namespaces,
+                    stop_flag=self._stop,
+                    ready_flag=self._ready,
+                )
+            )
+        except BaseException as error:
+            self.error = error
+
+    def start(self, timeout: float = 30.0) -> OperatorThread:
+        self._thread.start()
+        if not self._ready.wait(timeout):
+            raise RuntimeError(f"operator did not start: {self.error!r}")
+        return self
+
+    def stop(self, timeout: float = 30.0) -> None:
+        self._stop.set()
+        self._thread.join(timeout)

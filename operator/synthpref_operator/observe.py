@@ -1,0 +1,203 @@
+"""Observe a run for the planner: its child Jobs (by labels), its committed artifacts, and the
+OpenAI judge's ledger. Called by `reconcile.Reconciler` at the start of every pass.
+
+Jobs are observed before storage, so a Job seen complete always has its commits visible (a
+worker commits before it exits). Secrets read here (S3 keys) go into clients, never into
+status or logs.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+from synthpref import layout
+from synthpref.spec import PreferenceRunSpec
+from synthpref.storage import COMMIT_SUFFIX, S3Storage, Storage, open_storage
+from synthpref_operator.names import (
+    ANNOTATION_SUSPENDED_BY_RUN,
+    LABEL_MODEL,
+    LABEL_STAGE,
+    Stage,
+    run_selector,
+)
+from synthpref_operator.planner import Artifacts, JobState, JudgeLedger
+from synthpref_operator.status import JudgeProgress
+
+_MIX_COMMIT = re.compile(r"^mix/shard-\d+\.jsonl" + re.escape(COMMIT_SUFFIX) + "$")
+_PART_COMMIT = re.compile(r"^dataset/part-\d+\.\w+" + re.escape(COMMIT_SUFFIX) + "$")
+_GEN_COMMIT = re.compile(r"^generations/[^/]+/shard-\d+\.jsonl" + re.escape(COMMIT_SUFFIX) + "$")
+
+
+def parse_indexes(text: str | None) -> tuple[int, ...]:
+    """A Job's `status.failedIndexes` ("1,3-5") as a tuple of indexes."""
+    indexes: list[int] = []
+    for part in (text or "").split(","):
+        if not part.strip():
+            continue
+        low, _, high = part.strip().partition("-")
+        indexes.extend(range(int(low), int(high or low) + 1))
+    return tuple(indexes)
+
+
+def job_state(job: dict[str, Any]) -> JobState | None:
+    """The planner's view of one Job (as a camelCase dict); None if it is not a stage Job."""
+    meta = job.get("metadata") or {}
+    labels = meta.get("labels") or {}
+    try:
+        stage = Stage(labels.get(LABEL_STAGE, ""))
+    except ValueError:
+        return None
+    spec = job.get("spec") or {}
+    status = job.get("status") or {}
+    true = {c["type"]: c for c in status.get("conditions") or [] if c.get("status") == "True"}
+    failed = true.get("Failed") or true.get("FailureTarget")
+    failure = ""
+    if failed is not None:
+        failure = ": ".join(p for p in (failed.get("reason"), failed.get("message")) if p)
+    annotations = meta.get("annotations") or {}
+    return JobState(
+        name=meta["name"],
+        stage=stage,
+        model=labels.get(LABEL_MODEL),
+        completions=int(spec.get("completions") or 1),
+        succeeded=int(status.get("succeeded") or 0),
+        complete="Complete" in true,
+        failed=failed is not None,
+        failure=failure,
+        failed_indexes=parse_indexes(status.get("failedIndexes")),
+        suspended=bool(spec.get("suspend")),
+        suspended_by_run=annotations.get(ANNOTATION_SUSPENDED_BY_RUN) == "true",
+    )
+
+
+def observe_jobs(batch_api: Any, namespace: str, run: str) -> dict[str, JobState]:
+    """The run's Jobs by name (found by the run's labels)."""
+    listed = batch_api.list_namespaced_job(namespace, label_selector=run_selector(run))
+    found: dict[str, JobState] = {}
+    for item in listed.items:
+        state = job_state(batch_api.api_client.sanitize_for_serialization(item))
+        if state is not None:
+            found[state.name] = state
+    return found
+
+
+def _count(keys: list[str], pattern: re.Pattern[str]) -> int:
+    return sum(1 for k in keys if pattern.match(k))
+
+
+def observe_artifacts(spec: PreferenceRunSpec, storage: Storage) -> Artifacts:
+    """Committed shards per stage, from a few listings of the run's storage."""
+    if not storage.exists(layout.PROMPTS_MANIFEST):
+        return Artifacts(dataset_uri=storage.url("dataset/"))
+    manifest = storage.read_json(layout.PROMPTS_MANIFEST)
+    shards, prompts = int(manifest["shards"]), int(manifest.get("prompts", 0))
+    generations = storage.list("generations/")
+    generated = {
+        m.name: _count(
+            [k for k in generations if k.startswith(f"generations/{m.name}/")], _GEN_COMMIT
+        )
+        for m in spec.models
+    }
+    mixed = _count(storage.list("mix/"), _MIX_COMMIT)
+    judged = judged_shards(storage, shards) if mixed >= shards else 0
+    parsed = _count(storage.list("dataset/"), _PART_COMMIT)
+    summary = storage.read_json(layout.SUMMARY) if storage.exists(layout.SUMMARY) else None
+    return Artifacts(
+        shards=shards,
+        prompts=prompts,
+        generated=generated,
+        mixed=mixed,
+        judged=judged,
+        parsed=parsed,
+        summary=summary,
+        dataset_uri=storage.url("dataset/"),
+    )
+
+
+def judged_shards(storage: Storage, shards: int) -> int:
+    """Shards whose every committed request file has a committed first-attempt result (the
+    vLLM judge's output); the OpenAI judge's count comes from its ledger instead."""
+    requests = {
+        k.removesuffix(COMMIT_SUFFIX)
+        for k in storage.list("requests/")
+        if k.endswith(".jsonl" + COMMIT_SUFFIX)
+    }
+    results = {
+        k.removesuffix(COMMIT_SUFFIX)
+        for k in storage.list("results/")
+        if k.endswith(".jsonl" + COMMIT_SUFFIX)
+    }
+    done = 0
+    for shard in range(shards):
+        mine = [k for k in requests if k.startswith(layout.request_prefix(shard))]
+        if all(layout.result_for_request(k) in results for k in mine):
+            done += 1
+    return done
+
+
+def observe_judge(spec: PreferenceRunSpec, storage: Storage, run: str) -> tuple[JudgeLedger, int]:
+    """The OpenAI judge's ledger summary and the shards whose request files all ended."""
+    from synthpref.annotate import ledger as ledgers
+    from synthpref.annotate.engine import Annotator
+
+    annotator = Annotator(spec, storage, run, None)
+    records = annotator.ledgers()
+    summary = annotator.summary()
+    by_shard: dict[int, bool] = dict.fromkeys(annotator.shards, True)
+    for record in records:
+        by_shard[record.shard] = by_shard.get(record.shard, True) and (
+            record.phase in ledgers.TERMINAL_PHASES
+        )
+    progress = JudgeProgress(
+        files=summary.files,
+        files_done=summary.files_done,
+        requests=summary.requests,
+        requests_done=summary.done,
+        requests_failed=summary.failed,
+        requests_resubmitted=summary.resubmitted,
+        batches=summary.batches,
+        batches_by_status=dict(summary.phases),
+        input_tokens=sum(r.input_tokens for r in records),
+    )
+    return JudgeLedger(progress=progress), sum(1 for ok in by_shard.values() if ok)
+
+
+def secret_value(core_api: Any, namespace: str, name: str, key: str) -> str:
+    """One key of a Secret, decoded; the error names the Secret and key, never the value."""
+    import base64
+
+    from kubernetes.client import ApiException
+
+    try:
+        secret = core_api.read_namespaced_secret(name, namespace)
+    except ApiException as error:
+        raise LookupError(f"Secret {namespace}/{name}: cannot read ({error.status})") from None
+    data = secret.data or {}
+    if key not in data:
+        raise LookupError(f"Secret {namespace}/{name} has no key {key!r}")
+    return base64.b64decode(data[key]).decode()
+
+
+def open_run_storage(spec: PreferenceRunSpec, core_api: Any, namespace: str) -> Storage:
+    """The run's storage; S3 credentials come from the Secrets the spec names, if any."""
+    settings = spec.storage
+    if not settings.uri.startswith("s3://") or settings.credentials is None:
+        return open_storage(settings.uri, settings.endpoint_url, settings.region)
+    import os
+
+    import boto3
+
+    creds = settings.credentials
+    client = boto3.client(
+        "s3",
+        endpoint_url=settings.endpoint_url or os.environ.get("AWS_ENDPOINT_URL_S3"),
+        region_name=settings.region,
+        aws_access_key_id=secret_value(
+            core_api, namespace, creds.access_key_id.name, creds.access_key_id.key
+        ),
+        aws_secret_access_key=secret_value(
+            core_api, namespace, creds.secret_access_key.name, creds.secret_access_key.key
+        ),
+    )
+    return S3Storage(settings.uri, client)

@@ -1,0 +1,457 @@
+"""The pure planner: `plan(spec, observed, now) -> (actions, status)` for one PreferenceRun.
+
+Called by the reconcile pass (`reconcile.py`) after it observed the run's child Jobs, its
+committed artifacts and the judge ledger; the pass then applies the actions and writes the
+status. No I/O, no clock: every phase transition is a table test (`tests/unit/test_planner.py`).
+
+Level-based: the current stage is the first whose artifacts are not all committed, whatever
+happened before, so a restarted operator computes the same plan. A stage's Job that completed
+while its artifacts are incomplete is a failure (it exited 0 but did not commit its work).
+Failed is sticky; Succeeded follows from the run summary `parse` commits last.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from synthpref.layout import shards_for_worker
+from synthpref.spec import GenerationBackend, JudgeBackend, PreferenceRunSpec
+from synthpref_operator.names import Stage, job_name
+from synthpref_operator.status import (
+    TERMINAL_PHASES,
+    Condition,
+    ConditionStatus,
+    ConditionType,
+    JudgeProgress,
+    ModelProgress,
+    Phase,
+    Progress,
+    Reason,
+    RunResult,
+    RunStatus,
+)
+
+# ------------------------------------------------------------------ observations
+
+
+@dataclass(frozen=True)
+class JobState:
+    """What the observer saw of one child Job."""
+
+    name: str
+    stage: Stage
+    model: str | None = None
+    completions: int = 1
+    succeeded: int = 0
+    complete: bool = False
+    failed: bool = False
+    failure: str = ""  # reason and message of the Job's Failed condition
+    failed_indexes: tuple[int, ...] = ()
+    suspended: bool = False
+    suspended_by_run: bool = False
+
+
+@dataclass(frozen=True)
+class Artifacts:
+    """Committed artifacts in the run's storage (counts of committed shards per stage)."""
+
+    shards: int | None = None  # None until prepare committed its manifest
+    prompts: int = 0
+    generated: Mapping[str, int] = field(default_factory=dict)
+    mixed: int = 0
+    judged: int = 0
+    parsed: int = 0
+    summary: Mapping[str, Any] | None = None
+    dataset_uri: str = ""
+
+
+@dataclass(frozen=True)
+class JudgeLedger:
+    """The OpenAI judge's ledger summary (judge.backend openai), or its fatal error."""
+
+    progress: JudgeProgress = field(default_factory=JudgeProgress)
+    error: str | None = None
+
+
+@dataclass(frozen=True)
+class Observed:
+    """Everything one pass knows about a run."""
+
+    name: str
+    generation: int
+    status: RunStatus
+    jobs: Mapping[str, JobState] = field(default_factory=dict)
+    artifacts: Artifacts = field(default_factory=Artifacts)
+    judge: JudgeLedger | None = None
+
+
+# ------------------------------------------------------------------ actions
+
+
+@dataclass(frozen=True)
+class CreateJob:
+    """Create (idempotently) the Job `name` for `stage` with `completions` indexes."""
+
+    name: str
+    stage: Stage
+    completions: int
+    model: str | None = None
+
+
+@dataclass(frozen=True)
+class SuspendJob:
+    """Set the Job's `spec.suspend` (and mark or unmark it as suspended by the run)."""
+
+    name: str
+    suspend: bool
+
+
+@dataclass(frozen=True)
+class StepJudge:
+    """Advance the OpenAI judge's batch ledger one step (upload, create, poll, fetch...)."""
+
+
+@dataclass(frozen=True)
+class Event:
+    """A Kubernetes Event on the run, emitted after the status write."""
+
+    type: str  # Normal | Warning
+    reason: str
+    message: str
+
+
+Action = CreateJob | SuspendJob | StepJudge | Event
+
+_STAGE_PHASE = {
+    Stage.PREPARE: Phase.PREPARING,
+    Stage.GENERATE: Phase.GENERATING,
+    Stage.MIX: Phase.MIXING,
+    Stage.JUDGE: Phase.ANNOTATING,
+    Stage.PARSE: Phase.PARSING,
+}
+_STAGE_CONDITION = {
+    Stage.PREPARE: ConditionType.PREPARED,
+    Stage.GENERATE: ConditionType.GENERATED,
+    Stage.MIX: ConditionType.MIXED,
+    Stage.JUDGE: ConditionType.ANNOTATED,
+    Stage.PARSE: ConditionType.PARSED,
+}
+_ORDER = (Stage.PREPARE, Stage.GENERATE, Stage.MIX, Stage.JUDGE, Stage.PARSE)
+
+
+# ------------------------------------------------------------------ helpers
+
+
+def set_condition(
+    conditions: Sequence[Condition],
+    kind: ConditionType,
+    status: ConditionStatus,
+    reason: Reason,
+    message: str,
+    generation: int,
+    now: str,
+) -> list[Condition]:
+    """Conditions with `kind` set; its lastTransitionTime moves only when `status` changes."""
+    old = next((c for c in conditions if c.type is kind), None)
+    since = old.last_transition_time if old is not None and old.status is status else now
+    new = Condition(
+        type=kind,
+        status=status,
+        reason=reason,
+        message=message,
+        last_transition_time=since,
+        observed_generation=generation,
+    )
+    others = [c for c in conditions if c.type is not kind]
+    return sorted([*others, new], key=lambda c: list(ConditionType).index(c.type))
+
+
+def cpu_workers(shards: int, shards_per_worker: int) -> int:
+    """Indexes of a mix/parse Job: one per `shards_per_worker` shards, at least one."""
+    return max(1, min(shards, math.ceil(shards / shards_per_worker)))
+
+
+def generation_workers(spec: PreferenceRunSpec, model: str, shards: int) -> int:
+    return max(1, min(spec.model(model).replicas, shards))
+
+
+def _stage_done(spec: PreferenceRunSpec, art: Artifacts, stage: Stage) -> bool:
+    shards = art.shards
+    if shards is None:
+        return False
+    if stage is Stage.PREPARE:
+        return True
+    if stage is Stage.GENERATE:
+        return all(art.generated.get(m.name, 0) >= shards for m in spec.models)
+    if stage is Stage.MIX:
+        return art.mixed >= shards
+    if stage is Stage.JUDGE:
+        return art.judged >= shards
+    return art.summary is not None
+
+
+def _stage_jobs(spec: PreferenceRunSpec, run: str, stage: Stage) -> list[tuple[str, str | None]]:
+    """(Job name, model) of the Jobs a stage runs (none for the OpenAI judge)."""
+    if stage is Stage.GENERATE:
+        return [(job_name(run, stage, m.name), m.name) for m in spec.models]
+    if stage is Stage.JUDGE and spec.judge.backend is JudgeBackend.OPENAI:
+        return []
+    return [(job_name(run, stage), None)]
+
+
+def _describe_shards(shards: list[int]) -> str:
+    return ", ".join(str(s) for s in shards) if shards else "?"
+
+
+def _job_failure(spec: PreferenceRunSpec, art: Artifacts, job: JobState) -> str:
+    """A failure message naming the stage, the model and the shards of the failed indexes."""
+    total = art.shards or 0
+    shards = (
+        sorted(
+            s
+            for i in job.failed_indexes
+            for s in shards_for_worker(total, i, max(job.completions, 1))
+        )
+        if total and all(i < job.completions for i in job.failed_indexes)
+        else []
+    )
+    what = f"model {job.model}" if job.model else f"stage {job.stage.value}"
+    detail = f" ({job.failure})" if job.failure else ""
+    return (
+        f"{what}: shard(s) {_describe_shards(shards)} failed: Job {job.name} "
+        f"index(es) {_describe_shards(list(job.failed_indexes))} exhausted their retries{detail}"
+    )
+
+
+def _incomplete(spec: PreferenceRunSpec, art: Artifacts, job: JobState) -> str | None:
+    """Why a completed Job's stage is still not done (its artifacts are missing), if it is not."""
+    shards = art.shards
+    if job.stage is Stage.PREPARE:
+        return None if shards is not None else "prompts/manifest.json is not committed"
+    if shards is None:
+        return None
+    if job.stage is Stage.GENERATE and job.model is not None:
+        done = art.generated.get(job.model, 0)
+        return None if done >= shards else f"model {job.model}: {done}/{shards} shards committed"
+    if job.stage is Stage.MIX:
+        return None if art.mixed >= shards else f"mix: {art.mixed}/{shards} shards committed"
+    if job.stage is Stage.JUDGE:
+        return None if art.judged >= shards else f"judge: {art.judged}/{shards} shards rated"
+    if job.stage is Stage.PARSE:
+        return (
+            None
+            if art.summary is not None
+            else (f"parse: {art.parsed}/{shards} dataset parts committed, no dataset/summary.json")
+        )
+    return None
+
+
+def _progress(spec: PreferenceRunSpec, art: Artifacts, judge: JudgeLedger | None) -> Progress:
+    shards = art.shards or 0
+    return Progress(
+        shards=shards,
+        prompts=art.prompts,
+        models=[
+            ModelProgress(
+                name=m.name,
+                shards_done=min(art.generated.get(m.name, 0), shards),
+                shards_total=shards,
+            )
+            for m in spec.models
+        ],
+        mix_shards_done=min(art.mixed, shards),
+        judge_shards_done=min(art.judged, shards),
+        parse_shards_done=min(art.parsed, shards),
+        judge=judge.progress if judge is not None else None,
+    )
+
+
+def progress_text(spec: PreferenceRunSpec, art: Artifacts) -> str:
+    """`done/total` work units: prepare (1) plus every stage's shards."""
+    if art.shards is None:
+        return ""
+    shards = art.shards
+    total = 1 + shards * (len(spec.models) + 3)
+    done = 1 + sum(min(art.generated.get(m.name, 0), shards) for m in spec.models)
+    done += min(art.mixed, shards) + min(art.judged, shards)
+    done += shards if art.summary is not None else min(art.parsed, shards)
+    return f"{done}/{total}"
+
+
+def _result(art: Artifacts) -> RunResult | None:
+    summary = art.summary
+    if summary is None:
+        return None
+    return RunResult(
+        dataset_uri=str(summary.get("dataset") or art.dataset_uri),
+        pairs=int(summary.get("pairs", 0)),
+        prompts=int(summary.get("prompts", 0)),
+        prompts_with_pairs=int(summary.get("prompts_with_pairs", 0)),
+        drops={str(k): int(v) for k, v in (summary.get("prompts_dropped") or {}).items()},
+        request_failures={
+            str(k): int(v) for k, v in (summary.get("request_failures") or {}).items()
+        },
+    )
+
+
+def _stage_message(spec: PreferenceRunSpec, art: Artifacts, stage: Stage, obs: Observed) -> str:
+    shards = art.shards or 0
+    if stage is Stage.PREPARE:
+        return "preparing prompt shards"
+    if stage is Stage.GENERATE:
+        parts = [
+            f"{m.name} {min(art.generated.get(m.name, 0), shards)}/{shards}" for m in spec.models
+        ]
+        return "generating: " + ", ".join(parts)
+    if stage is Stage.MIX:
+        return f"mixing: {art.mixed}/{shards} shards"
+    if stage is Stage.JUDGE:
+        if obs.judge is not None:
+            p = obs.judge.progress
+            return (
+                f"annotating ({spec.judge.backend.value}): {p.files_done}/{p.files} request files, "
+                f"{p.requests_done}/{p.requests} requests"
+            )
+        return f"annotating ({spec.judge.backend.value}): {art.judged}/{shards} shards"
+    return f"parsing: {art.parsed}/{shards} shards"
+
+
+# ------------------------------------------------------------------ the plan
+
+
+def plan(spec: PreferenceRunSpec, observed: Observed, now: str) -> tuple[list[Action], RunStatus]:
+    """The actions to take and the status to write for one reconcile pass."""
+    prev = observed.status
+    art = observed.artifacts
+    gen = observed.generation
+    run = observed.name
+    conditions = list(prev.conditions)
+
+    def condition(kind: ConditionType, ok: bool, reason: Reason, message: str = "") -> None:
+        nonlocal conditions
+        status = ConditionStatus.TRUE if ok else ConditionStatus.FALSE
+        conditions = set_condition(conditions, kind, status, reason, message, gen, now)
+
+    def finish(phase: Phase, message: str, actions: list[Action]) -> tuple[list[Action], RunStatus]:
+        status = RunStatus(
+            phase=phase,
+            message=message,
+            progress=progress_text(spec, art),
+            observed_generation=gen,
+            start_time=prev.start_time or now,
+            completion_time=(prev.completion_time or now) if phase in TERMINAL_PHASES else None,
+            conditions=conditions,
+            stages=_progress(spec, art, observed.judge),
+            result=_result(art) if phase is Phase.SUCCEEDED else None,
+        )
+        if phase is not prev.phase:
+            kind = "Warning" if phase is Phase.FAILED else "Normal"
+            actions.append(Event(kind, phase.value, message))
+        return actions, status
+
+    if prev.phase is Phase.FAILED:
+        return [], prev.model_copy(update={"observed_generation": gen})
+
+    done = {stage: _stage_done(spec, art, stage) for stage in _ORDER}
+    current = next((s for s in _ORDER if not done[s]), None)
+    for stage in _ORDER:
+        if done[stage]:
+            condition(_STAGE_CONDITION[stage], True, Reason.DONE)
+        elif stage is current:
+            condition(_STAGE_CONDITION[stage], False, Reason.IN_PROGRESS)
+        else:
+            condition(_STAGE_CONDITION[stage], False, Reason.WAITING)
+
+    failure = _failure(spec, observed)
+    if failure is not None:
+        reason, message = failure
+        condition(ConditionType.FAILED, True, reason, message)
+        condition(ConditionType.SUCCEEDED, False, Reason.NOT_FINISHED)
+        return finish(Phase.FAILED, message, [])
+    condition(ConditionType.FAILED, False, Reason.NO_FAILURE)
+
+    if current is None:
+        result = _result(art)
+        pairs = result.pairs if result is not None else 0
+        message = f"dataset with {pairs} pairs at {result.dataset_uri if result else ''}"
+        condition(ConditionType.SUCCEEDED, True, Reason.SUCCEEDED, message)
+        if prev.condition(ConditionType.SUSPENDED) is None:
+            condition(ConditionType.SUSPENDED, False, Reason.NOT_SUSPENDED)
+        return finish(Phase.SUCCEEDED, message, [])
+    condition(ConditionType.SUCCEEDED, False, Reason.NOT_FINISHED)
+
+    actions: list[Action] = []
+    live = [j for j in observed.jobs.values() if not (j.complete or j.failed)]
+    if spec.suspend:
+        actions += [SuspendJob(j.name, True) for j in live if not j.suspended]
+        message = "suspended: " + _stage_message(spec, art, current, observed)
+        condition(ConditionType.SUSPENDED, True, Reason.SUSPENDED, "spec.suspend is true")
+        return finish(Phase.SUSPENDED, message, actions)
+    was_suspended = prev.condition(ConditionType.SUSPENDED)
+    resumed = was_suspended is not None and (
+        was_suspended.status is ConditionStatus.TRUE or was_suspended.reason is Reason.RESUMED
+    )
+    condition(ConditionType.SUSPENDED, False, Reason.RESUMED if resumed else Reason.NOT_SUSPENDED)
+    actions += [SuspendJob(j.name, False) for j in live if j.suspended_by_run]
+
+    shards = art.shards or 0
+    for name, model in _stage_jobs(spec, run, current):
+        if (
+            current is Stage.GENERATE
+            and model is not None
+            and (art.generated.get(model, 0) >= shards)
+        ):
+            continue
+        if name in observed.jobs:
+            continue
+        if current is Stage.PREPARE:
+            completions = 1
+        elif current is Stage.GENERATE and model is not None:
+            completions = generation_workers(spec, model, shards)
+        elif current is Stage.JUDGE:
+            completions = 1
+        else:
+            completions = cpu_workers(shards, _SHARDS_PER_CPU_WORKER)
+        actions.append(CreateJob(name, current, completions, model))
+    if current is Stage.JUDGE and spec.judge.backend is JudgeBackend.OPENAI:
+        actions.append(StepJudge())
+
+    phase = _STAGE_PHASE[current]
+    if current is Stage.PREPARE and job_name(run, Stage.PREPARE) not in observed.jobs:
+        phase = Phase.PENDING
+    return finish(phase, _stage_message(spec, art, current, observed), actions)
+
+
+# mix and parse: one worker per this many shards (see `cpu_workers`).
+_SHARDS_PER_CPU_WORKER = 20
+
+
+def _failure(spec: PreferenceRunSpec, observed: Observed) -> tuple[Reason, str] | None:
+    """The first reason the run cannot go on, if any."""
+    art = observed.artifacts
+    for job in sorted(observed.jobs.values(), key=lambda j: _ORDER.index(j.stage)):
+        if _incomplete(spec, art, job) is None:
+            continue  # its work is committed, whatever became of the Job afterwards
+        if job.failed:
+            return Reason.JOB_FAILED, _job_failure(spec, art, job)
+        if job.complete:
+            return Reason.STAGE_INCOMPLETE, (
+                f"Job {job.name} completed but its work is not committed: "
+                f"{_incomplete(spec, art, job)}"
+            )
+    if observed.judge is not None and observed.judge.error:
+        return Reason.JUDGE_FAILED, f"judge: {observed.judge.error}"
+    return None
+
+
+def uses_gpu(spec: PreferenceRunSpec, stage: Stage, model: str | None) -> int:
+    """GPUs per pod of a stage's Job (0 for CPU stages and for openai-backend models)."""
+    if stage is Stage.GENERATE and model is not None:
+        m = spec.model(model)
+        return m.gpus if m.backend is GenerationBackend.VLLM else 0
+    if stage is Stage.JUDGE:
+        return spec.judge.gpus
+    return 0

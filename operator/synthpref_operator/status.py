@@ -1,0 +1,166 @@
+"""Pydantic models of a PreferenceRun's status: what the operator writes and `kubectl` shows.
+
+The planner (`planner.plan`) returns a `RunStatus`; the handlers write it through the status
+subresource; `crd.py` generates the CRD's status schema from these models, next to the spec's.
+Phases, condition types and reasons are closed enums. Nothing here ever holds a secret.
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+
+from pydantic import BaseModel, ConfigDict, Field
+from pydantic.alias_generators import to_camel
+
+
+class StatusModel(BaseModel):
+    """Base for the status models: camelCase on the wire, unknown fields ignored on read."""
+
+    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, extra="ignore")
+
+
+class Phase(StrEnum):
+    PENDING = "Pending"
+    PREPARING = "Preparing"
+    GENERATING = "Generating"
+    MIXING = "Mixing"
+    ANNOTATING = "Annotating"
+    PARSING = "Parsing"
+    SUCCEEDED = "Succeeded"
+    FAILED = "Failed"
+    SUSPENDED = "Suspended"
+
+
+TERMINAL_PHASES = frozenset({Phase.SUCCEEDED, Phase.FAILED})
+
+
+class ConditionType(StrEnum):
+    PREPARED = "Prepared"
+    GENERATED = "Generated"
+    MIXED = "Mixed"
+    ANNOTATED = "Annotated"
+    PARSED = "Parsed"
+    SUSPENDED = "Suspended"
+    FAILED = "Failed"
+    SUCCEEDED = "Succeeded"
+
+
+class Reason(StrEnum):
+    WAITING = "Waiting"
+    IN_PROGRESS = "InProgress"
+    DONE = "Done"
+    SUSPENDED = "Suspended"
+    RESUMED = "Resumed"
+    NOT_SUSPENDED = "NotSuspended"
+    JOB_FAILED = "JobFailed"
+    STAGE_INCOMPLETE = "StageIncomplete"
+    JUDGE_FAILED = "JudgeFailed"
+    SPEC_INVALID = "SpecInvalid"
+    NO_FAILURE = "NoFailure"
+    SUCCEEDED = "Succeeded"
+    NOT_FINISHED = "NotFinished"
+
+
+class ConditionStatus(StrEnum):
+    TRUE = "True"
+    FALSE = "False"
+    UNKNOWN = "Unknown"
+
+
+class Condition(StatusModel):
+    """One condition, as metav1.Condition: the time moves only when `status` changes."""
+
+    type: ConditionType = Field(description="Condition type (one per type).")
+    status: ConditionStatus = Field(description="True, False or Unknown.")
+    reason: Reason = Field(description="Machine-readable CamelCase reason.")
+    message: str = Field(default="", description="Human-readable details.")
+    last_transition_time: str = Field(
+        description="When status last changed (RFC 3339, seconds, UTC)."
+    )
+    observed_generation: int = Field(
+        default=0, ge=0, description="metadata.generation the condition was computed from."
+    )
+
+
+class ModelProgress(StatusModel):
+    """Generation progress of one answering model."""
+
+    name: str = Field(description="Model name (spec.models[].name).")
+    shards_done: int = Field(default=0, ge=0, description="Committed answer shards.")
+    shards_total: int = Field(default=0, ge=0, description="Prompt shards.")
+
+
+class JudgeProgress(StatusModel):
+    """Annotation progress: judge request files, batches and requests."""
+
+    files: int = Field(default=0, ge=0, description="Judge request files.")
+    files_done: int = Field(default=0, ge=0, description="Request files with final results.")
+    requests: int = Field(default=0, ge=0, description="Judge requests.")
+    requests_done: int = Field(default=0, ge=0, description="Requests answered.")
+    requests_failed: int = Field(default=0, ge=0, description="Requests failed for good.")
+    requests_resubmitted: int = Field(default=0, ge=0, description="Requests resubmitted.")
+    batches: int = Field(default=0, ge=0, description="Batches created (openai judge).")
+    batches_by_status: dict[str, int] = Field(
+        default_factory=dict, description="Request files by ledger phase (openai judge)."
+    )
+    input_tokens: int = Field(
+        default=0, ge=0, description="Estimated prompt tokens of the request files."
+    )
+
+
+class Progress(StatusModel):
+    """Per-stage progress in shards (the unit of work)."""
+
+    shards: int = Field(default=0, ge=0, description="Prompt shards (0 until prepare is done).")
+    prompts: int = Field(default=0, ge=0, description="Prompts after deduplication.")
+    models: list[ModelProgress] = Field(
+        default_factory=list, description="Generation progress per model."
+    )
+    mix_shards_done: int = Field(default=0, ge=0, description="Committed mix shards.")
+    judge_shards_done: int = Field(default=0, ge=0, description="Shards with all judge results.")
+    parse_shards_done: int = Field(default=0, ge=0, description="Committed dataset parts.")
+    judge: JudgeProgress | None = Field(default=None, description="Judge details.")
+
+
+class RunResult(StatusModel):
+    """The dataset, once the run has succeeded."""
+
+    dataset_uri: str = Field(description="Where the dataset parts are.")
+    pairs: int = Field(default=0, ge=0, description="Preference pairs written.")
+    prompts: int = Field(default=0, ge=0, description="Prompts parsed.")
+    prompts_with_pairs: int = Field(default=0, ge=0, description="Prompts that gave a pair.")
+    drops: dict[str, int] = Field(
+        default_factory=dict, description="Prompts dropped, by kind (ties, too few ratings...)."
+    )
+    request_failures: dict[str, int] = Field(
+        default_factory=dict, description="Judge requests without a usable reply, by kind."
+    )
+
+
+class RunStatus(StatusModel):
+    """The observed state of a PreferenceRun."""
+
+    phase: Phase = Field(default=Phase.PENDING, description="Summary phase of the run.")
+    message: str = Field(default="", description="What the run is doing or why it failed.")
+    progress: str = Field(
+        default="", description="Work units done/total (shards over all stages), e.g. 37/120."
+    )
+    observed_generation: int = Field(
+        default=0, ge=0, description="metadata.generation this status was computed from."
+    )
+    start_time: str | None = Field(default=None, description="When the run first started.")
+    completion_time: str | None = Field(
+        default=None, description="When the run succeeded or failed."
+    )
+    conditions: list[Condition] = Field(
+        default_factory=list, description="Conditions, one per type (metav1.Condition style)."
+    )
+    stages: Progress = Field(default_factory=Progress, description="Per-stage progress.")
+    result: RunResult | None = Field(default=None, description="The dataset (when Succeeded).")
+
+    def condition(self, kind: ConditionType) -> Condition | None:
+        return next((c for c in self.conditions if c.type is kind), None)
+
+    def to_body(self) -> dict[str, object]:
+        """The status as the API server stores it (camelCase, no nulls)."""
+        return self.model_dump(mode="json", by_alias=True, exclude_none=True)
