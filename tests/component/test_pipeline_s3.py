@@ -64,7 +64,9 @@ def test_all_stages_on_s3(
                 "gpus": 0,
                 "maxModelLen": 4096,
                 "maxTokens": 400,
+                "temperature": 1.0,  # random weights: at 0 every answer gets the same rating
                 "rationaleMaxChars": 24,
+                "engineArgs": {"dtype": "float32", "enforce_eager": True},
             },
         }
     )

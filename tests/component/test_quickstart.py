@@ -8,6 +8,7 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
@@ -35,6 +36,13 @@ def synthpref(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
     )
     assert result.returncode == 0, f"synthpref {args} failed:\n{result.stdout}\n{result.stderr}"
     return result
+
+
+def printed_summary(stdout: str) -> dict[str, Any]:
+    """The run summary the CLI prints last (vLLM's log lines may come before it)."""
+    start = stdout.rindex("\n{\n") + 1
+    summary: dict[str, Any] = json.loads(stdout[start : stdout.rindex("}") + 1])
+    return summary
 
 
 def test_quickstart_end_to_end_and_resume(tmp_path: Path) -> None:
@@ -69,16 +77,18 @@ def test_quickstart_end_to_end_and_resume(tmp_path: Path) -> None:
             )
         )
         assert "topic" in row.metadata
-    printed = json.loads(first.stdout[: first.stdout.rindex("}") + 1])
+    printed = printed_summary(first.stdout)
     assert printed["prepare"]["prompts"] == 24
     for model in spec["models"]:
         generated = printed["generate"][model["name"]]
         assert generated["rows"] == 24 and generated["completion_tokens"] > 0
-    assert printed["judge"]["requests"] == 24 * 4
+    mixed = printed["mix"]
+    assert mixed["prompts_mixed"] + sum(mixed["prompts_lacking"].values()) == 24
+    assert printed["judge"]["requests"] == mixed["requests"] == 4 * mixed["prompts_mixed"]
 
     dataset_before = [storage.read_bytes(layout.dataset_shard(s)) for s in range(3)]
     second = synthpref("run", str(run_file), "--local", "--no-progress", cwd=tmp_path)
-    again = json.loads(second.stdout[: second.stdout.rindex("}") + 1])
+    again = printed_summary(second.stdout)
     for model in spec["models"]:
         assert again["generate"][model["name"]]["shards_done"] == 0
         assert again["generate"][model["name"]]["shards_skipped"] == 3
