@@ -40,8 +40,9 @@ def synthpref(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
 
 def printed_summary(stdout: str) -> dict[str, Any]:
     """The run summary the CLI prints last (vLLM's log lines may come before it)."""
-    start = stdout.rindex("\n{\n") + 1
-    summary: dict[str, Any] = json.loads(stdout[start : stdout.rindex("}") + 1])
+    text = "\n" + stdout  # the summary may also be the first thing printed
+    start = text.rindex("\n{\n") + 1
+    summary: dict[str, Any] = json.loads(text[start : text.rindex("}") + 1])
     return summary
 
 
