@@ -85,6 +85,9 @@ def kopf_settings() -> kopf.OperatorSettings:
     )
     settings.posting.enabled = False  # Events are ours (apply.Applier.emit)
     settings.watching.server_timeout = 60
+    # A run deleted while its timer pass is in flight: kopf re-checks the timer this often
+    # before it releases the finalizer (its default, 60 s, held deletions for a minute).
+    settings.background.cancellation_polling = 1.0
     return settings
 
 

@@ -159,6 +159,7 @@ def observe_judge(spec: PreferenceRunSpec, storage: Storage, run: str) -> tuple[
         batches=summary.batches,
         batches_by_status=dict(summary.phases),
         input_tokens=sum(r.input_tokens for r in records),
+        tokens_used=summary.tokens_used,
     )
     return JudgeLedger(progress=progress), sum(1 for ok in by_shard.values() if ok)
 

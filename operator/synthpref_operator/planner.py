@@ -8,10 +8,17 @@ Level-based: the current stage is the first whose artifacts are not all committe
 happened before, so a restarted operator computes the same plan. A stage's Job that completed
 while its artifacts are incomplete is a failure (it exited 0 but did not commit its work).
 Failed is sticky; Succeeded follows from the run summary `parse` commits last.
+
+Spec sections whose stage has started are locked: their fingerprints go into
+`status.lockedSpec`, and a later change is rejected (the SpecChangeRejected condition; the run
+holds, creating nothing, until the change is reverted). CEL rules on the spec cannot see the
+status, so this is where "cannot change once mixing began" lives.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -140,6 +147,26 @@ _STAGE_CONDITION = {
     Stage.PARSE: ConditionType.PARSED,
 }
 _ORDER = (Stage.PREPARE, Stage.GENERATE, Stage.MIX, Stage.JUDGE, Stage.PARSE)
+
+# Spec sections that cannot change once the first stage using them started: (section, the
+# fields fingerprinted (None: all), that stage, why).
+_LOCKS: tuple[tuple[str, frozenset[str] | None, Stage, str], ...] = (
+    ("mix", None, Stage.MIX, "the judge requests were sampled and rendered with it"),
+    (
+        "judge",
+        frozenset(
+            {"backend", "model", "structured_output", "rationale_max_chars", "temperature"}
+            | {"max_tokens"}
+        ),
+        Stage.MIX,
+        "the judge requests were rendered for it",
+    ),
+    ("binarization", None, Stage.PARSE, "the dataset is being written with it"),
+)
+_STARTED = {
+    Stage.MIX: "mixing",
+    Stage.PARSE: "parsing",
+}
 
 
 # ------------------------------------------------------------------ helpers
@@ -319,6 +346,35 @@ def _stage_message(spec: PreferenceRunSpec, art: Artifacts, stage: Stage, obs: O
     return f"parsing: {art.parsed}/{shards} shards"
 
 
+def spec_fingerprint(spec: PreferenceRunSpec, section: str) -> str:
+    """A short digest of the locked fields of one spec section."""
+    fields = next(f for name, f, _, _ in _LOCKS if name == section)
+    value = getattr(spec, section).model_dump(mode="json", include=fields)
+    return hashlib.sha256(json.dumps(value, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def lock_spec(
+    spec: PreferenceRunSpec, locked: Mapping[str, str], current: Stage | None
+) -> tuple[dict[str, str], list[str]]:
+    """The locks once the run is at `current` (None: done), and why each changed section is
+    rejected (empty: no rejected change). A section's lock is taken when its stage starts."""
+    reached = len(_ORDER) if current is None else _ORDER.index(current)
+    locks = dict(locked)
+    rejected = []
+    for section, _, stage, why in _LOCKS:
+        if _ORDER.index(stage) > reached:
+            continue
+        fingerprint = spec_fingerprint(spec, section)
+        if section not in locks:
+            locks[section] = fingerprint
+        elif locks[section] != fingerprint:
+            rejected.append(
+                f"spec.{section} cannot change once {_STARTED[stage]} has started ({why}); "
+                "revert the change or create a new PreferenceRun"
+            )
+    return locks, rejected
+
+
 # ------------------------------------------------------------------ the plan
 
 
@@ -335,6 +391,8 @@ def plan(spec: PreferenceRunSpec, observed: Observed, now: str) -> tuple[list[Ac
         status = ConditionStatus.TRUE if ok else ConditionStatus.FALSE
         conditions = set_condition(conditions, kind, status, reason, message, gen, now)
 
+    locks: dict[str, str] = dict(prev.locked_spec)
+
     def finish(phase: Phase, message: str, actions: list[Action]) -> tuple[list[Action], RunStatus]:
         status = RunStatus(
             phase=phase,
@@ -346,6 +404,7 @@ def plan(spec: PreferenceRunSpec, observed: Observed, now: str) -> tuple[list[Ac
             conditions=conditions,
             stages=_progress(spec, art, observed.judge),
             result=_result(art) if phase is Phase.SUCCEEDED else None,
+            locked_spec=locks,
         )
         if phase is not prev.phase:
             kind = "Warning" if phase is Phase.FAILED else "Normal"
@@ -372,6 +431,19 @@ def plan(spec: PreferenceRunSpec, observed: Observed, now: str) -> tuple[list[Ac
         condition(ConditionType.SUCCEEDED, False, Reason.NOT_FINISHED)
         return finish(Phase.FAILED, message, [])
     condition(ConditionType.FAILED, False, Reason.NO_FAILURE)
+
+    locks, rejected = lock_spec(spec, prev.locked_spec, current)
+    if rejected:
+        message = "; ".join(rejected)
+        was = prev.condition(ConditionType.SPEC_CHANGE_REJECTED)
+        condition(ConditionType.SPEC_CHANGE_REJECTED, True, Reason.SPEC_CHANGE_REJECTED, message)
+        events: list[Action] = []
+        if was is None or was.status is not ConditionStatus.TRUE or was.message != message:
+            events.append(Event("Warning", Reason.SPEC_CHANGE_REJECTED.value, message))
+        # Hold where the run is: nothing new is created with a spec the run cannot honour.
+        return finish(prev.phase, message, events)
+    if prev.condition(ConditionType.SPEC_CHANGE_REJECTED) is not None:
+        condition(ConditionType.SPEC_CHANGE_REJECTED, False, Reason.SPEC_CHANGE_REVERTED)
 
     if current is None:
         result = _result(art)

@@ -41,6 +41,7 @@ class ConditionType(StrEnum):
     ANNOTATED = "Annotated"
     PARSED = "Parsed"
     SUSPENDED = "Suspended"
+    SPEC_CHANGE_REJECTED = "SpecChangeRejected"
     FAILED = "Failed"
     SUCCEEDED = "Succeeded"
 
@@ -56,6 +57,8 @@ class Reason(StrEnum):
     STAGE_INCOMPLETE = "StageIncomplete"
     JUDGE_FAILED = "JudgeFailed"
     SPEC_INVALID = "SpecInvalid"
+    SPEC_CHANGE_REJECTED = "SpecChangeRejected"
+    SPEC_CHANGE_REVERTED = "SpecChangeReverted"
     NO_FAILURE = "NoFailure"
     SUCCEEDED = "Succeeded"
     NOT_FINISHED = "NotFinished"
@@ -105,6 +108,9 @@ class JudgeProgress(StatusModel):
     )
     input_tokens: int = Field(
         default=0, ge=0, description="Estimated prompt tokens of the request files."
+    )
+    tokens_used: int = Field(
+        default=0, ge=0, description="Tokens used (usage.total_tokens of fetched results)."
     )
 
 
@@ -157,6 +163,11 @@ class RunStatus(StatusModel):
     )
     stages: Progress = Field(default_factory=Progress, description="Per-stage progress.")
     result: RunResult | None = Field(default=None, description="The dataset (when Succeeded).")
+    locked_spec: dict[str, str] = Field(
+        default_factory=dict,
+        description="Fingerprints of the spec sections (mix, judge, binarization) that cannot "
+        "change any more because a stage using them has started.",
+    )
 
     def condition(self, kind: ConditionType) -> Condition | None:
         return next((c for c in self.conditions if c.type is kind), None)

@@ -87,6 +87,7 @@ class AnnotateSummary:
     batches: int = 0
     resubmitted: int = 0
     token_limit_retries: int = 0
+    tokens_used: int = 0
     phases: dict[str, int] = field(default_factory=dict)
     cancelled: bool = False
 
@@ -395,6 +396,7 @@ class Annotator:
             resubmit = False
         self._write_results(record, current, results, final=not resubmit)
         record.done += len(results.ok)
+        record.tokens_used += results.tokens
         record.history.append(current)
         record.current = None
         if resubmit:
@@ -559,6 +561,7 @@ class Annotator:
             result.batches += sum(1 for s in record.submissions() if s.batch_id is not None)
             result.resubmitted += record.resubmitted
             result.token_limit_retries += record.token_limit_retries
+            result.tokens_used += record.tokens_used
             phases[record.phase.value] += 1
         result.failed = sum(reasons.values())
         result.failed_by_reason = dict(sorted(reasons.items()))

@@ -97,6 +97,7 @@ class FileLedger(BaseModel):
     failed: dict[str, int] = Field(default_factory=dict)  # final failures by reason
     resubmitted: int = 0
     token_limit_retries: int = 0
+    tokens_used: int = 0  # usage.total_tokens the service reported on fetched results
     error: str | None = None
 
     @property

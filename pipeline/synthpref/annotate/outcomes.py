@@ -3,7 +3,8 @@
 Called by the annotate engine when it fetches a batch. Pure. A request is done when its output
 line has a 200 response (whatever the reply says: an unparseable reply is `parse`'s to count);
 it failed when its line is on the error file, has a non-2xx response or an `error` object
-(`batch_expired`, `request_timeout`, ...), or when no line names it at all (missing).
+(`batch_expired`, `request_timeout`, ...), or when no line names it at all (missing). `tokens`
+sums the `usage.total_tokens` the service reported on every line it answered.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ class SortedResults:
     failed: dict[str, str] = field(default_factory=dict)  # custom_id -> reason
     failure_lines: dict[str, str] = field(default_factory=dict)  # custom_id -> line to report
     unknown: int = 0  # lines that are not JSON, or name no request of the input
+    tokens: int = 0  # usage.total_tokens over the lines with a response (what was billed)
 
 
 def _reason(line: BatchResultLine) -> str | None:
@@ -39,6 +41,13 @@ def _reason(line: BatchResultLine) -> str | None:
         code = detail.get("code") if isinstance(detail, dict) else None
         return f"http_{line.response.status_code}" + (f"_{code}" if code else "")
     return None
+
+
+def _total_tokens(line: BatchResultLine) -> int:
+    body = line.response.body if line.response is not None else None
+    usage = body.get("usage") if isinstance(body, dict) else None
+    total = usage.get("total_tokens") if isinstance(usage, dict) else None
+    return total if isinstance(total, int) and not isinstance(total, bool) and total > 0 else 0
 
 
 def failure_line(custom_id: str, reason: str, message: str) -> str:
@@ -66,6 +75,7 @@ def sort_results(
         except (ValidationError, json.JSONDecodeError):
             result.unknown += 1
             continue
+        result.tokens += _total_tokens(line)
         custom_id = line.custom_id
         if custom_id not in expected:
             result.unknown += 1
