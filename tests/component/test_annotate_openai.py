@@ -591,6 +591,30 @@ def test_crash_between_create_and_record_makes_no_second_batch(
     assert_each_request_once(storage)
 
 
+@pytest.mark.parametrize("failure", ["connection lost", "HTTP 502"])
+def test_lost_answer_to_batch_create_makes_no_second_batch(
+    mixed: tuple[PreferenceRunSpec, LocalStorage], server: OpenAIServer, failure: str
+) -> None:
+    """The service made the batch but its answer never arrived: a blind re-send would make a
+    second batch; the engine must look the batch up instead."""
+    spec, storage = mixed
+
+    def lose_answer(call: Call) -> None:
+        raise ConnectionAbortedError("the test server drops the connection")
+
+    if failure == "connection lost":
+        server.hook("POST", "/v1/batches", lose_answer, when="after", times=2)
+    else:
+        server.fail_after_next("POST", "/v1/batches", 502, count=2)
+
+    summary = annotator(spec, storage).run_until_done()
+
+    files = request_files(storage)
+    assert len(server.batches) == len(files) == summary.batches
+    assert summary.done == summary.requests
+    assert_each_request_once(storage)
+
+
 def test_resumed_run_after_kill_mid_poll_fetches_everything_once(
     mixed: tuple[PreferenceRunSpec, LocalStorage], server: OpenAIServer, tmp_path: Path
 ) -> None:

@@ -215,6 +215,7 @@ class Fault:
     remaining: int
     retry_after: float | None = None
     message: str = "Injected fault."
+    after: bool = False  # the call is handled first, then its answer is replaced by the error
 
 
 @dataclass
@@ -569,6 +570,12 @@ class OpenAIServer:
         with self._lock:
             self.faults.append(Fault(method.upper(), path, status, count, retry_after))
 
+    def fail_after_next(self, method: str, path: str, status: int, count: int = 1) -> None:
+        """Handle the next `count` matching calls, then answer them with `status` anyway (a
+        gateway error after the work was done: the client cannot tell that it succeeded)."""
+        with self._lock:
+            self.faults.append(Fault(method.upper(), path, status, count, after=True))
+
     def hook(
         self,
         method: str,
@@ -607,9 +614,14 @@ class OpenAIServer:
             if b.accepted and b.model == model and b.status in ACTIVE_STATUSES and b.id != exclude
         )
 
-    def _take_fault(self, method: str, path: str) -> Fault | None:
+    def _take_fault(self, method: str, path: str, *, after: bool = False) -> Fault | None:
         for fault in self.faults:
-            if fault.remaining > 0 and fault.method == method and path.startswith(fault.path):
+            if (
+                fault.remaining > 0
+                and fault.after == after
+                and fault.method == method
+                and path.startswith(fault.path)
+            ):
                 fault.remaining -= 1
                 return fault
         return None
@@ -1169,6 +1181,10 @@ class OpenAIServer:
             self._check_auth(headers.get("Authorization"))
             status, payload = self._route(method, path, query, headers, raw)
             extra_headers: dict[str, str] = {}
+            with self._lock:
+                lost = self._take_fault(method, path, after=True)
+            if lost is not None:
+                raise ApiError(lost.status, lost.message, type_="server_error", code="server_error")
         except ApiError as error:
             status, payload, extra_headers = error.status, error.body, error.headers
         call.status = status

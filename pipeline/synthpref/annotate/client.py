@@ -91,7 +91,16 @@ class BatchClient:
     def close(self) -> None:
         self._client.close()
 
-    def _call(self, what: str, call: Callable[[], T], retry_conflict: bool = True) -> T:
+    def _call(
+        self,
+        what: str,
+        call: Callable[[], T],
+        retry_conflict: bool = True,
+        retry_unknown_outcome: bool = True,
+    ) -> T:
+        """Call the API with retries. With `retry_unknown_outcome` off, a failure after which
+        the call may still have taken effect (connection lost, 408, 5xx) is not re-sent but
+        raised as TransientApiError, so the caller can look up what happened first."""
         attempts = self.endpoint.max_retries + 1
         last = ""
         for attempt in range(1, attempts + 1):
@@ -114,9 +123,13 @@ class BatchClient:
                 if not retryable:
                     raise ApiRequestError(f"{what}: {_detail(error)}", status, error.code) from None
                 last = _detail(error)
+                if status != 429 and not retry_unknown_outcome:
+                    raise TransientApiError(f"{what}: outcome unknown after {last}") from None
                 retry_after = retry_after_seconds(error.response.headers)
             except openai.APIConnectionError as error:
                 last = f"{type(error).__name__}: {error}"
+                if not retry_unknown_outcome:
+                    raise TransientApiError(f"{what}: outcome unknown after {last}") from None
             if attempt < attempts:
                 delay = backoff_delay(
                     attempt, self.backoff_base_s, self.backoff_max_s, self._rng, retry_after
@@ -156,7 +169,8 @@ class BatchClient:
     # ---- batches
 
     def create_batch(self, file_id: str, metadata: dict[str, str]) -> Any:
-        # A 409 on create is not retried blindly: the engine looks for the batch first.
+        # Neither a 409 nor a lost answer is retried blindly: the batch may exist already, and
+        # the engine looks for it before it creates one again.
         return self._call(
             f"create a batch for {file_id}",
             lambda: self._client.batches.create(
@@ -166,6 +180,7 @@ class BatchClient:
                 metadata=metadata,
             ),
             retry_conflict=False,
+            retry_unknown_outcome=False,
         )
 
     def find_batch(self, metadata: dict[str, str], since: float) -> Any | None:
