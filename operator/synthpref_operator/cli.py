@@ -12,7 +12,7 @@ from pathlib import Path
 
 import click
 
-from synthpref_operator.crd import CRD_PATH, crd_yaml
+from synthpref_operator.crd import CRD_PATHS, crd_yaml
 
 
 @click.group("operator")
@@ -24,35 +24,45 @@ def operator_command() -> None:
 @click.option(
     "--write",
     "write_to",
+    multiple=True,
     type=click.Path(dir_okay=False),
-    default=None,
-    help=f"Write the CRD here (the checked-in copy is {CRD_PATH}).",
+    help="Write the CRD to this file (repeatable).",
 )
 @click.option(
     "--check",
-    "check_file",
+    "check_files",
+    multiple=True,
     type=click.Path(dir_okay=False),
-    default=None,
-    help="Exit 1 when this file differs from the generated CRD.",
+    help="Exit 1 when this file differs from the generated CRD (repeatable).",
 )
-def crd_command(write_to: str | None, check_file: str | None) -> None:
+@click.option(
+    "--sync", is_flag=True, help=f"Write every checked-in copy: {', '.join(CRD_PATHS)}."
+)
+@click.option("--verify", is_flag=True, help="Like --check for every checked-in copy.")
+def crd_command(
+    write_to: tuple[str, ...], check_files: tuple[str, ...], sync: bool, verify: bool
+) -> None:
     """Print the PreferenceRun CRD generated from the spec and status models."""
     text = crd_yaml()
-    if check_file is not None:
-        current = Path(check_file).read_text(encoding="utf-8") if Path(check_file).exists() else ""
-        if current != text:
-            click.echo(
-                f"{check_file} is stale: run `synthpref operator crd --write {check_file}`",
-                err=True,
-            )
+    write_to += CRD_PATHS if sync else ()
+    check_files += CRD_PATHS if verify else ()
+    if check_files:
+        stale = [
+            f
+            for f in check_files
+            if not Path(f).exists() or Path(f).read_text(encoding="utf-8") != text
+        ]
+        for f in stale:
+            click.echo(f"{f} is stale: run `synthpref operator crd --sync`", err=True)
+        if stale:
             sys.exit(1)
         return
-    if write_to is not None:
-        Path(write_to).parent.mkdir(parents=True, exist_ok=True)
-        Path(write_to).write_text(text, encoding="utf-8")
-        click.echo(f"wrote {write_to}")
-        return
-    click.echo(text, nl=False)
+    for path in write_to:
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        Path(path).write_text(text, encoding="utf-8")
+        click.echo(f"wrote {path}")
+    if not write_to:
+        click.echo(text, nl=False)
 
 
 @operator_command.command("run")
