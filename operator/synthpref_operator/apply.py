@@ -18,6 +18,7 @@ from kubernetes.client import ApiException
 from synthpref.spec import API_GROUP, API_VERSION, KIND, PreferenceRunSpec
 from synthpref_operator.builders import job_manifest, owner_reference
 from synthpref_operator.crd import PLURAL
+from synthpref_operator.metrics import OperatorMetrics
 from synthpref_operator.names import ANNOTATION_SUSPENDED_BY_RUN
 from synthpref_operator.planner import CreateJob, Event, SuspendJob
 from synthpref_operator.settings import OperatorSettings
@@ -28,11 +29,14 @@ log = logging.getLogger(__name__)
 class Applier:
     """The API calls of one operator process (thread-safe: the client is)."""
 
-    def __init__(self, api_client: Any, settings: OperatorSettings) -> None:
+    def __init__(
+        self, api_client: Any, settings: OperatorSettings, metrics: OperatorMetrics | None = None
+    ) -> None:
         self.batch = client.BatchV1Api(api_client)
         self.core = client.CoreV1Api(api_client)
         self.custom = client.CustomObjectsApi(api_client)
         self.settings = settings
+        self.metrics = metrics
         self.jobs_created: list[str] = []
 
     def create_job(self, run: dict[str, Any], spec: PreferenceRunSpec, action: CreateJob) -> bool:
@@ -47,6 +51,8 @@ class Applier:
                 return False
             raise
         self.jobs_created.append(f"{meta['namespace']}/{action.name}")
+        if self.metrics is not None:
+            self.metrics.job_created(meta["namespace"], action.stage)
         log.info("created Job %s/%s", meta["namespace"], action.name)
         return True
 

@@ -123,7 +123,17 @@ def job_manifest(
             "limits": {settings.gpu_resource: str(gpus)},
             "requests": {settings.gpu_resource: str(gpus)},
         }
-    pod_spec: dict[str, Any] = {"restartPolicy": "Never", "containers": [container]}
+    pod_spec: dict[str, Any] = {
+        "restartPolicy": "Never",
+        # Workers read and write storage only; they never call the Kubernetes API.
+        "automountServiceAccountToken": False,
+        "containers": [container],
+    }
+    if gpus > 1:
+        # Tensor-parallel vLLM workers talk through shared memory; a container's /dev/shm
+        # is 64 MiB unless a memory-backed volume replaces it.
+        container["volumeMounts"] = [{"name": "dshm", "mountPath": "/dev/shm"}]
+        pod_spec["volumes"] = [{"name": "dshm", "emptyDir": {"medium": "Memory"}}]
     if gpus:
         selector = workers.node_selector or settings.gpu_node_selector
         tolerations = workers.tolerations or settings.gpu_tolerations

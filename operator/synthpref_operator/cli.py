@@ -7,12 +7,14 @@ namespaces or, with `--all-namespaces`, cluster-wide.
 
 from __future__ import annotations
 
+import socket
 import sys
 from pathlib import Path
 
 import click
 
 from synthpref_operator.crd import CRD_PATHS, crd_yaml
+from synthpref_operator.settings import SETTINGS_ENV
 
 
 @click.group("operator")
@@ -35,9 +37,7 @@ def operator_command() -> None:
     type=click.Path(dir_okay=False),
     help="Exit 1 when this file differs from the generated CRD (repeatable).",
 )
-@click.option(
-    "--sync", is_flag=True, help=f"Write every checked-in copy: {', '.join(CRD_PATHS)}."
-)
+@click.option("--sync", is_flag=True, help=f"Write every checked-in copy: {', '.join(CRD_PATHS)}.")
 @click.option("--verify", is_flag=True, help="Like --check for every checked-in copy.")
 def crd_command(
     write_to: tuple[str, ...], check_files: tuple[str, ...], sync: bool, verify: bool
@@ -76,6 +76,14 @@ def crd_command(
     default=None,
     help="Kubeconfig file (default: in-cluster, then $KUBECONFIG).",
 )
+@click.option(
+    "--settings-json",
+    envvar=SETTINGS_ENV,
+    default="{}",
+    show_envvar=True,
+    help="Worker defaults as JSON with camelCase keys: image, cpuImage, imagePullPolicy, "
+    "gpuResource, gpuNodeSelector, gpuTolerations, extraEnv.",
+)
 @click.option("--image", default=None, help="Default worker image for GPU stages.")
 @click.option("--cpu-image", default=None, help="Default worker image for CPU stages.")
 @click.option(
@@ -85,31 +93,115 @@ def crd_command(
     show_default=True,
     help="Seconds between reconcile passes of a run (besides events).",
 )
+@click.option(
+    "--log-level",
+    type=click.Choice(["debug", "info", "warning", "error"]),
+    envvar="SYNTHPREF_LOG_LEVEL",
+    default="info",
+    show_default=True,
+    show_envvar=True,
+)
+@click.option(
+    "--log-format",
+    type=click.Choice(["json", "text"]),
+    envvar="SYNTHPREF_LOG_FORMAT",
+    default="text",
+    show_default=True,
+    show_envvar=True,
+    help="json: one object per line with the run's namespace and name.",
+)
+@click.option(
+    "--metrics-port",
+    type=click.IntRange(0, 65535),
+    default=8080,
+    show_default=True,
+    help="Port of /metrics, /healthz and /readyz (0: none).",
+)
+@click.option("--metrics-host", default="0.0.0.0", show_default=True)
+@click.option(
+    "--leader-election/--no-leader-election",
+    default=False,
+    show_default=True,
+    help="Act only while holding a Lease (for more than one replica).",
+)
+@click.option("--lease-name", default="synthpref-operator", show_default=True)
+@click.option(
+    "--lease-namespace",
+    envvar="POD_NAMESPACE",
+    default=None,
+    help="Namespace of the Lease [default: $POD_NAMESPACE].",
+)
+@click.option(
+    "--identity",
+    envvar="POD_NAME",
+    default=None,
+    help="This replica's name in the Lease [default: $POD_NAME, else the host name].",
+)
+@click.option("--lease-duration", type=click.IntRange(min=2), default=15, show_default=True)
+@click.option("--renew-deadline", type=click.IntRange(min=2), default=10, show_default=True)
+@click.option("--retry-period", type=click.IntRange(min=1), default=2, show_default=True)
 def run_command(
     namespaces: tuple[str, ...],
     cluster_wide: bool,
     kubeconfig: str | None,
+    settings_json: str,
     image: str | None,
     cpu_image: str | None,
     interval: float,
+    log_level: str,
+    log_format: str,
+    metrics_port: int,
+    metrics_host: str,
+    leader_election: bool,
+    lease_name: str,
+    lease_namespace: str | None,
+    identity: str | None,
+    lease_duration: int,
+    renew_deadline: int,
+    retry_period: int,
 ) -> None:
-    """Run the controller until interrupted."""
+    """Run the controller until SIGTERM (exit 0) or a lost Lease (exit 1)."""
     if bool(namespaces) == cluster_wide:
         raise click.UsageError("give --namespace (one or more) or --all-namespaces")
-    from synthpref_operator.handlers import OperatorConfig, run_operator
-    from synthpref_operator.settings import OperatorSettings
+    from synthpref_operator.handlers import OperatorConfig
+    from synthpref_operator.leader import LeaseConfig
+    from synthpref_operator.service import ServiceConfig, run_service
+    from synthpref_operator.settings import SettingsError, parse_settings
 
-    settings = OperatorSettings()
+    try:
+        settings = parse_settings(settings_json)
+    except SettingsError as error:
+        raise click.BadParameter(str(error), param_hint="--settings-json") from None
     if image:
         settings = settings.model_copy(update={"image": image})
     if cpu_image:
         settings = settings.model_copy(update={"cpu_image": cpu_image})
-    run_operator(
-        OperatorConfig(
-            namespaces=list(namespaces),
-            cluster_wide=cluster_wide,
-            kubeconfig=kubeconfig,
-            settings=settings,
-            interval=interval,
+    lease = None
+    if leader_election:
+        if not lease_namespace:
+            raise click.UsageError("--leader-election needs --lease-namespace or $POD_NAMESPACE")
+        lease = LeaseConfig(
+            name=lease_name,
+            namespace=lease_namespace,
+            identity=identity or socket.gethostname(),
+            lease_duration=lease_duration,
+            renew_deadline=renew_deadline,
+            retry_period=retry_period,
         )
+        if lease.problems():
+            raise click.UsageError("leader election: " + "; ".join(lease.problems()))
+    operator = OperatorConfig(
+        namespaces=list(namespaces),
+        cluster_wide=cluster_wide,
+        kubeconfig=kubeconfig,
+        settings=settings,
+        interval=interval,
     )
+    service = ServiceConfig(
+        log_level=log_level,
+        log_format="json" if log_format == "json" else "text",
+        metrics_host=metrics_host,
+        metrics_port=metrics_port,
+        lease=lease,
+    )
+    sys.exit(run_service(operator, service))

@@ -5,8 +5,8 @@
 cancels in-flight judge batches per `spec.deletionPolicy`; for the operator's Jobs: an event
 handler that reconciles the owning run. Handlers are sync, so kopf runs them in worker threads
 and the event loop never blocks. kopf keeps its own bookkeeping in `synthpref.dev` annotations;
-the run's status is written only by the reconcile pass. `run_operator` is what
-`synthpref operator run` calls; `OperatorThread` runs the same operator inside a test process.
+the run's status is written only by the reconcile pass. `OperatorThread` runs the kopf operator
+in a thread: `synthpref operator run` (see `service.py`) and the tests both use it.
 """
 
 from __future__ import annotations
@@ -20,8 +20,10 @@ from typing import Any
 
 import kopf
 
+from synthpref.logs import run_context
 from synthpref.spec import API_GROUP, API_VERSION
 from synthpref_operator.crd import PLURAL
+from synthpref_operator.metrics import OperatorMetrics
 from synthpref_operator.names import FINALIZER, LABEL_MANAGED_BY, LABEL_RUN, MANAGED_BY
 from synthpref_operator.reconcile import Reconciler
 from synthpref_operator.settings import OperatorSettings
@@ -36,6 +38,7 @@ class OperatorConfig:
     kubeconfig: str | None = None
     settings: OperatorSettings = field(default_factory=OperatorSettings)
     interval: float = 10.0
+    metrics: OperatorMetrics | None = None
 
 
 def _client_configuration(kubeconfig: str | None) -> Any:
@@ -85,10 +88,21 @@ def kopf_settings() -> kopf.OperatorSettings:
     )
     settings.posting.enabled = False  # Events are ours (apply.Applier.emit)
     settings.watching.server_timeout = 60
+    # Least privilege: no list/watch on namespaces and CRDs cluster-wide. The namespaces are
+    # named exactly (no globs) and the CRD exists before the operator starts (Helm installs
+    # crds/ first); kopf finds the resources once, by API discovery, at startup.
+    settings.scanning.disabled = True
     # A run deleted while its timer pass is in flight: kopf re-checks the timer this often
     # before it releases the finalizer (its default, 60 s, held deletions for a minute).
     settings.background.cancellation_polling = 1.0
     return settings
+
+
+def api_client_for(kubeconfig: str | None) -> Any:
+    """A `kubernetes.client.ApiClient`: the kubeconfig, else in-cluster, else $KUBECONFIG."""
+    from kubernetes import client
+
+    return client.ApiClient(_client_configuration(kubeconfig))
 
 
 def build_registry(config: OperatorConfig) -> kopf.OperatorRegistry:
@@ -97,7 +111,7 @@ def build_registry(config: OperatorConfig) -> kopf.OperatorRegistry:
 
     registry = kopf.OperatorRegistry()
     configuration = _client_configuration(config.kubeconfig)
-    reconciler = Reconciler(client.ApiClient(configuration), config.settings)
+    reconciler = Reconciler(client.ApiClient(configuration), config.settings, config.metrics)
 
     @kopf.on.login(registry=registry)
     def login(**_: Any) -> kopf.ConnectionInfo:
@@ -125,27 +139,18 @@ def build_registry(config: OperatorConfig) -> kopf.OperatorRegistry:
     def run_deleted(*, name: str, namespace: str | None, spec: Any, **_: Any) -> None:
         if not namespace:
             return
-        try:
-            outcome = reconciler.cancel_batches(namespace, name, dict(spec))
-        except Exception as error:  # never block the deletion on the judge service
-            log.warning("%s/%s: could not cancel judge batches: %s", namespace, name, error)
-            return
-        log.info("%s/%s deleted: %s", namespace, name, outcome)
+        if config.metrics is not None:
+            config.metrics.forget_run(namespace, name)
+        with run_context(namespace, name):
+            try:
+                outcome = reconciler.cancel_batches(namespace, name, dict(spec))
+            except Exception as error:  # never block the deletion on the judge service
+                log.warning("could not cancel judge batches: %s", error)
+                return
+            log.info("deleted: %s", outcome)
 
     registry.reconciler = reconciler  # type: ignore[attr-defined]
     return registry
-
-
-def run_operator(config: OperatorConfig) -> None:
-    """Run until interrupted (the CLI's `synthpref operator run`)."""
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
-    kopf.run(
-        registry=build_registry(config),
-        settings=kopf_settings(),
-        standalone=True,
-        clusterwide=config.cluster_wide,
-        namespaces=config.namespaces,
-    )
 
 
 class OperatorThread:
@@ -179,6 +184,17 @@ class OperatorThread:
             )
         except BaseException as error:
             self.error = error
+
+    @property
+    def ready(self) -> bool:
+        """kopf has started its watches."""
+        return self._ready.is_set()
+
+    def is_alive(self) -> bool:
+        return self._thread.is_alive()
+
+    def join(self, timeout: float | None = None) -> None:
+        self._thread.join(timeout)
 
     def start(self, timeout: float = 30.0) -> OperatorThread:
         self._thread.start()

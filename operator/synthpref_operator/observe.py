@@ -9,6 +9,7 @@ status or logs.
 from __future__ import annotations
 
 import re
+from dataclasses import replace
 from typing import Any
 
 from synthpref import layout
@@ -24,6 +25,8 @@ from synthpref_operator.names import (
 from synthpref_operator.planner import Artifacts, JobState, JudgeLedger
 from synthpref_operator.status import JudgeProgress
 
+COMPLETION_INDEX = "batch.kubernetes.io/job-completion-index"
+JOB_NAME_LABEL = "batch.kubernetes.io/job-name"
 _MIX_COMMIT = re.compile(r"^mix/shard-\d+\.jsonl" + re.escape(COMMIT_SUFFIX) + "$")
 _PART_COMMIT = re.compile(r"^dataset/part-\d+\.\w+" + re.escape(COMMIT_SUFFIX) + "$")
 _GEN_COMMIT = re.compile(r"^generations/[^/]+/shard-\d+\.jsonl" + re.escape(COMMIT_SUFFIX) + "$")
@@ -71,14 +74,40 @@ def job_state(job: dict[str, Any]) -> JobState | None:
     )
 
 
-def observe_jobs(batch_api: Any, namespace: str, run: str) -> dict[str, JobState]:
-    """The run's Jobs by name (found by the run's labels)."""
+def pod_failure(pod: dict[str, Any]) -> str | None:
+    """How a failed pod (a camelCase dict) ended: "index 1: OOMKilled (exit 137)"."""
+    status = pod.get("status") or {}
+    if status.get("phase") != "Failed":
+        return None
+    meta = pod.get("metadata") or {}
+    index = (meta.get("annotations") or {}).get(COMPLETION_INDEX, "?")
+    for container in status.get("containerStatuses") or []:
+        ended = (container.get("state") or {}).get("terminated")
+        if ended:
+            reason = ended.get("reason") or "Error"
+            return f"index {index}: {reason} (exit {ended.get('exitCode')})"
+    return f"index {index}: {status.get('reason') or 'Failed'}"
+
+
+def observe_jobs(
+    batch_api: Any, namespace: str, run: str, core_api: Any = None
+) -> dict[str, JobState]:
+    """The run's Jobs by name (found by the run's labels). For a failed Job, `core_api` (when
+    given) reads how its pods ended, so that the run's message says OOMKilled or the exit code."""
     listed = batch_api.list_namespaced_job(namespace, label_selector=run_selector(run))
     found: dict[str, JobState] = {}
     for item in listed.items:
         state = job_state(batch_api.api_client.sanitize_for_serialization(item))
-        if state is not None:
-            found[state.name] = state
+        if state is None:
+            continue
+        if state.failed and core_api is not None:
+            pods = core_api.list_namespaced_pod(
+                namespace, label_selector=f"{JOB_NAME_LABEL}={state.name}"
+            )
+            serialize = core_api.api_client.sanitize_for_serialization
+            endings = sorted({e for p in pods.items if (e := pod_failure(serialize(p)))})
+            state = replace(state, pod_failures=tuple(endings))
+        found[state.name] = state
     return found
 
 

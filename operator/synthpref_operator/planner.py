@@ -59,6 +59,7 @@ class JobState:
     failed_indexes: tuple[int, ...] = ()
     suspended: bool = False
     suspended_by_run: bool = False
+    pod_failures: tuple[str, ...] = ()  # how its failed pods ended, e.g. "index 1: OOMKilled"
 
 
 @dataclass(frozen=True)
@@ -247,9 +248,11 @@ def _job_failure(spec: PreferenceRunSpec, art: Artifacts, job: JobState) -> str:
     )
     what = f"model {job.model}" if job.model else f"stage {job.stage.value}"
     detail = f" ({job.failure})" if job.failure else ""
+    pods = f"; pods: {', '.join(job.pod_failures)}" if job.pod_failures else ""
     return (
         f"{what}: shard(s) {_describe_shards(shards)} failed: Job {job.name} "
-        f"index(es) {_describe_shards(list(job.failed_indexes))} exhausted their retries{detail}"
+        f"index(es) {_describe_shards(list(job.failed_indexes))} exhausted their retries"
+        f"{detail}{pods}"
     )
 
 

@@ -11,14 +11,17 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import threading
+import time
 from dataclasses import dataclass, replace
 from typing import Any
 
 from pydantic import ValidationError
 
+from synthpref.logs import run_context
 from synthpref.spec import JudgeBackend, PreferenceRunSpec, format_validation_error
 from synthpref.storage import Storage
 from synthpref_operator.apply import Applier
+from synthpref_operator.metrics import OperatorMetrics
 from synthpref_operator.observe import (
     observe_artifacts,
     observe_jobs,
@@ -61,8 +64,11 @@ class _Slot:
 class Reconciler:
     """Runs reconcile passes for the runs of one operator process."""
 
-    def __init__(self, api_client: Any, settings: OperatorSettings) -> None:
-        self.applier = Applier(api_client, settings)
+    def __init__(
+        self, api_client: Any, settings: OperatorSettings, metrics: OperatorMetrics | None = None
+    ) -> None:
+        self.applier = Applier(api_client, settings, metrics)
+        self.metrics = metrics
         self._slots: dict[tuple[str, str], _Slot] = {}
         self._lock = threading.Lock()
 
@@ -93,6 +99,25 @@ class Reconciler:
     # ---- the pass
 
     def reconcile(self, namespace: str, name: str) -> RunStatus | None:
+        """One pass, logged with the run as context, timed and recorded in the metrics."""
+        with run_context(namespace, name):
+            if self.metrics is None:
+                return self._reconcile(namespace, name)
+            started = time.monotonic()
+            try:
+                status = self._reconcile(namespace, name)
+            except Exception:
+                self.metrics.reconcile_failed(namespace)
+                raise
+            finally:
+                self.metrics.reconcile_duration.observe(time.monotonic() - started)
+            if status is None:
+                self.metrics.forget_run(namespace, name)
+            else:
+                self.metrics.observe_run(namespace, name, status)
+            return status
+
+    def _reconcile(self, namespace: str, name: str) -> RunStatus | None:
         run = self.applier.get_run(namespace, name)
         if run is None or run["metadata"].get("deletionTimestamp"):
             return None
@@ -107,7 +132,7 @@ class Reconciler:
             return status
         if previous.phase is Phase.SUCCEEDED and previous.observed_generation == generation:
             return previous
-        jobs = observe_jobs(self.applier.batch, namespace, name)
+        jobs = observe_jobs(self.applier.batch, namespace, name, self.applier.core)
         storage = open_run_storage(spec, self.applier.core, namespace)
         artifacts = observe_artifacts(spec, storage)
         judge: JudgeLedger | None = None
@@ -211,9 +236,9 @@ class Reconciler:
         finally:
             annotator.client.close()
         for line in report.actions:
-            log.info("%s: judge: %s", run["metadata"]["name"], line)
+            log.info("judge: %s", line)
         for line in report.transient_errors:
-            log.warning("%s: judge (will retry): %s", run["metadata"]["name"], line)
+            log.warning("judge (will retry): %s", line)
         return None
 
     def cancel_batches(self, namespace: str, name: str, spec_document: dict[str, Any]) -> str:

@@ -1,20 +1,26 @@
 """Operator-wide defaults for worker pods (images, GPU resource name, GPU node placement).
 
-Built by the CLI (`synthpref operator run`) and handed to the builders; a run's `spec.workers`
-overrides them field by field.
+Built by the CLI (`synthpref operator run`) from `--settings-json` / $SYNTHPREF_OPERATOR_SETTINGS
+(camelCase keys, as the Helm chart's `workers` values render them) and handed to the builders;
+a run's `spec.workers` overrides them field by field.
 """
 
 from __future__ import annotations
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic.alias_generators import to_camel
 
 from synthpref.spec import Toleration
+
+SETTINGS_ENV = "SYNTHPREF_OPERATOR_SETTINGS"
 
 
 class OperatorSettings(BaseModel):
     """Defaults for the Jobs the operator creates."""
 
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    model_config = ConfigDict(
+        frozen=True, extra="forbid", alias_generator=to_camel, populate_by_name=True
+    )
 
     image: str = Field(default="ghcr.io/synthpref/worker:0.1.0", description="GPU worker image.")
     cpu_image: str = Field(
@@ -31,3 +37,19 @@ class OperatorSettings(BaseModel):
     extra_env: dict[str, str] = Field(
         default_factory=dict, description="Plain environment variables for every worker."
     )
+
+
+class SettingsError(ValueError):
+    """The settings JSON is not valid; the message names the source and the field."""
+
+
+def parse_settings(text: str, source: str = SETTINGS_ENV) -> OperatorSettings:
+    """Settings from a JSON object with camelCase keys (unset keys keep their defaults)."""
+    try:
+        return OperatorSettings.model_validate_json(text or "{}")
+    except ValidationError as error:
+        problems = [
+            f"{'.'.join(str(part) for part in item['loc']) or '(root)'}: {item['msg']}"
+            for item in error.errors()
+        ]
+        raise SettingsError(f"{source}: invalid operator settings: {'; '.join(problems)}") from None

@@ -18,6 +18,7 @@ import click
 import yaml
 
 from synthpref import layout
+from synthpref.logs import configure_from_env, set_default_context
 from synthpref.spec import PreferenceRunManifest, SpecError, load_run, parse_manifest
 from synthpref.storage import Storage, open_storage
 
@@ -56,6 +57,7 @@ def load(run_file: str | None) -> tuple[PreferenceRunManifest, Storage]:
             raise click.UsageError(f"give RUN.yaml or set {MANIFEST_ENV}")
     except SpecError as error:
         raise click.ClickException(str(error)) from None
+    set_default_context(manifest.metadata.namespace, manifest.metadata.name)
     storage_spec = manifest.spec.storage
     storage = open_storage(storage_spec.uri, storage_spec.endpoint_url, storage_spec.region)
     return manifest, storage
@@ -106,6 +108,7 @@ RUN_ARGUMENT = click.argument(
 @click.version_option(package_name="synthpref")
 def main() -> None:
     """Make synthetic preference datasets: prompts → answers → judge → chosen/rejected pairs."""
+    configure_from_env()
 
 
 @main.command()

@@ -113,7 +113,9 @@ class StorageSpec(SpecModel):
         min_length=1, description="A local directory or s3://bucket/prefix for all artifacts."
     )
     endpoint_url: str | None = Field(
-        default=None, description="S3 endpoint URL for S3-compatible stores (MinIO, Ceph...)."
+        default=None,
+        description="S3 endpoint URL for S3-compatible stores (MinIO, Ceph...); default: "
+        "$AWS_ENDPOINT_URL_S3, else AWS.",
     )
     region: str | None = Field(default=None, description="S3 region.")
     credentials: S3Credentials | None = Field(
@@ -136,7 +138,8 @@ class OpenAIEndpoint(SpecModel):
     """An OpenAI-compatible HTTP endpoint (api.openai.com, a vLLM server, a gateway)."""
 
     base_url: str | None = Field(
-        default=None, description="Base URL, e.g. http://vllm:8000/v1; default: OpenAI's."
+        default=None,
+        description="Base URL, e.g. http://vllm:8000/v1; default: $OPENAI_BASE_URL, else OpenAI's.",
     )
     api_key_secret: SecretKeyRef | None = Field(
         default=None, description="Secret holding the API key (in a cluster)."

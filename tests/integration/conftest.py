@@ -32,6 +32,7 @@ _NS_KEY = pytest.StashKey[str]()
 SESSION_GPUS = int(os.environ.get("SYNTHPREF_TEST_GPUS", "2"))
 
 Kubectl = Callable[..., subprocess.CompletedProcess[str]]
+Helm = Callable[..., subprocess.CompletedProcess[str]]
 
 
 def pytest_collection_finish(session: pytest.Session) -> None:
@@ -169,6 +170,33 @@ def kubectl(kube_bin_dir: Path, kubeconfig: Path) -> Kubectl:
             input=input,
             check=check,
             timeout=60,
+        )
+
+    return run
+
+
+@pytest.fixture(scope="session")
+def helm(kube_bin_dir: Path, kubeconfig: Path, tmp_path_factory: pytest.TempPathFactory) -> Helm:
+    """Run helm against the cluster: ``helm("list", "-A")`` -> CompletedProcess.
+
+    Helm's cache, config and data directories are the session's own (nothing of the user's
+    is read or written), and no HELM_* or KUBECONFIG setting of the caller leaks in.
+    """
+    home = tmp_path_factory.mktemp("helm")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("HELM_") and k != "KUBECONFIG"}
+    env |= {f"HELM_{d}_HOME": str(home / d.lower()) for d in ("CACHE", "CONFIG", "DATA")}
+
+    def run(
+        *args: str, check: bool = True, input: str | None = None, timeout: float = 120
+    ) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [str(kube_bin_dir / "helm"), f"--kubeconfig={kubeconfig}", *args],
+            capture_output=True,
+            text=True,
+            input=input,
+            check=check,
+            timeout=timeout,
+            env=env,
         )
 
     return run

@@ -599,3 +599,80 @@ def test_dev_cluster_cli(
         if up.poll() is None:
             up.kill()
             up.wait()
+
+
+def _python_pod(name: str, script: str, **spec: Any) -> dict[str, Any]:
+    return {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": name},
+        "spec": {
+            "restartPolicy": "Never",
+            "containers": [{"name": "main", "image": "local", "command": ["python", "-c", script]}],
+            **spec,
+        },
+    }
+
+
+def test_pods_act_as_their_service_account(
+    k8s_api_client: Any, test_kubelet: TestKubelet, namespace: str, tmp_path: Path
+) -> None:
+    """A pod reaches the API server as system:serviceaccount:NS:SA (TokenRequest kubeconfig),
+    RBAC applies to it, and `automountServiceAccountToken: false` gives it no credentials."""
+    core: Any = client.CoreV1Api(k8s_api_client)
+    core.create_namespaced_service_account(
+        namespace, client.V1ServiceAccount(metadata=client.V1ObjectMeta(name="robot"))
+    )
+    out = tmp_path / "whoami.json"
+    script = (
+        "import json, os\n"
+        "from kubernetes import client, config\n"
+        "config.load_kube_config()\n"
+        "review = client.AuthenticationV1Api().create_self_subject_review(\n"
+        "    {'apiVersion': 'authentication.k8s.io/v1', 'kind': 'SelfSubjectReview'})\n"
+        "try:\n"
+        "    client.CoreV1Api().list_namespaced_secret(os.environ['NS'])\n"
+        "    secrets = 'allowed'\n"
+        "except client.ApiException as e:\n"
+        "    secrets = e.status\n"
+        f"json.dump({{'user': review.status.user_info.username, 'secrets': secrets}}, "
+        f"open({str(out)!r}, 'w'))\n"
+    )
+    pod = _python_pod("whoami", script, serviceAccountName="robot")
+    pod["spec"]["containers"][0]["env"] = [
+        {"name": "NS", "valueFrom": {"fieldRef": {"fieldPath": "metadata.namespace"}}}
+    ]
+    core.create_namespaced_pod(namespace, pod)
+    wait_for(out.exists, 60, "the pod's report")
+    assert json.loads(out.read_text()) == {
+        "user": f"system:serviceaccount:{namespace}:robot",
+        "secrets": 403,  # no RoleBinding grants the ServiceAccount anything
+    }
+
+    no_token = tmp_path / "no-token.txt"
+    script = f"import os; open({str(no_token)!r}, 'w').write(os.environ.get('KUBECONFIG', '-'))"
+    core.create_namespaced_pod(
+        namespace, _python_pod("no-token", script, automountServiceAccountToken=False)
+    )
+    wait_for(no_token.exists, 60, "the second pod's report")
+    assert no_token.read_text() == os.environ.get("KUBECONFIG", "-")
+
+
+def test_deleted_pod_gets_sigterm_first(
+    k8s_api_client: Any, test_kubelet: TestKubelet, namespace: str, tmp_path: Path
+) -> None:
+    """Deleting a running pod sends SIGTERM, so a process can shut down cleanly."""
+    core: Any = client.CoreV1Api(k8s_api_client)
+    started, stopped = tmp_path / "started", tmp_path / "stopped"
+    script = (
+        "import signal, sys, time\n"
+        f"def stop(*_): open({str(stopped)!r}, 'w').write('SIGTERM'); sys.exit(0)\n"
+        "signal.signal(signal.SIGTERM, stop)\n"
+        f"open({str(started)!r}, 'w').write('up')\n"
+        "time.sleep(120)\n"
+    )
+    core.create_namespaced_pod(namespace, _python_pod("graceful", script))
+    wait_for(started.exists, 60, "the pod to start")
+    core.delete_namespaced_pod("graceful", namespace)
+    wait_for(stopped.exists, 30, "the pod's SIGTERM handler")
+    assert stopped.read_text() == "SIGTERM"

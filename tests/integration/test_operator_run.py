@@ -265,6 +265,8 @@ def test_pod_failure_retried_then_exhausted(env: Env) -> None:
         "model gamma: shard(s) 0, 2 failed: Job flaky-generate-gamma index(es) 0"
         in (status["message"])
     )
+    # How the pods ended, read from the pods themselves.
+    assert "pods: index 0: Error (exit 1)" in status["message"]
     failed = {c["type"]: c for c in status["conditions"]}["Failed"]
     assert failed["status"] == "True" and failed["reason"] == "JobFailed"
 

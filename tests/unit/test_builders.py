@@ -80,6 +80,10 @@ def test_generation_job_is_indexed_with_gpus_and_labels() -> None:
     assert pod["nodeSelector"] == {"gpu": "h100"}
     assert pod["tolerations"] == [{"key": "gpu", "operator": "Exists"}]
     assert pod["priorityClassName"] == "batch" and pod["restartPolicy"] == "Never"
+    assert pod["automountServiceAccountToken"] is False  # workers never call the API
+    # Tensor parallel over 4 GPUs: a memory-backed /dev/shm instead of the 64 MiB default.
+    assert pod["volumes"] == [{"name": "dshm", "emptyDir": {"medium": "Memory"}}]
+    assert container["volumeMounts"] == [{"name": "dshm", "mountPath": "/dev/shm"}]
 
 
 def test_cpu_stages_get_the_cpu_image_and_no_gpu_placement() -> None:
@@ -89,6 +93,7 @@ def test_cpu_stages_get_the_cpu_image_and_no_gpu_placement() -> None:
         pod = job["spec"]["template"]["spec"]
         assert pod["containers"][0]["image"] == "cpu:1"
         assert "resources" not in pod["containers"][0] and "nodeSelector" not in pod
+        assert "volumes" not in pod
         assert job["spec"]["suspend"] is False
     # An openai-backend model needs no GPU.
     assert (

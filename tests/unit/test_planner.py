@@ -186,12 +186,14 @@ def test_failed_index_names_model_and_shards() -> None:
         failed=True,
         failed_indexes=(1,),
         failure="MaxFailedIndexesExceeded",
+        pod_failures=("index 1: OOMKilled (exit 137)",),
     )
     states = {**gen_jobs(), failed.name: failed}
     actions, status = plan(spec(), observe(PREPARED, states), T0)
     assert status.phase is Phase.FAILED
     # Index 1 of 2 workers over 3 shards takes shard 1.
     assert "model m0: shard(s) 1 failed: Job r-generate-m0 index(es) 1" in status.message
+    assert status.message.endswith("; pods: index 1: OOMKilled (exit 137)")
     assert creates(actions) == []
     assert any(isinstance(a, Event) and a.type == "Warning" for a in actions)
     failed_condition = status.condition(ConditionType.FAILED)

@@ -6,13 +6,20 @@ slots), watches pods, binds pending pods without ``nodeName`` when enough GPU sl
 ``command`` + ``args`` as a subprocess with the pod's environment resolved (``value``,
 ``valueFrom`` field/secret/config-map refs, ``envFrom``) on top of the test process's own
 environment, and writes pod status through the status subresource (Pending -> Running ->
-Succeeded/Failed with a terminated container state). When a pod is deleted it kills the
-process, marks the pod Failed if it was still running and deletes it with grace period 0 (as a
-real kubelet does); finalizers such as the Job controller's ``batch.kubernetes.io/job-tracking``
-are left to their owners.
+Succeeded/Failed with a terminated container state). When a pod is deleted it stops the
+process (SIGTERM, then SIGKILL after the grace period, capped at 10 s), marks the pod Failed
+if it was still running and deletes it with grace period 0 (as a real kubelet does);
+finalizers such as the Job controller's ``batch.kubernetes.io/job-tracking`` are left to
+their owners.
 
 Faults for tests (`Fault`): fail with an exit code, OOM-kill (exit 137, reason ``OOMKilled``),
 kill mid-run, or delay the start, for the first N pods matching a predicate.
+
+Service-account credentials: instead of mounting a projected token at
+``/var/run/secrets/kubernetes.io/serviceaccount`` (processes here share one filesystem), the
+kubelet asks the TokenRequest API for a token of the pod's ServiceAccount and hands the process
+a kubeconfig with it in ``$KUBECONFIG`` (unless ``automountServiceAccountToken: false``). So a
+pod talks to the API server as its ServiceAccount, under the same RBAC as in a real cluster.
 
 There are no containers, images, volumes, probes, init containers or ``kubectl logs`` here:
 a pod's output is in `PodRun.log_path` (see `pod_log`).
@@ -47,6 +54,7 @@ FaultKind = Literal["fail", "oom", "kill", "delay"]
 
 GPU_RESOURCE = "nvidia.com/gpu"
 COMPLETION_INDEX_KEY = "batch.kubernetes.io/job-completion-index"
+MAX_GRACE_SECONDS = 10.0  # a deleted pod's SIGTERM grace period, at most
 _TERMINAL = ("Succeeded", "Failed")
 _VAR_REF = re.compile(r"\$\$|\$\(([A-Za-z_][A-Za-z0-9_.-]*)\)")
 _FIELD_REF = re.compile(r"^metadata\.(labels|annotations)\['(.+)'\]$")
@@ -243,6 +251,7 @@ class TestKubelet:
         from kubernetes import client
 
         self._client_mod = client
+        self._configuration = api_client.configuration
         self.api = client.CoreV1Api(api_client)
         self.node_name = node_name
         self.gpus = gpus
@@ -808,6 +817,7 @@ class TestKubelet:
         if command and command[0] in ("python", "python3"):
             command[0] = self.python_executable
         pod_dir = self.work_dir / "pods" / st.namespace / f"{st.name}-{st.uid[:8]}"
+        env.update(self._service_account_env(pod, pod_dir))
         log_path = pod_dir / (
             "container.log" if st.restart_count == 0 else f"container.{st.restart_count}.log"
         )
@@ -980,7 +990,58 @@ class TestKubelet:
         out.update(data.get("stringData") or {})
         return out
 
+    def _service_account_env(self, pod: Pod, pod_dir: Path) -> dict[str, str]:
+        """$KUBECONFIG with a fresh token of the pod's ServiceAccount (see the module doc)."""
+        spec = pod.get("spec") or {}
+        if spec.get("automountServiceAccountToken") is False:
+            return {}
+        ns = pod["metadata"]["namespace"]
+        account = spec.get("serviceAccountName") or "default"
+        body = {
+            "apiVersion": "authentication.k8s.io/v1",
+            "kind": "TokenRequest",
+            "spec": {"expirationSeconds": 3600},
+        }
+        try:
+            reply = self._call(self.api.create_namespaced_service_account_token, account, ns, body)
+        except self._client_mod.ApiException as e:
+            raise ConfigError(f"serviceaccount {account!r}: no token ({e.status})") from e
+        server = str(self._configuration.host)
+        ca_path = self._configuration.ssl_ca_cert
+        cluster: dict[str, Any] = {"server": server}
+        if ca_path:
+            cluster["certificate-authority-data"] = base64.b64encode(
+                Path(ca_path).read_bytes()
+            ).decode()
+        user = f"system:serviceaccount:{ns}:{account}"
+        config = {
+            "apiVersion": "v1",
+            "kind": "Config",
+            "clusters": [{"name": "cluster", "cluster": cluster}],
+            "users": [{"name": user, "user": {"token": reply["status"]["token"]}}],
+            "contexts": [
+                {"name": "pod", "context": {"cluster": "cluster", "user": user, "namespace": ns}}
+            ],
+            "current-context": "pod",
+        }
+        path = pod_dir / "serviceaccount" / "kubeconfig"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(config))
+        path.chmod(0o600)
+        host, _, port = server.removeprefix("https://").rpartition(":")
+        return {
+            "KUBECONFIG": str(path),
+            "KUBERNETES_SERVICE_HOST": host,
+            "KUBERNETES_SERVICE_PORT": port,
+        }
+
     # ---------------------------------------------------------------- running
+    @staticmethod
+    def _signal(st: _PodState, signum: int) -> None:
+        if st.proc is not None and st.proc.poll() is None:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(st.proc.pid, signum)
+
     def _kill(self, st: _PodState, reason: str | None = None) -> None:
         if st.proc is not None and st.proc.poll() is None:
             if reason is not None and st.kill_reason is None:
@@ -1091,6 +1152,11 @@ class TestKubelet:
         if st.deleting:
             return
         if st.proc is not None:
+            # As a real kubelet: SIGTERM, the grace period (capped here), then SIGKILL.
+            grace = (pod.get("spec") or {}).get("terminationGracePeriodSeconds", 30)
+            self._signal(st, signal.SIGTERM)
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                st.proc.wait(min(float(grace), MAX_GRACE_SECONDS))
             self._kill(st, "deleted")
             with contextlib.suppress(subprocess.TimeoutExpired):
                 st.proc.wait(5)

@@ -86,7 +86,7 @@ class BatchClient:
 
     @property
     def where(self) -> str:
-        return self.endpoint.base_url or "the OpenAI API"
+        return self.endpoint.base_url or os.environ.get("OPENAI_BASE_URL") or "the OpenAI API"
 
     def close(self) -> None:
         self._client.close()

@@ -119,7 +119,7 @@ class OpenAIChatBackend:
 
     @property
     def where(self) -> str:
-        return self.endpoint.base_url or "the OpenAI API"
+        return self.endpoint.base_url or os.environ.get("OPENAI_BASE_URL") or "the OpenAI API"
 
     def complete(self, requests: Sequence[ChatRequest]) -> list[ChatResult]:
         """Answer every request (same order); runs its own event loop, so call it from sync code."""

@@ -1,0 +1,345 @@
+"""The operator's Prometheus metrics and its HTTP endpoints (/metrics, /healthz, /readyz).
+
+`OperatorMetrics` owns a private registry: counters and a histogram that the reconcile pass and
+the applier update (`reconcile.Reconciler`, `apply.Applier`), and `RunStatusCollector`, which
+keeps the last `RunStatus` of each run and turns it into gauges at scrape time (runs per phase,
+stage timings, shard and judge progress). `serve` runs a threaded HTTP server for them.
+Everything here is thread-safe: reconcile passes run in kopf's worker threads.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import socket
+import threading
+import time
+from collections.abc import Callable, Iterable
+from socketserver import ThreadingMixIn
+from typing import Any
+from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
+
+from prometheus_client import CollectorRegistry, Counter, Histogram, make_wsgi_app
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.metrics_core import Metric
+
+from synthpref_operator.names import Stage
+from synthpref_operator.status import (
+    ConditionStatus,
+    ConditionType,
+    Phase,
+    Reason,
+    RunStatus,
+)
+
+log = logging.getLogger(__name__)
+
+# Stages in the order they run, with the condition that turns True when each is done.
+STAGE_CONDITIONS = (
+    (Stage.PREPARE, ConditionType.PREPARED),
+    (Stage.GENERATE, ConditionType.GENERATED),
+    (Stage.MIX, ConditionType.MIXED),
+    (Stage.JUDGE, ConditionType.ANNOTATED),
+    (Stage.PARSE, ConditionType.PARSED),
+)
+RECONCILE_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0)
+_RUN = ("namespace", "run")
+_Family = GaugeMetricFamily | CounterMetricFamily
+
+
+def _seconds(stamp: str | None) -> float | None:
+    """An RFC 3339 status time as a Unix time (None when absent or malformed)."""
+    if not stamp:
+        return None
+    try:
+        return dt.datetime.fromisoformat(stamp).timestamp()
+    except ValueError:
+        return None
+
+
+def run_duration(status: RunStatus, now: float) -> float | None:
+    """Seconds from the run's start to its completion (or to `now` while it is not done)."""
+    start = _seconds(status.start_time)
+    if start is None:
+        return None
+    end = _seconds(status.completion_time) or now
+    return max(0.0, end - start)
+
+
+def stage_durations(status: RunStatus, now: float) -> dict[Stage, float]:
+    """Seconds each stage took, from the stage conditions.
+
+    Stages run one after another, so a stage starts when the one before it is done (the first
+    when the run starts) and is done at its condition's lastTransitionTime to True. The stage
+    in progress counts up to the run's completion time, or `now` while the run goes on.
+    """
+    begin = _seconds(status.start_time)
+    end_of_run = _seconds(status.completion_time) or now
+    durations: dict[Stage, float] = {}
+    for stage, kind in STAGE_CONDITIONS:
+        condition = status.condition(kind)
+        if begin is None or condition is None:
+            break
+        if condition.status is ConditionStatus.TRUE:
+            done = _seconds(condition.last_transition_time)
+            if done is None:
+                break
+            durations[stage] = max(0.0, done - begin)
+            begin = done
+        else:
+            if condition.reason is Reason.IN_PROGRESS:
+                durations[stage] = max(0.0, end_of_run - begin)
+            break
+    return durations
+
+
+class RunStatusCollector:
+    """The last status of each run, exported as gauges when Prometheus scrapes."""
+
+    def __init__(self, clock: Callable[[], float] = time.time) -> None:
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._runs: dict[tuple[str, str], RunStatus] = {}
+
+    def observe(self, namespace: str, name: str, status: RunStatus) -> None:
+        with self._lock:
+            self._runs[(namespace, name)] = status
+
+    def forget(self, namespace: str, name: str) -> None:
+        with self._lock:
+            self._runs.pop((namespace, name), None)
+
+    def describe(self) -> Iterable[Metric]:
+        return list(self._families().values())
+
+    def collect(self) -> Iterable[Metric]:
+        with self._lock:
+            runs = sorted(self._runs.items())
+        families = self._families()
+        now = self._clock()
+        phases = dict.fromkeys(Phase, 0)
+        for (namespace, name), status in runs:
+            phases[status.phase] += 1
+            self._add_run(families, namespace, name, status, now)
+        for phase, count in phases.items():
+            families["runs"].add_metric([phase.value], count)
+        return list(families.values())
+
+    @staticmethod
+    def _families() -> dict[str, _Family]:
+        gauge, counter = GaugeMetricFamily, CounterMetricFamily
+        return {
+            "runs": gauge("synthpref_runs", "PreferenceRuns by phase.", labels=["phase"]),
+            "phase": gauge(
+                "synthpref_run_phase",
+                "1 for the phase each PreferenceRun is in.",
+                labels=[*_RUN, "phase"],
+            ),
+            "duration": gauge(
+                "synthpref_run_duration_seconds",
+                "Seconds from a run's start to its completion (so far, while it runs).",
+                labels=_RUN,
+            ),
+            "stage": gauge(
+                "synthpref_run_stage_duration_seconds",
+                "Seconds each stage took (so far, for the stage in progress).",
+                labels=[*_RUN, "stage"],
+            ),
+            "shards": gauge(
+                "synthpref_run_shards", "Prompt shards of a run (0 before prepare).", labels=_RUN
+            ),
+            "stage_shards": gauge(
+                "synthpref_stage_shards_done",
+                "Committed shards of the mix, judge and parse stages.",
+                labels=[*_RUN, "stage"],
+            ),
+            "model_done": gauge(
+                "synthpref_generation_shards_done",
+                "Committed answer shards per model.",
+                labels=[*_RUN, "model"],
+            ),
+            "model_total": gauge(
+                "synthpref_generation_shards", "Prompt shards per model.", labels=[*_RUN, "model"]
+            ),
+            "batches": gauge(
+                "synthpref_judge_batches",
+                "Judge request files by ledger phase (openai judge).",
+                labels=[*_RUN, "status"],
+            ),
+            "requests": gauge(
+                "synthpref_judge_requests",
+                "Judge requests answered (done) or failed for good (failed).",
+                labels=[*_RUN, "outcome"],
+            ),
+            "tokens": counter(
+                "synthpref_judge_tokens", "Tokens the judge used (openai judge).", labels=_RUN
+            ),
+        }
+
+    @staticmethod
+    def _add_run(
+        families: dict[str, _Family], namespace: str, name: str, status: RunStatus, now: float
+    ) -> None:
+        run = [namespace, name]
+        families["phase"].add_metric([*run, status.phase.value], 1)
+        duration = run_duration(status, now)
+        if duration is not None:
+            families["duration"].add_metric(run, duration)
+        for stage, seconds in stage_durations(status, now).items():
+            families["stage"].add_metric([*run, stage.value], seconds)
+        progress = status.stages
+        families["shards"].add_metric(run, progress.shards)
+        for stage, done in (
+            (Stage.MIX, progress.mix_shards_done),
+            (Stage.JUDGE, progress.judge_shards_done),
+            (Stage.PARSE, progress.parse_shards_done),
+        ):
+            families["stage_shards"].add_metric([*run, stage.value], done)
+        for model in progress.models:
+            families["model_done"].add_metric([*run, model.name], model.shards_done)
+            families["model_total"].add_metric([*run, model.name], model.shards_total)
+        judge = progress.judge
+        if judge is None:
+            return
+        for phase, count in sorted(judge.batches_by_status.items()):
+            families["batches"].add_metric([*run, phase], count)
+        families["requests"].add_metric([*run, "done"], judge.requests_done)
+        families["requests"].add_metric([*run, "failed"], judge.requests_failed)
+        families["tokens"].add_metric(run, judge.tokens_used)
+
+
+class OperatorMetrics:
+    """The metrics of one operator process, in a registry of their own."""
+
+    def __init__(self, clock: Callable[[], float] = time.time) -> None:
+        self.registry = CollectorRegistry()
+        self.jobs_created = Counter(
+            "synthpref_jobs_created",
+            "Jobs the operator created, by stage.",
+            ["namespace", "stage"],
+            registry=self.registry,
+        )
+        self.reconcile_errors = Counter(
+            "synthpref_reconcile_errors",
+            "Reconcile passes that raised an error.",
+            ["namespace"],
+            registry=self.registry,
+        )
+        self.reconcile_duration = Histogram(
+            "synthpref_reconcile_duration_seconds",
+            "Duration of reconcile passes.",
+            buckets=RECONCILE_BUCKETS,
+            registry=self.registry,
+        )
+        self.runs = RunStatusCollector(clock)
+        self.registry.register(self.runs)
+
+    def job_created(self, namespace: str, stage: Stage) -> None:
+        self.jobs_created.labels(namespace=namespace, stage=stage.value).inc()
+
+    def reconcile_failed(self, namespace: str) -> None:
+        self.reconcile_errors.labels(namespace=namespace).inc()
+
+    def observe_run(self, namespace: str, name: str, status: RunStatus) -> None:
+        """Record the status a reconcile pass computed (exported at the next scrape)."""
+        self.runs.observe(namespace, name, status)
+
+    def forget_run(self, namespace: str, name: str) -> None:
+        """Stop exporting a run (it was deleted)."""
+        self.runs.forget(namespace, name)
+
+
+# ------------------------------------------------------------------ HTTP
+
+_Environ = dict[str, Any]
+_StartResponse = Callable[..., Any]
+
+
+class _Server(ThreadingMixIn, WSGIServer):
+    daemon_threads = True
+
+
+class _Server6(_Server):
+    address_family = socket.AF_INET6
+
+
+class _QuietHandler(WSGIRequestHandler):
+    """Access lines (probes every few seconds) only at debug level."""
+
+    def log_message(self, format: str, *args: Any) -> None:
+        log.debug("%s " + format, self.address_string(), *args)
+
+
+def _check(probe: Callable[[], bool]) -> bool:
+    try:
+        return bool(probe())
+    except Exception:
+        log.exception("health probe raised")
+        return False
+
+
+def metrics_app(
+    metrics: OperatorMetrics, healthy: Callable[[], bool], ready: Callable[[], bool]
+) -> Callable[[_Environ, _StartResponse], Iterable[bytes]]:
+    """The WSGI app: GET /metrics, /healthz and /readyz (200 ok, else 503)."""
+    exposition = make_wsgi_app(metrics.registry)
+    probes = {"/healthz": healthy, "/readyz": ready}
+
+    def app(environ: _Environ, start_response: _StartResponse) -> Iterable[bytes]:
+        path, method = environ.get("PATH_INFO", ""), environ.get("REQUEST_METHOD", "GET")
+        if method not in ("GET", "HEAD"):
+            return _reply(start_response, "405 Method Not Allowed", b"method not allowed\n")
+        if path == "/metrics":
+            body: Iterable[bytes] = exposition(environ, start_response)
+            return body
+        probe = probes.get(path)
+        if probe is None:
+            return _reply(start_response, "404 Not Found", b"not found\n")
+        if _check(probe):
+            return _reply(start_response, "200 OK", b"ok\n")
+        return _reply(start_response, "503 Service Unavailable", b"unavailable\n")
+
+    return app
+
+
+def _reply(start_response: _StartResponse, status: str, body: bytes) -> list[bytes]:
+    start_response(status, [("Content-Type", "text/plain; charset=utf-8")])
+    return [body]
+
+
+class MetricsServer:
+    """A running HTTP server: its bound `port`, and `shutdown()`."""
+
+    def __init__(self, server: WSGIServer, thread: threading.Thread) -> None:
+        self._server = server
+        self._thread = thread
+
+    @property
+    def port(self) -> int:
+        return int(self._server.server_address[1])
+
+    def shutdown(self, timeout: float = 5.0) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+        self._thread.join(timeout)
+
+
+def serve(
+    metrics: OperatorMetrics,
+    host: str,
+    port: int,
+    healthy: Callable[[], bool],
+    ready: Callable[[], bool],
+) -> MetricsServer:
+    """Serve /metrics, /healthz and /readyz on host:port (0: a free port) in a daemon thread."""
+    server = make_server(
+        host,
+        port,
+        metrics_app(metrics, healthy, ready),
+        server_class=_Server6 if ":" in host else _Server,
+        handler_class=_QuietHandler,
+    )
+    thread = threading.Thread(target=server.serve_forever, name="synthpref-metrics", daemon=True)
+    thread.start()
+    log.debug("serving /metrics, /healthz and /readyz on %s:%d", host, server.server_address[1])
+    return MetricsServer(server, thread)

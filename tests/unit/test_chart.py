@@ -1,0 +1,161 @@
+"""The Helm chart's files without helm: Chart.yaml matches the package version, values.yaml and
+values.schema.json describe the same values (every value typed, documented by a comment, and
+closed to unknown keys), and the worker defaults equal the operator's own defaults."""
+
+from __future__ import annotations
+
+import json
+import re
+import tomllib
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from synthpref_operator.settings import OperatorSettings
+
+ROOT = Path(__file__).resolve().parents[2]
+CHART = ROOT / "charts" / "synthpref"
+KEY_LINE = re.compile(r"^(?P<indent> *)(?P<key>[A-Za-z][\w.-]*):")
+
+
+def schema() -> dict[str, Any]:
+    return dict(json.loads((CHART / "values.schema.json").read_text()))
+
+
+def values() -> dict[str, Any]:
+    return dict(yaml.safe_load((CHART / "values.yaml").read_text()))
+
+
+def resolve(node: dict[str, Any], root: dict[str, Any]) -> dict[str, Any]:
+    """Follow a local `$ref` (#/definitions/NAME)."""
+    while "$ref" in node:
+        ref = str(node["$ref"])
+        assert ref.startswith("#/definitions/"), ref
+        node = root["definitions"][ref.removeprefix("#/definitions/")]
+    return node
+
+
+def defined_nodes(
+    node: dict[str, Any], root: dict[str, Any], prefix: str = ""
+) -> dict[str, dict[str, Any]]:
+    """Dotted path -> schema of every property the schema names (not map entries)."""
+    out: dict[str, dict[str, Any]] = {}
+    for key, child in resolve(node, root).get("properties", {}).items():
+        path = f"{prefix}{key}"
+        out[path] = resolve(child, root)
+        out |= defined_nodes(child, root, f"{path}.")
+    return out
+
+
+def closed_objects(node: dict[str, Any], root: dict[str, Any], path: str = "") -> list[str]:
+    """Paths of objects with named properties that still accept unknown keys."""
+    node = resolve(node, root)
+    out = []
+    if "properties" in node and node.get("additionalProperties") is not False:
+        out.append(path or "<top>")
+    for key, child in node.get("properties", {}).items():
+        out += closed_objects(child, root, f"{path}.{key}".lstrip("."))
+    for key in ("items", "additionalProperties"):
+        if isinstance(node.get(key), dict):
+            out += closed_objects(node[key], root, f"{path}[{key}]")
+    return out
+
+
+def commented_paths(text: str) -> dict[str, bool]:
+    """Dotted path of every key in values.yaml -> whether a comment line is right above it."""
+    out: dict[str, bool] = {}
+    stack: list[tuple[int, str]] = []
+    previous = ""
+    for line in text.splitlines():
+        match = KEY_LINE.match(line)
+        if match:
+            indent = len(match["indent"])
+            while stack and stack[-1][0] >= indent:
+                stack.pop()
+            stack.append((indent, match["key"]))
+            out[".".join(k for _, k in stack)] = previous.lstrip().startswith("#")
+        if line.strip():
+            previous = line
+    return out
+
+
+def test_chart_metadata_matches_the_package() -> None:
+    chart = yaml.safe_load((CHART / "Chart.yaml").read_text())
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    assert chart["apiVersion"] == "v2"
+    assert chart["name"] == "synthpref"
+    assert chart["version"] == "0.1.0"
+    assert chart["appVersion"] == project["version"]
+
+
+def test_every_value_is_typed_and_every_typed_value_has_a_default() -> None:
+    root = schema()
+    typed = defined_nodes(root, root)
+    objects = {path for path, node in typed.items() if "properties" in node}
+    in_values = set(commented_paths((CHART / "values.yaml").read_text()))
+    # Keys of objects the schema spells out (not free-form maps or Kubernetes objects).
+    governed = {p for p in in_values if "." not in p or p.rsplit(".", 1)[0] in objects}
+    assert governed - set(typed) == set()  # a value the schema does not know
+    assert set(typed) - in_values == set()  # a typed value without a default
+
+
+def test_every_value_is_documented() -> None:
+    root = schema()
+    documented = commented_paths((CHART / "values.yaml").read_text())
+    missing = sorted(p for p in defined_nodes(root, root) if not documented.get(p))
+    assert missing == []
+
+
+def test_schema_objects_reject_unknown_keys() -> None:
+    root = schema()
+    assert root["$schema"] == "http://json-schema.org/draft-07/schema#"
+    assert closed_objects(root, root) == []
+
+
+def test_schema_enums_and_bounds() -> None:
+    props = schema()["properties"]
+    operator = props["operator"]["properties"]
+    assert operator["logLevel"]["enum"] == ["debug", "info", "warning", "error"]
+    assert operator["logFormat"]["enum"] == ["json", "text"]
+    port = props["metrics"]["properties"]["port"]
+    assert (port["type"], port["minimum"], port["maximum"]) == ("integer", 1, 65535)
+    assert props["replicaCount"] == {**props["replicaCount"], "type": "integer", "minimum": 0}
+
+
+def test_worker_defaults_are_the_operators() -> None:
+    workers = values()["workers"]
+    defaults = OperatorSettings()
+    assert workers["image"] == defaults.image
+    assert workers["cpuImage"] == defaults.cpu_image
+    assert workers["imagePullPolicy"] == defaults.image_pull_policy
+    assert workers["gpuResource"] == defaults.gpu_resource
+    assert workers["gpuNodeSelector"] == defaults.gpu_node_selector
+    assert workers["gpuTolerations"] == defaults.gpu_tolerations
+    assert workers["env"] == defaults.extra_env
+
+
+def test_documented_defaults() -> None:
+    v = values()
+    assert v["replicaCount"] == 1
+    assert v["leaderElection"] == {
+        "enabled": True,
+        "leaseDurationSeconds": 15,
+        "renewDeadlineSeconds": 10,
+        "retryPeriodSeconds": 2,
+    }
+    assert v["clusterWide"] is False and v["watchNamespaces"] == []
+    assert v["image"] == {
+        "repository": "ghcr.io/synthpref/operator",
+        "tag": "",
+        "pullPolicy": "IfNotPresent",
+    }
+    assert v["operator"] == {
+        "reconcileIntervalSeconds": 10,
+        "logLevel": "info",
+        "logFormat": "json",
+        "env": [],
+    }
+    assert v["metrics"]["enabled"] is True and v["metrics"]["port"] == 8080
+    assert v["rbac"] == {"create": True, "secretNames": []}
+    assert v["serviceAccount"]["create"] is True
