@@ -66,6 +66,8 @@ def worker_env(
     if credentials is not None:
         env.append(_secret_env("AWS_ACCESS_KEY_ID", credentials.access_key_id))
         env.append(_secret_env("AWS_SECRET_ACCESS_KEY", credentials.secret_access_key))
+    for variable in spec.workers.secret_env:
+        env.append(_secret_env(variable.name, variable.secret))
     if request.stage is Stage.GENERATE and request.model is not None:
         model = spec.model(request.model)
         endpoint = model.openai

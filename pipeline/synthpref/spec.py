@@ -353,6 +353,18 @@ class Toleration(SpecModel):
     )
 
 
+class SecretEnvVar(SpecModel):
+    """An environment variable of every worker pod, filled from a Secret (e.g. HF_TOKEN)."""
+
+    name: str = Field(
+        min_length=1,
+        max_length=128,
+        pattern=r"^[A-Za-z_][A-Za-z0-9_]*$",
+        description="Environment variable name.",
+    )
+    secret: SecretKeyRef = Field(description="The Secret key that holds its value.")
+
+
 class WorkerSpec(SpecModel):
     """Pod settings of the run's Jobs; unset fields take the operator's defaults."""
 
@@ -377,6 +389,12 @@ class WorkerSpec(SpecModel):
     )
     backoff_limit_per_index: int = Field(
         default=2, ge=0, le=20, description="Pod retries per index of an Indexed Job."
+    )
+    secret_env: list[SecretEnvVar] = Field(
+        default_factory=list,
+        max_length=32,
+        description="Environment variables of every worker pod from Secrets, as secretKeyRef "
+        "(e.g. HF_TOKEN for gated models).",
     )
 
 

@@ -371,7 +371,8 @@ def test_switches_turn_parts_off(helm: Helm) -> None:
     assert not find(docs, "Service") and not find(docs, "Role")
     assert len(find(docs, "ClusterRole")) == 1
     bare = render(helm, "ops", "--set", "rbac.create=false,serviceAccount.create=false")
-    assert {d["kind"] for d in bare} == {"Deployment", "Service"}
+    # The Lease is no RBAC object: it stays while leader election is on.
+    assert {d["kind"] for d in bare} == {"Deployment", "Service", "Lease"}
     (deployment,) = find(bare, "Deployment")
     assert deployment["spec"]["template"]["spec"]["serviceAccountName"] == "default"
 

@@ -309,7 +309,7 @@ def test_owner_deletion_garbage_collects_jobs_and_pods(
         return not cms.items and not jobs.items and not pods.items
 
     wait_for(all_gone, 60, "owner, Job and pod to be deleted")
-    assert run.exit_code == 137 and run.reason == "Error"  # the process was killed
+    assert run.exit_code == 143 and run.reason == "Error"  # stopped by SIGTERM (128 + 15)
 
 
 # ---------------------------------------------------------------------------- CLIs

@@ -126,3 +126,15 @@ def test_storage_prompts_and_models_are_immutable(
 def test_checked_in_crd_is_valid_yaml() -> None:
     document = yaml.safe_load((ROOT / CRD_PATH).read_text())
     assert document["spec"]["names"]["shortNames"] == ["prun"]
+
+
+@pytest.mark.parametrize(
+    "example", sorted((ROOT / "examples").glob("*.yaml")), ids=lambda p: p.name
+)
+def test_examples_pass_server_side_validation(
+    crd: None, kubectl: Kubectl, namespace: str, example: Path
+) -> None:
+    """Every example manifest is accepted by the API server against the CRD (schema and CEL)."""
+    result = kubectl("apply", "--dry-run=server", "-n", namespace, "-f", str(example), check=False)
+    assert result.returncode == 0, result.stderr
+    assert "(server dry run)" in result.stdout

@@ -5,6 +5,9 @@ from __future__ import annotations
 import json
 from typing import Any
 
+import pytest
+from pydantic import ValidationError
+
 from synthpref.spec import PreferenceRunSpec, parse_manifest
 from synthpref_operator.builders import MANIFEST_ENV, job_manifest, owner_reference
 from synthpref_operator.names import Stage, job_name
@@ -128,3 +131,18 @@ def test_long_names_are_shortened_deterministically() -> None:
     name = job_name("a" * 60, Stage.GENERATE, "model-with-a-long-name")
     assert len(name) <= 63 and name == job_name("a" * 60, Stage.GENERATE, "model-with-a-long-name")
     assert name != job_name("a" * 60, Stage.GENERATE, "model-with-a-long-nam2")
+
+
+def test_secret_env_reaches_every_worker_as_references() -> None:
+    spec = make_spec(
+        workers={"secretEnv": [{"name": "HF_TOKEN", "secret": {"name": "hf", "key": "token"}}]}
+    )
+    for stage, model in ((Stage.PREPARE, None), (Stage.GENERATE, "m0"), (Stage.PARSE, None)):
+        env = env_of(build(spec, stage, model))
+        assert env["HF_TOKEN"] == {"secretKeyRef": {"name": "hf", "key": "token"}}
+
+
+@pytest.mark.parametrize("name", ["", "1ABC", "HF-TOKEN", "A B"])
+def test_secret_env_names_must_be_variable_names(name: str) -> None:
+    with pytest.raises(ValidationError, match="secretEnv"):
+        make_spec(workers={"secretEnv": [{"name": name, "secret": {"name": "s", "key": "k"}}]})

@@ -35,17 +35,19 @@ def test_named_scripts_exist_and_ci_calls_the_test_command() -> None:
     assert "scripts/test.sh" in (ROOT / ".ci" / "run").read_text()
 
 
-def test_examples_are_valid_runs() -> None:
-    assert load_run(ROOT / "examples" / "quickstart.yaml").metadata.name == "quickstart"
-    block = re.search(r"```yaml\n(apiVersion: synthpref.dev.*?)```", README.read_text(), re.S)
-    assert block is not None
-    path = ROOT / ".pytest-readme-example.yaml"
-    try:
-        path.write_text(block.group(1))
-        run = load_run(path)
-    finally:
-        path.unlink(missing_ok=True)
-    assert run.spec.mix.on_policy_model == "my-policy"
+def test_readme_embeds_the_gpu_cluster_example_verbatim() -> None:
+    """The README's complete PreferenceRun is examples/gpu-cluster.yaml, byte for byte (that
+    file is validated with the other examples in test_examples.py)."""
+    example = (ROOT / "examples" / "gpu-cluster.yaml").read_text(encoding="utf-8")
+    blocks = re.findall(r"```yaml\n(.*?)```", README.read_text(encoding="utf-8"), re.S)
+    assert example in blocks, "README: paste examples/gpu-cluster.yaml into its yaml block"
+    assert load_run(ROOT / "examples" / "gpu-cluster.yaml").spec.mix.on_policy_model
+
+
+def test_readme_names_files_that_exist() -> None:
+    text = README.read_text(encoding="utf-8")
+    for path in set(re.findall(r"\]\(((?:examples|charts|images)/[\w./-]+)\)", text)):
+        assert (ROOT / path).exists(), path
 
 
 def test_stage_commands_listed_in_help() -> None:
