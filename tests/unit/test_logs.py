@@ -33,9 +33,11 @@ log = logging.getLogger("synthpref.test")
 
 @pytest.fixture(autouse=True)
 def restore_logging() -> Iterator[None]:
-    """Each test configures the root logger; put it back as it was."""
+    """Each test configures the root logger; put it back as it was. The process default
+    context starts empty (CLI tests that load a manifest set it)."""
     root = logging.getLogger()
     handlers, level = root.handlers[:], root.level
+    set_default_context(None, None)
     yield
     root.handlers[:] = handlers
     root.setLevel(level)
