@@ -14,7 +14,7 @@ from typing import Any
 
 from synthpref import layout
 from synthpref.spec import PreferenceRunSpec
-from synthpref.storage import COMMIT_SUFFIX, S3Storage, Storage, open_storage
+from synthpref.storage import COMMIT_SUFFIX, S3Storage, Storage, open_storage, s3_client
 from synthpref_operator.names import (
     ANNOTATION_SUSPENDED_BY_RUN,
     LABEL_MODEL,
@@ -214,19 +214,14 @@ def open_run_storage(spec: PreferenceRunSpec, core_api: Any, namespace: str) -> 
     settings = spec.storage
     if not settings.uri.startswith("s3://") or settings.credentials is None:
         return open_storage(settings.uri, settings.endpoint_url, settings.region)
-    import os
-
-    import boto3
-
     creds = settings.credentials
-    client = boto3.client(
-        "s3",
-        endpoint_url=settings.endpoint_url or os.environ.get("AWS_ENDPOINT_URL_S3"),
-        region_name=settings.region,
-        aws_access_key_id=secret_value(
+    client = s3_client(
+        settings.endpoint_url,
+        settings.region,
+        access_key_id=secret_value(
             core_api, namespace, creds.access_key_id.name, creds.access_key_id.key
         ),
-        aws_secret_access_key=secret_value(
+        secret_access_key=secret_value(
             core_api, namespace, creds.secret_access_key.name, creds.secret_access_key.key
         ),
     )

@@ -54,6 +54,8 @@ class _HideStopping(logging.Filter):
 class _Process:
     def __init__(self, operator: OperatorConfig, service: ServiceConfig) -> None:
         self.operator_config = operator
+        self.metrics = operator.metrics or OperatorMetrics()
+        operator.metrics = self.metrics  # the reconcile passes count into what /metrics serves
         self.service = service
         self.stop = threading.Event()
         self.shutdown = threading.Event()  # asked to stop (a signal), as opposed to lost
@@ -88,8 +90,7 @@ class _Process:
             self.thread.join(0.5)
             if not self.thread.is_alive() and not self.stop.is_set():
                 raise RuntimeError(f"the operator stopped: {self.thread.error!r}")
-        self.thread.stop()
-        raise _StopRequested("stopping")
+        raise _StopRequested("stopping")  # `main` stops the operator thread
 
     def on_lost(self) -> None:
         if not self.shutdown.is_set():
@@ -106,7 +107,7 @@ class _Process:
         server = None
         if config.metrics_port:
             server = serve(
-                self.operator_config.metrics or OperatorMetrics(),
+                self.metrics,
                 config.metrics_host,
                 config.metrics_port,
                 healthy=self.healthy,
@@ -156,8 +157,6 @@ def run_service(operator: OperatorConfig, service: ServiceConfig) -> int:
     election_log = logging.getLogger("leaderelection")
     election_log.setLevel(logging.WARNING)  # it logs every retry at INFO
     election_log.addFilter(_HideStopping())
-    if operator.metrics is None:
-        operator.metrics = OperatorMetrics()
     process = _Process(operator, service)
 
     def on_signal(signum: int, _frame: FrameType | None) -> None:

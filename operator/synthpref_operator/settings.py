@@ -10,7 +10,7 @@ from __future__ import annotations
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from pydantic.alias_generators import to_camel
 
-from synthpref.spec import Toleration
+from synthpref.spec import Toleration, validation_problems
 
 SETTINGS_ENV = "SYNTHPREF_OPERATOR_SETTINGS"
 
@@ -48,8 +48,5 @@ def parse_settings(text: str, source: str = SETTINGS_ENV) -> OperatorSettings:
     try:
         return OperatorSettings.model_validate_json(text or "{}")
     except ValidationError as error:
-        problems = [
-            f"{'.'.join(str(part) for part in item['loc']) or '(root)'}: {item['msg']}"
-            for item in error.errors()
-        ]
-        raise SettingsError(f"{source}: invalid operator settings: {'; '.join(problems)}") from None
+        problems = "; ".join(validation_problems(error))
+        raise SettingsError(f"{source}: invalid operator settings: {problems}") from None

@@ -524,12 +524,18 @@ class SpecError(ValueError):
     """A run spec that cannot be used; the message names the file and each bad field."""
 
 
+def validation_problems(error: ValidationError) -> list[str]:
+    """Pydantic errors as `field.path: message` (camelCase paths, as the input spells them)."""
+    return [
+        f"{'.'.join(str(part) for part in item['loc']) or '(root)'}: {item['msg']}"
+        for item in error.errors()
+    ]
+
+
 def format_validation_error(source: str, error: ValidationError) -> str:
     """Render pydantic errors as `source: field.path: message` lines with camelCase paths."""
     lines = [f"{source}: invalid PreferenceRun ({error.error_count()} problem(s))"]
-    for item in error.errors():
-        path = ".".join(str(part) for part in item["loc"]) or "(root)"
-        lines.append(f"  {path}: {item['msg']}")
+    lines += [f"  {problem}" for problem in validation_problems(error)]
     return "\n".join(lines)
 
 

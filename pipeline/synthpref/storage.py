@@ -243,12 +243,25 @@ class S3Storage(Storage):
         self.client.delete_object(Bucket=self.bucket, Key=self._key(key))
 
 
-def s3_client(endpoint_url: str | None = None, region: str | None = None) -> S3Client:
-    """A boto3 S3 client; credentials come from the environment (AWS_* variables, profiles)."""
+def s3_client(
+    endpoint_url: str | None = None,
+    region: str | None = None,
+    *,
+    access_key_id: str | None = None,
+    secret_access_key: str | None = None,
+) -> S3Client:
+    """A boto3 S3 client. The endpoint defaults to $AWS_ENDPOINT_URL_S3; without explicit keys
+    the credentials come from the environment (AWS_* variables, profiles)."""
     import boto3
 
     endpoint = endpoint_url or os.environ.get("AWS_ENDPOINT_URL_S3")
-    client: S3Client = boto3.client("s3", endpoint_url=endpoint, region_name=region)
+    client: S3Client = boto3.client(
+        "s3",
+        endpoint_url=endpoint,
+        region_name=region,
+        aws_access_key_id=access_key_id,
+        aws_secret_access_key=secret_access_key,
+    )
     return client
 
 

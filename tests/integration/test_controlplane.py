@@ -19,23 +19,12 @@ from kubernetes import client
 
 from synthpref_operator.devcluster.controlplane import ControlPlane
 from synthpref_operator.devcluster.kubelet import TestKubelet, in_namespace, job_index
+from tests.support.polling import wait_for
 
 pytestmark = pytest.mark.cluster
 
 Kubectl = Callable[..., subprocess.CompletedProcess[str]]
 INDEX_ANNOTATION = "metadata.annotations['batch.kubernetes.io/job-completion-index']"
-
-
-def wait_for(condition: Callable[[], Any], timeout: float, what: str) -> Any:
-    """Poll until ``condition()`` is truthy; return its value."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = condition()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(0.2)
 
 
 def job_condition(batch: Any, ns: str, name: str) -> tuple[str, str] | None:
@@ -348,7 +337,8 @@ def test_kubectl_and_helm(
 
 
 # ---------------------------------------------------------------------------- kubelet
-def gpu_pod(name: str, gpus: int, script: str) -> dict[str, Any]:
+def python_pod(name: str, script: str, **spec: Any) -> dict[str, Any]:
+    """A pod that runs ``python -c script`` once; ``spec`` adds pod spec fields."""
     return {
         "apiVersion": "v1",
         "kind": "Pod",
@@ -356,15 +346,17 @@ def gpu_pod(name: str, gpus: int, script: str) -> dict[str, Any]:
         "spec": {
             "restartPolicy": "Never",
             "containers": [
-                {
-                    "name": "main",
-                    "image": "local/python",
-                    "command": ["python", "-c", script],
-                    "resources": {"limits": {"nvidia.com/gpu": str(gpus)}},
-                }
+                {"name": "main", "image": "local/python", "command": ["python", "-c", script]}
             ],
+            **spec,
         },
     }
+
+
+def gpu_pod(name: str, gpus: int, script: str) -> dict[str, Any]:
+    pod = python_pod(name, script)
+    pod["spec"]["containers"][0]["resources"] = {"limits": {"nvidia.com/gpu": str(gpus)}}
+    return pod
 
 
 def pod_phase(core: Any, ns: str, name: str) -> str:
@@ -601,19 +593,6 @@ def test_dev_cluster_cli(
             up.wait()
 
 
-def _python_pod(name: str, script: str, **spec: Any) -> dict[str, Any]:
-    return {
-        "apiVersion": "v1",
-        "kind": "Pod",
-        "metadata": {"name": name},
-        "spec": {
-            "restartPolicy": "Never",
-            "containers": [{"name": "main", "image": "local", "command": ["python", "-c", script]}],
-            **spec,
-        },
-    }
-
-
 def test_pods_act_as_their_service_account(
     k8s_api_client: Any, test_kubelet: TestKubelet, namespace: str, tmp_path: Path
 ) -> None:
@@ -638,7 +617,7 @@ def test_pods_act_as_their_service_account(
         f"json.dump({{'user': review.status.user_info.username, 'secrets': secrets}}, "
         f"open({str(out)!r}, 'w'))\n"
     )
-    pod = _python_pod("whoami", script, serviceAccountName="robot")
+    pod = python_pod("whoami", script, serviceAccountName="robot")
     pod["spec"]["containers"][0]["env"] = [
         {"name": "NS", "valueFrom": {"fieldRef": {"fieldPath": "metadata.namespace"}}}
     ]
@@ -652,7 +631,7 @@ def test_pods_act_as_their_service_account(
     no_token = tmp_path / "no-token.txt"
     script = f"import os; open({str(no_token)!r}, 'w').write(os.environ.get('KUBECONFIG', '-'))"
     core.create_namespaced_pod(
-        namespace, _python_pod("no-token", script, automountServiceAccountToken=False)
+        namespace, python_pod("no-token", script, automountServiceAccountToken=False)
     )
     wait_for(no_token.exists, 60, "the second pod's report")
     assert no_token.read_text() == os.environ.get("KUBECONFIG", "-")
@@ -671,7 +650,7 @@ def test_deleted_pod_gets_sigterm_first(
         f"open({str(started)!r}, 'w').write('up')\n"
         "time.sleep(120)\n"
     )
-    core.create_namespaced_pod(namespace, _python_pod("graceful", script))
+    core.create_namespaced_pod(namespace, python_pod("graceful", script))
     wait_for(started.exists, 60, "the pod to start")
     core.delete_namespaced_pod("graceful", namespace)
     wait_for(stopped.exists, 30, "the pod's SIGTERM handler")

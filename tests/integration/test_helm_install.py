@@ -38,11 +38,13 @@ from synthpref.storage import S3Storage, s3_client
 from synthpref_operator.devcluster.controlplane import free_port
 from synthpref_operator.devcluster.kubelet import TestKubelet
 from tests.support.openai_server import DEFAULT_API_KEY, OpenAIServer
+from tests.support.polling import wait_for
 from tests.support.s3 import FAKE_CREDENTIALS
 
 pytestmark = [pytest.mark.cluster, pytest.mark.timeout(480)]
 
 Kubectl = Callable[..., subprocess.CompletedProcess[str]]
+Helm = Callable[..., subprocess.CompletedProcess[str]]
 ROOT = Path(__file__).resolve().parents[2]
 CHART = ROOT / "charts" / "synthpref"
 EXAMPLE = ROOT / "examples" / "gateway-run.yaml"
@@ -51,40 +53,21 @@ BUCKET = "synthpref-demo"
 RUN = "gateway-run"
 
 
-def wait_for(condition: Callable[[], Any], timeout: float, what: str) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = condition()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(0.3)
-
-
 @dataclass
 class Cluster:
     """One namespace with the example's Secrets, prompts in S3 and the answering server."""
 
     namespace: str
     kubectl: Kubectl
-    helm_bin: Path
-    kubeconfig: Path
+    helm_run: Helm
     api: Any
     kubelet: TestKubelet
     server: OpenAIServer
     s3_endpoint: str
 
-    def helm(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
-        result = subprocess.run(
-            [str(self.helm_bin), "--kubeconfig", str(self.kubeconfig), *args],
-            capture_output=True,
-            text=True,
-            timeout=180,
-            check=False,
-        )
-        if check:
-            assert result.returncode == 0, f"helm {' '.join(args)}:\n{result.stderr}"
+    def helm(self, *args: str) -> subprocess.CompletedProcess[str]:
+        result = self.helm_run(*args, check=False, timeout=180)
+        assert result.returncode == 0, f"helm {' '.join(args)}:\n{result.stderr}"
         return result
 
     def install(self, release: str, *values: str) -> None:
@@ -148,8 +131,7 @@ class Cluster:
 @pytest.fixture
 def cluster(
     kubectl: Kubectl,
-    kube_bin_dir: Path,
-    kubeconfig: Path,
+    helm: Helm,
     k8s_api_client: Any,
     namespace: str,
     test_kubelet: TestKubelet,
@@ -181,8 +163,7 @@ def cluster(
         yield Cluster(
             namespace,
             kubectl,
-            kube_bin_dir / "helm",
-            kubeconfig,
+            helm,
             k8s_api_client,
             test_kubelet,
             server,

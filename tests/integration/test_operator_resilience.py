@@ -15,7 +15,6 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -28,21 +27,13 @@ from synthpref.rows import PreferenceRow
 from synthpref.storage import S3Storage, Storage, s3_client
 from tests.integration import test_operator_run as base
 from tests.support.openai_server import ACTIVE_STATUSES, BatchScript, Call
+from tests.support.polling import wait_for
 from tests.support.s3 import FAKE_CREDENTIALS
 
 pytestmark = [pytest.mark.cluster, pytest.mark.timeout(300)]
 
 env = base.env  # the fixture, shared with test_operator_run.py
 Env = base.Env
-
-
-def wait_until(what: str, check: Callable[[], bool], timeout: float = 60) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if check():
-            return
-        time.sleep(0.2)
-    raise AssertionError(f"not {what} after {timeout}s")
 
 
 def batch_statuses(env: Env) -> dict[str, str]:
@@ -67,12 +58,13 @@ def test_delete_mid_annotation(env: Env, policy: str) -> None:
     try:
         env.apply(env.manifest(name, deletionPolicy=policy))
         env.wait_phase(name, {"Annotating"}, timeout=120)
-        wait_until(
-            "3 batches in progress",
+        wait_for(
             lambda: (
                 len(batch_statuses(env)) == 3
                 and set(batch_statuses(env).values()) <= set(ACTIVE_STATUSES)
             ),
+            60,
+            "3 batches in progress",
         )
         assert env.jobs()
         result = env.kubectl(
@@ -97,7 +89,7 @@ def test_delete_mid_annotation(env: Env, policy: str) -> None:
         assert cancel_calls(env) == []
         assert set(statuses.values()) == {"in_progress"}, statuses
     # Owner references: the garbage collector removes the run's Jobs.
-    wait_until("Jobs garbage-collected", lambda: not env.jobs(), timeout=45)
+    wait_for(lambda: not env.jobs(), 45, "Jobs garbage-collected")
 
 
 def dataset(storage: Storage) -> list[dict[str, Any]]:
@@ -241,7 +233,7 @@ def test_spec_change_after_mixing_rejected_until_reverted(env: Env) -> None:
             found = {c["type"]: c for c in conditions}.get("SpecChangeRejected")
             return found if found and found["status"] == "True" else None
 
-        wait_until("SpecChangeRejected", lambda: rejected() is not None, timeout=30)
+        wait_for(lambda: rejected() is not None, 30, "SpecChangeRejected")
         condition = rejected()
         assert condition is not None
         assert "spec.mix cannot change once mixing has started" in condition["message"]

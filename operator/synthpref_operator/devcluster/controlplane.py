@@ -307,29 +307,9 @@ class ControlPlane:
                 "client-certificate-data": _b64(pair.cert_pem),
                 "client-key-data": _b64(pair.key_pem),
             }
-        context: dict[str, Any] = {"cluster": "synthpref-dev", "user": user}
-        if namespace:
-            context["namespace"] = namespace
-        config = {
-            "apiVersion": "v1",
-            "kind": "Config",
-            "clusters": [
-                {
-                    "name": "synthpref-dev",
-                    "cluster": {
-                        "server": self.server,
-                        "certificate-authority-data": _b64(self.ca_path.read_bytes()),
-                    },
-                }
-            ],
-            "users": [{"name": user, "user": user_entry}],
-            "contexts": [{"name": "synthpref-dev", "context": context}],
-            "current-context": "synthpref-dev",
-        }
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(yaml.safe_dump(config, sort_keys=False))
-        path.chmod(0o600)
-        return path
+        return write_kubeconfig_file(
+            path, self.server, self.ca_path.read_bytes(), user, user_entry, namespace
+        )
 
     def write_service_account_kubeconfig(
         self, path: Path, namespace: str, name: str, expiration_seconds: int = 3600
@@ -516,6 +496,36 @@ class ControlPlane:
         self._wait(
             comp, f"https://127.0.0.1:{self.controller_manager_port}/healthz", deadline, insecure
         )
+
+
+def write_kubeconfig_file(
+    path: Path,
+    server: str,
+    ca_pem: bytes | None,
+    user: str,
+    credentials: dict[str, Any],
+    namespace: str | None = None,
+) -> Path:
+    """Write a one-context kubeconfig (mode 0600): ``user`` with ``credentials`` (a token, or
+    client certificate data) at ``server``, trusting ``ca_pem``."""
+    cluster: dict[str, Any] = {"server": server}
+    if ca_pem:
+        cluster["certificate-authority-data"] = _b64(ca_pem)
+    context: dict[str, Any] = {"cluster": "synthpref-dev", "user": user}
+    if namespace:
+        context["namespace"] = namespace
+    config = {
+        "apiVersion": "v1",
+        "kind": "Config",
+        "clusters": [{"name": "synthpref-dev", "cluster": cluster}],
+        "users": [{"name": user, "user": credentials}],
+        "contexts": [{"name": "synthpref-dev", "context": context}],
+        "current-context": "synthpref-dev",
+    }
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(yaml.safe_dump(config, sort_keys=False))
+    path.chmod(0o600)
+    return path
 
 
 def _b64(data: bytes) -> str:

@@ -46,7 +46,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import IO, Any, Literal
 
-from synthpref_operator.devcluster.controlplane import spawn, tail_file
+from synthpref_operator.devcluster.controlplane import spawn, tail_file, write_kubeconfig_file
 
 Pod = dict[str, Any]
 PodPredicate = Callable[[Pod], bool]
@@ -1008,26 +1008,14 @@ class TestKubelet:
             raise ConfigError(f"serviceaccount {account!r}: no token ({e.status})") from e
         server = str(self._configuration.host)
         ca_path = self._configuration.ssl_ca_cert
-        cluster: dict[str, Any] = {"server": server}
-        if ca_path:
-            cluster["certificate-authority-data"] = base64.b64encode(
-                Path(ca_path).read_bytes()
-            ).decode()
-        user = f"system:serviceaccount:{ns}:{account}"
-        config = {
-            "apiVersion": "v1",
-            "kind": "Config",
-            "clusters": [{"name": "cluster", "cluster": cluster}],
-            "users": [{"name": user, "user": {"token": reply["status"]["token"]}}],
-            "contexts": [
-                {"name": "pod", "context": {"cluster": "cluster", "user": user, "namespace": ns}}
-            ],
-            "current-context": "pod",
-        }
-        path = pod_dir / "serviceaccount" / "kubeconfig"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(config))
-        path.chmod(0o600)
+        path = write_kubeconfig_file(
+            pod_dir / "serviceaccount" / "kubeconfig",
+            server,
+            Path(ca_path).read_bytes() if ca_path else None,
+            f"system:serviceaccount:{ns}:{account}",
+            {"token": reply["status"]["token"]},
+            ns,
+        )
         host, _, port = server.removeprefix("https://").rpartition(":")
         return {
             "KUBECONFIG": str(path),
