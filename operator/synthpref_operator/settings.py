@@ -37,6 +37,37 @@ class OperatorSettings(BaseModel):
     extra_env: dict[str, str] = Field(
         default_factory=dict, description="Plain environment variables for every worker."
     )
+    worker_user_id: int = Field(
+        default=10001, ge=1, description="uid (and gid) worker containers run as (the images')."
+    )
+    # What a run author may make the operator do on their behalf (see README "Security").
+    allowed_endpoints: list[str] = Field(
+        default_factory=lambda: ["https://api.openai.com/v1"],
+        description="Base URLs a run may send an API key to (judge.openai.baseUrl, "
+        "models[].openai.baseUrl), matched by scheme, host, port and path prefix; '*' allows "
+        "any. An unset baseUrl (the operator's and workers' own OPENAI_BASE_URL) is always "
+        "allowed.",
+    )
+    allowed_image_prefixes: list[str] = Field(
+        default_factory=list,
+        description="Image prefixes a run's workers.image / workers.cpuImage may use, besides "
+        "the operator's own worker images.",
+    )
+    secret_names: list[str] = Field(
+        default_factory=list,
+        description="Secrets runs may use (the chart's rbac.secretNames); empty: Secrets "
+        "labelled synthpref.dev/allow-runs=true.",
+    )
+    allowed_service_accounts: list[str] = Field(
+        default_factory=list,
+        description="ServiceAccounts a run's workers.serviceAccountName may name.",
+    )
+    deletion_timeout_seconds: float = Field(
+        default=600.0,
+        gt=0,
+        description="How long deleting a run keeps trying to cancel its judge batches before "
+        "it lets the run go anyway (the batch ids left running are logged and in an Event).",
+    )
 
 
 class SettingsError(ValueError):

@@ -12,32 +12,58 @@ import os
 import sys
 from collections.abc import Callable
 from dataclasses import asdict, is_dataclass
+from importlib.metadata import EntryPoint, entry_points
 from typing import Any
 
 import click
 import yaml
 
 from synthpref import layout
+from synthpref.errors import SynthprefError
 from synthpref.logs import configure_from_env, set_default_context
 from synthpref.spec import PreferenceRunManifest, SpecError, load_run, parse_manifest
 from synthpref.storage import Storage, open_storage
 
 
 class LazyGroup(click.Group):
-    """A group whose subcommands are imported only when used (keeps `--help` fast)."""
+    """A group whose subcommands are imported only when used (keeps `--help` fast).
 
-    def __init__(self, *args: Any, lazy: dict[str, str] | None = None, **kwargs: Any) -> None:
+    `lazy` names this package's own subcommands ("module:attribute"); `plugins` names an
+    entry-point group whose entries add subcommands from other installed packages (the
+    operator's `synthpref operator` and `synthpref dev cluster`), so this package never
+    imports them by name.
+    """
+
+    def __init__(
+        self,
+        *args: Any,
+        lazy: dict[str, str] | None = None,
+        plugins: str | None = None,
+        **kwargs: Any,
+    ) -> None:
         super().__init__(*args, **kwargs)
         self.lazy = lazy or {}
+        self.plugins = plugins
+
+    def _plugin_entries(self) -> dict[str, EntryPoint]:
+        if self.plugins is None:
+            return {}
+        return {entry.name: entry for entry in entry_points(group=self.plugins)}
 
     def list_commands(self, ctx: click.Context) -> list[str]:
-        return sorted([*super().list_commands(ctx), *self.lazy])
+        names = {*super().list_commands(ctx), *self.lazy, *self._plugin_entries()}
+        return sorted(names)
 
     def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        command: click.Command
         if cmd_name in self.lazy:
             module_name, _, attribute = self.lazy[cmd_name].partition(":")
             module = __import__(module_name, fromlist=[attribute])
-            command: click.Command = getattr(module, attribute)
+            command = getattr(module, attribute)
+            return command
+        entry = self._plugin_entries().get(cmd_name)
+        if entry is not None:
+            command = entry.load()
             return command
         return super().get_command(ctx, cmd_name)
 
@@ -97,17 +123,28 @@ RUN_ARGUMENT = click.argument(
 )
 
 
+COMMANDS_ENTRY_POINTS = "synthpref.commands"
+DEBUG_ENV = "SYNTHPREF_DEBUG"
+
+
 @click.group(
     cls=LazyGroup,
     lazy={
         "annotate": "synthpref.annotate.cli:annotate",
         "dev": "synthpref.devtools:dev",
-        "operator": "synthpref_operator.cli:operator_command",
     },
+    plugins=COMMANDS_ENTRY_POINTS,
 )
 @click.version_option(package_name="synthpref")
-def main() -> None:
+@click.option(
+    "--debug",
+    is_flag=True,
+    help=f"Show the traceback of an error (also: {DEBUG_ENV}=1).",
+)
+def main(debug: bool) -> None:
     """Make synthetic preference datasets: prompts → answers → judge → chosen/rejected pairs."""
+    if debug:
+        os.environ[DEBUG_ENV] = "1"
     configure_from_env()
 
 
@@ -200,14 +237,28 @@ def run(run_file: str | None, local: bool, no_progress: bool) -> None:
     click.echo(f"dataset: {result.dataset_uri} ({result.pairs} pairs)")
 
 
-def entrypoint() -> None:
-    """Console-script entry: a missing or malformed stage input is a one-line error, exit 1."""
-    from synthpref.jsonl import RowError
-    from synthpref.stages.judge import MixNotDoneError
-    from synthpref.storage import StorageError
+def error_line(error: BaseException) -> str:
+    """The one line a user sees for an error that escaped a command."""
+    if isinstance(error, SynthprefError):
+        return str(error)
+    if isinstance(error, OSError) and error.strerror:
+        where = f": {error.filename}" if error.filename else ""
+        return f"{error.strerror}{where}"
+    detail = str(error) or "(no message)"
+    return f"unexpected {type(error).__name__}: {detail} (rerun with --debug for the traceback)"
 
+
+def entrypoint() -> None:
+    """Console-script entry: every error is one `Error: ...` line on stderr and a non-zero exit
+    (`SynthprefError.exit_code`, 1 by default); --debug or SYNTHPREF_DEBUG=1 re-raises it for
+    the traceback. Committed work is never undone by an error: rerunning resumes."""
     try:
         main(standalone_mode=True)
-    except (FileNotFoundError, StorageError, RowError, MixNotDoneError) as error:
-        click.echo(f"Error: {error}", err=True)
-        sys.exit(1)
+    except KeyboardInterrupt:
+        click.echo("Interrupted: committed work is kept; rerun to resume.", err=True)
+        sys.exit(130)
+    except Exception as error:
+        if os.environ.get(DEBUG_ENV, "").lower() in ("1", "true", "yes"):
+            raise
+        click.echo(f"Error: {error_line(error)}", err=True)
+        sys.exit(getattr(error, "exit_code", 1) if isinstance(error, SynthprefError) else 1)

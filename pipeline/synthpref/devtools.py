@@ -1,7 +1,7 @@
 """`synthpref dev ...`: developer tools (tiny offline models, the local Kubernetes cluster).
 
-The cluster commands live with the operator (synthpref_operator.devcluster) and are imported
-only when used, so the pipeline package does not depend on the operator at import time.
+The cluster commands live with the operator (synthpref_operator.devcluster), which adds them
+through the `synthpref.dev_commands` entry-point group: the pipeline never imports the operator.
 """
 
 from __future__ import annotations
@@ -10,13 +10,13 @@ import click
 
 from synthpref.cli import LazyGroup
 
+DEV_COMMANDS_ENTRY_POINTS = "synthpref.dev_commands"
+
 
 @click.group(
     cls=LazyGroup,
-    lazy={
-        "tiny-models": "synthpref.tinymodels:tiny_models_command",
-        "cluster": "synthpref_operator.devcluster.cli:cluster_group",
-    },
+    lazy={"tiny-models": "synthpref.tinymodels:tiny_models_command"},
+    plugins=DEV_COMMANDS_ENTRY_POINTS,
 )
 def dev() -> None:
     """Developer tools."""

@@ -12,12 +12,13 @@ from typing import Any, TypeVar
 
 from pydantic import BaseModel, ValidationError
 
+from synthpref.errors import SynthprefError
 from synthpref.storage import Storage
 
 RowT = TypeVar("RowT", bound=BaseModel)
 
 
-class RowError(ValueError):
+class RowError(SynthprefError, ValueError):
     """A stored line that does not match its schema: names the object URI and line."""
 
 

@@ -53,8 +53,28 @@ def result_file(index: int, part: int, attempt: int = 1) -> str:
 
 def result_for_request(request_key: str, attempt: int = 1) -> str:
     """The result file that answers request file `request_key` (see `request_file`)."""
-    stem = request_key.removeprefix("requests/").removesuffix(".jsonl")
-    return f"results/{stem}-attempt-{attempt:02d}.jsonl"
+    return f"results/{_request_stem(request_key)}-attempt-{attempt:02d}.jsonl"
+
+
+# The OpenAI judge's records (annotate.ledger): one ledger per request file, the request files
+# of later attempts, and the marker of a cancelled run.
+JUDGE_LEDGER_PREFIX = "judge/ledger/"
+JUDGE_RESUBMIT_PREFIX = "judge/resubmit/"
+JUDGE_CANCEL_MARKER = "judge/cancel.json"
+
+
+def _request_stem(request_key: str) -> str:
+    return request_key.removeprefix("requests/").removesuffix(".jsonl")
+
+
+def judge_ledger(request_key: str) -> str:
+    """The OpenAI judge's ledger of request file `request_key`."""
+    return f"{JUDGE_LEDGER_PREFIX}{_request_stem(request_key)}.json"
+
+
+def judge_resubmit(request_key: str, attempt: int) -> str:
+    """The requests of `request_key` sent again in attempt `attempt` (failed or missing before)."""
+    return f"{JUDGE_RESUBMIT_PREFIX}{_request_stem(request_key)}-attempt-{attempt:02d}.jsonl"
 
 
 def dataset_shard(index: int, extension: str = "jsonl") -> str:

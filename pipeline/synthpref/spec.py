@@ -24,6 +24,8 @@ from pydantic import (
 )
 from pydantic.alias_generators import to_camel
 
+from synthpref.errors import SynthprefError
+
 API_GROUP = "synthpref.dev"
 API_VERSION = "v1alpha1"
 KIND = "PreferenceRun"
@@ -31,6 +33,54 @@ KIND = "PreferenceRun"
 DEFAULT_ASPECTS = ("helpfulness", "honesty", "instruction_following", "truthfulness")
 # DNS-1123 label: model names end up in Job names, labels and storage paths.
 _MODEL_NAME = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+# A run's name: a DNS-1123 subdomain short enough to be a label value (Jobs carry it).
+_RUN_NAME = re.compile(r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$")
+MAX_RUN_NAME = 63
+# s3://bucket[/prefix] with a valid bucket name.
+_S3_URI = re.compile(r"^s3://[a-z0-9][a-z0-9.-]{1,61}[a-z0-9](/.*)?$")
+# "scheme:" before the first "/": a URI, not a local path (s3:/x, gs://b, file:/x).
+_SCHEME_LIKE = re.compile(r"^[^/]*:")
+MAX_URI = 2048
+# CEL twin of `check_uri` for the CRD, so `kubectl apply` refuses the same values.
+_URI_CEL_RULE: dict[str, JsonValue] = {
+    "rule": "self.startsWith('s3://') ? self.matches('^s3://[a-z0-9][a-z0-9.-]{1,61}[a-z0-9](/.*)?$')"
+    " : !self.matches('^[^/]*:')",
+    "message": "must be s3://bucket/prefix (a valid bucket name) or a local path "
+    "(no other URI scheme)",
+}
+# A Kubernetes resource quantity (cpu: 4, 500m; memory: 32Gi, 512Mi).
+_QUANTITY = r"^([0-9]+(\.[0-9]+)?|\.[0-9]+)(m|k|M|G|T|P|E|Ki|Mi|Gi|Ti|Pi|Ei)?$"
+
+
+def check_uri(value: str) -> str:
+    """A storage or prompt URI: s3://bucket/prefix or a local path; anything else is refused
+    before any work (a typo such as `s3:/x` would otherwise become a local folder)."""
+    if value.startswith("s3://"):
+        if not _S3_URI.match(value):
+            bucket = value.removeprefix("s3://").partition("/")[0]
+            raise ValueError(
+                f"{value!r}: {bucket!r} is not a valid S3 bucket name (3-63 lowercase letters, "
+                "digits, '.' and '-'); use s3://bucket/prefix"
+            )
+        return value
+    if _SCHEME_LIKE.match(value):
+        scheme = value.partition(":")[0]
+        hint = " (did you mean s3://...?)" if scheme.lower() == "s3" else ""
+        raise ValueError(
+            f"{value!r}: unsupported URI scheme {scheme + ':'!r}{hint}; use s3://bucket/prefix "
+            "or a local path"
+        )
+    return value
+
+
+def check_run_name(value: str) -> str:
+    """metadata.name: what Kubernetes accepts for a PreferenceRun and for its Jobs' labels."""
+    if len(value) > MAX_RUN_NAME or not _RUN_NAME.match(value):
+        raise ValueError(
+            f"{value!r} is not a valid run name: at most {MAX_RUN_NAME} lowercase letters, "
+            "digits, '-' and '.', starting and ending with a letter or digit"
+        )
+    return value
 
 
 class SpecModel(BaseModel):
@@ -73,10 +123,12 @@ class PromptSource(SpecModel):
 
     uri: str = Field(
         min_length=1,
+        max_length=MAX_URI,
         description=(
             "A JSONL file, a directory of *.jsonl files, or a glob; a local path or "
             "s3://bucket/prefix."
         ),
+        json_schema_extra={"x-kubernetes-validations": [_URI_CEL_RULE]},
     )
     shard_size: int = Field(
         default=500, ge=1, le=1_000_000, description="Prompts per shard (the unit of work)."
@@ -85,6 +137,11 @@ class PromptSource(SpecModel):
         default=MalformedPolicy.FAIL,
         description="What to do with a malformed line: fail the stage, or skip it and report it.",
     )
+
+    @field_validator("uri")
+    @classmethod
+    def _valid_uri(cls, value: str) -> str:
+        return check_uri(value)
 
 
 class S3Credentials(SpecModel):
@@ -110,7 +167,10 @@ class StorageSpec(SpecModel):
     )
 
     uri: str = Field(
-        min_length=1, description="A local directory or s3://bucket/prefix for all artifacts."
+        min_length=1,
+        max_length=MAX_URI,
+        description="A local directory or s3://bucket/prefix for all artifacts.",
+        json_schema_extra={"x-kubernetes-validations": [_URI_CEL_RULE]},
     )
     endpoint_url: str | None = Field(
         default=None,
@@ -120,6 +180,33 @@ class StorageSpec(SpecModel):
     region: str | None = Field(default=None, description="S3 region.")
     credentials: S3Credentials | None = Field(
         default=None, description="Secret references for S3 credentials."
+    )
+
+    @field_validator("uri")
+    @classmethod
+    def _valid_uri(cls, value: str) -> str:
+        return check_uri(value)
+
+
+class ResourceList(SpecModel):
+    """CPU and memory quantities, as in a Kubernetes container's resources."""
+
+    cpu: str | None = Field(
+        default=None, pattern=_QUANTITY, description="CPU cores, e.g. 4 or 500m."
+    )
+    memory: str | None = Field(
+        default=None, pattern=_QUANTITY, description="Memory, e.g. 32Gi or 512Mi."
+    )
+
+
+class Resources(SpecModel):
+    """CPU and memory of a worker pod; a key left out takes the operator's default."""
+
+    requests: ResourceList = Field(
+        default_factory=ResourceList, description="What the scheduler reserves."
+    )
+    limits: ResourceList = Field(
+        default_factory=ResourceList, description="The most the pod may use."
     )
 
 
@@ -195,6 +282,20 @@ class ModelSpec(SpecModel):
     )
     openai: OpenAIEndpoint | None = Field(
         default=None, description="Endpoint settings for the openai backend."
+    )
+    error_budget: float = Field(
+        default=0.1,
+        ge=0.0,
+        le=1.0,
+        description="Most per-row errors (prompt longer than the context, content filtered, "
+        "empty answer) a shard may commit, as a fraction of its rows; above it the shard fails "
+        "like an endpoint outage: nothing is committed and the retry redoes it.",
+    )
+    resources: Resources | None = Field(
+        default=None,
+        description="CPU and memory of each worker pod. Defaults: vLLM on GPUs requests 4 CPUs "
+        "and 32Gi per GPU (memory limit = request); vLLM on CPU 2 CPUs and 8Gi (limit 16Gi); "
+        "the openai backend 1 CPU and 1Gi (limit 2Gi).",
     )
 
     @field_validator("name")
@@ -297,6 +398,18 @@ class JudgeSpec(SpecModel):
     poll_interval_seconds: float = Field(
         default=60.0, gt=0, description="Seconds between batch status polls."
     )
+    give_up_after_seconds: float = Field(
+        default=600.0,
+        gt=0,
+        le=7 * 24 * 3600,
+        description="How long the judge endpoint may keep failing (unreachable, 5xx, 429 after "
+        "every retry) before the judge stops with an error; results fetched so far are kept and "
+        "a rerun resumes.",
+    )
+    resources: Resources | None = Field(
+        default=None,
+        description="CPU and memory of a vLLM judge's pod (defaults as for a vLLM model).",
+    )
 
 
 class BinarizationStrategy(StrEnum):
@@ -365,6 +478,20 @@ class SecretEnvVar(SpecModel):
     secret: SecretKeyRef = Field(description="The Secret key that holds its value.")
 
 
+class StageResources(SpecModel):
+    """CPU and memory of the CPU stages' pods."""
+
+    prepare: Resources | None = Field(
+        default=None, description="prepare (default: requests 1 CPU and 2Gi, limit 4Gi)."
+    )
+    mix: Resources | None = Field(
+        default=None, description="mix (default: requests 1 CPU and 2Gi, limit 4Gi)."
+    )
+    parse: Resources | None = Field(
+        default=None, description="parse (default: requests 1 CPU and 2Gi, limit 4Gi)."
+    )
+
+
 class WorkerSpec(SpecModel):
     """Pod settings of the run's Jobs; unset fields take the operator's defaults."""
 
@@ -396,6 +523,11 @@ class WorkerSpec(SpecModel):
         description="Environment variables of every worker pod from Secrets, as secretKeyRef "
         "(e.g. HF_TOKEN for gated models).",
     )
+    resources: StageResources = Field(
+        default_factory=StageResources,
+        description="CPU and memory of the CPU stages (generation and the vLLM judge: "
+        "models[].resources, judge.resources).",
+    )
 
 
 class DeletionPolicy(StrEnum):
@@ -412,6 +544,25 @@ class OutputSpec(SpecModel):
     """The dataset's file format."""
 
     format: OutputFormat = Field(default=OutputFormat.JSONL, description="jsonl or parquet.")
+
+
+class AcceptanceSpec(SpecModel):
+    """When a finished run counts as Succeeded: thresholds on what was lost on the way."""
+
+    min_pair_fraction: float = Field(
+        default=0.5,
+        ge=0.0,
+        le=1.0,
+        description="Fraction of the prepared prompts that must yield at least one pair; 0 "
+        "accepts a run with no pairs at all.",
+    )
+    max_failed_request_fraction: float = Field(
+        default=0.1,
+        ge=0.0,
+        le=1.0,
+        description="Most judge requests that may fail after all attempts, as a fraction of "
+        "all judge requests.",
+    )
 
 
 _SPEC_RULES: list[JsonValue] = [
@@ -450,6 +601,10 @@ class PreferenceRunSpec(SpecModel):
         default_factory=BinarizationSpec, description="Pair selection."
     )
     output: OutputSpec = Field(default_factory=OutputSpec, description="Dataset format.")
+    acceptance: AcceptanceSpec = Field(
+        default_factory=AcceptanceSpec,
+        description="Thresholds that decide Succeeded vs Failed once the dataset is written.",
+    )
     suspend: bool = Field(
         default=False,
         description="true suspends the run's Jobs and stops new judge batches; false resumes "
@@ -499,6 +654,11 @@ class ObjectMeta(BaseModel):
     name: str = Field(min_length=1)
     namespace: str | None = None
 
+    @field_validator("name")
+    @classmethod
+    def _valid_name(cls, value: str) -> str:
+        return check_run_name(value)
+
 
 class PreferenceRunManifest(BaseModel):
     """A PreferenceRun manifest, as a user would `kubectl apply` it."""
@@ -520,7 +680,7 @@ class PreferenceRunManifest(BaseModel):
         return value
 
 
-class SpecError(ValueError):
+class SpecError(SynthprefError, ValueError):
     """A run spec that cannot be used; the message names the file and each bad field."""
 
 
@@ -550,7 +710,8 @@ def parse_manifest(document: Any, source: str = "<manifest>") -> PreferenceRunMa
 
 
 def load_run(path: str | Path) -> PreferenceRunManifest:
-    """Read a PreferenceRun manifest from a YAML file (the first PreferenceRun document)."""
+    """Read the one PreferenceRun manifest of a YAML file (other kinds, e.g. a Secret, are
+    ignored; several PreferenceRuns are an error)."""
     source = str(path)
     try:
         text = Path(path).read_text(encoding="utf-8")
@@ -563,4 +724,10 @@ def load_run(path: str | Path) -> PreferenceRunManifest:
     runs = [d for d in documents if isinstance(d, dict) and d.get("kind") == KIND]
     if not runs:
         raise SpecError(f"{source}: no document with kind: {KIND}")
+    if len(runs) > 1:
+        names = [str((d.get("metadata") or {}).get("name", "?")) for d in runs]
+        raise SpecError(
+            f"{source}: {len(runs)} {KIND} documents ({', '.join(names)}); a stage or a local "
+            "run takes one: put each run in its own file"
+        )
     return parse_manifest(runs[0], source)

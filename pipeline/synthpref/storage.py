@@ -22,13 +22,15 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
 
+from synthpref.errors import SynthprefError
+
 if TYPE_CHECKING:
     from mypy_boto3_s3 import S3Client
 
 COMMIT_SUFFIX = ".commit"
 
 
-class StorageError(RuntimeError):
+class StorageError(SynthprefError, RuntimeError):
     """A storage operation failed; the message names the full URI."""
 
 

@@ -265,7 +265,7 @@ def test_expired_batches_keep_partial_output_and_resubmit_only_the_rest(
             line.custom_id
             for line in read_rows(storage, layout.result_for_request(key, 1), BatchResultLine)
         }
-        resubmitted = ledgers.resubmit_key(key, 2)
+        resubmitted = layout.judge_resubmit(key, 2)
         again = {json.loads(t)["custom_id"] for t in storage.read_lines(resubmitted)}
         everything = {json.loads(t)["custom_id"] for t in storage.read_lines(key)}
         assert len(first) == 3 and again == everything - first

@@ -9,9 +9,9 @@ from typing import Any
 import pytest
 
 from synthpref.annotate.estimate import request_tokens, text_tokens
-from synthpref.annotate.ledger import ledger_key, resubmit_key
 from synthpref.annotate.outcomes import sort_results
 from synthpref.backends.openai_chat import backoff_delay
+from synthpref.layout import judge_ledger, judge_resubmit
 
 
 def out(custom_id: str, status: int = 200, error: dict[str, Any] | None = None) -> str:
@@ -86,6 +86,6 @@ def test_backoff_grows_with_jitter_and_honours_retry_after() -> None:
 
 def test_ledger_keys_stay_out_of_the_request_prefix() -> None:
     key = "requests/shard-00003-part-001.jsonl"
-    assert ledger_key(key) == "judge/ledger/shard-00003-part-001.json"
-    assert resubmit_key(key, 2) == "judge/resubmit/shard-00003-part-001-attempt-02.jsonl"
-    assert not resubmit_key(key, 2).startswith("requests/")
+    assert judge_ledger(key) == "judge/ledger/shard-00003-part-001.json"
+    assert judge_resubmit(key, 2) == "judge/resubmit/shard-00003-part-001-attempt-02.jsonl"
+    assert not judge_resubmit(key, 2).startswith("requests/")

@@ -21,7 +21,7 @@ SETTINGS = OperatorSettings(image="gpu:1", cpu_image="cpu:1", extra_env={"LOG": 
 def make_spec(**extra: Any) -> PreferenceRunSpec:
     document = spec_dict(
         storage={
-            "uri": "s3://b/p",
+            "uri": "s3://bucket/p",
             "credentials": {
                 "accessKeyId": {"name": "s3-creds", "key": "id"},
                 "secretAccessKey": {"name": "s3-creds", "key": "secret"},

@@ -64,7 +64,7 @@ SUMMARY = {
     "pairs": 5,
     "prompts": 6,
     "prompts_with_pairs": 5,
-    "dataset": "s3://b/run/dataset/",
+    "dataset": "s3://bucket/run/dataset/",
     "prompts_dropped": {"ties": 1},
 }
 PARSED = replace(JUDGED, parsed=3, summary=SUMMARY)
@@ -309,7 +309,7 @@ def test_large_runs_get_several_mix_workers() -> None:
 def test_status_never_holds_a_secret() -> None:
     document = spec_dict(
         storage={
-            "uri": "s3://b/p",
+            "uri": "s3://bucket/p",
             "credentials": {
                 "accessKeyId": {"name": "s3", "key": "id"},
                 "secretAccessKey": {"name": "s3", "key": "secret"},

@@ -21,6 +21,7 @@ from typing import Any, Final, TypeVar
 import openai
 
 from synthpref.backends.openai_chat import backoff_delay, retry_after_seconds
+from synthpref.errors import SynthprefError
 from synthpref.spec import OpenAIEndpoint
 
 log = logging.getLogger(__name__)
@@ -29,15 +30,15 @@ T = TypeVar("T")
 ENDPOINT: Final = "/v1/chat/completions"
 
 
-class FatalApiError(RuntimeError):
+class FatalApiError(SynthprefError, RuntimeError):
     """An API answer no retry can change (bad key, no access)."""
 
 
-class TransientApiError(RuntimeError):
+class TransientApiError(SynthprefError, RuntimeError):
     """The API kept failing (429/5xx/connection) after every retry; try again later."""
 
 
-class ApiRequestError(RuntimeError):
+class ApiRequestError(SynthprefError, RuntimeError):
     """A 4xx answer other than auth (e.g. 400 bad parameter, 404 unknown id)."""
 
     def __init__(self, message: str, status: int, code: str | None) -> None:

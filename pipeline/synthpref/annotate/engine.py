@@ -40,6 +40,7 @@ from synthpref.annotate.client import ApiRequestError, BatchClient, FatalApiErro
 from synthpref.annotate.estimate import request_tokens
 from synthpref.annotate.ledger import FileLedger, Phase, Submission
 from synthpref.annotate.outcomes import MISSING, SortedResults, sort_results
+from synthpref.errors import SynthprefError
 from synthpref.spec import PreferenceRunSpec
 from synthpref.stages.judge import committed_request_files
 from synthpref.stages.prepare import shard_count
@@ -56,7 +57,7 @@ ENDED_STATUSES = frozenset({"completed", "failed", "expired", "cancelled"})
 SEARCH_MARGIN_S = 300.0
 
 
-class FatalAnnotateError(RuntimeError):
+class FatalAnnotateError(SynthprefError, RuntimeError):
     """The judge cannot go on (bad key, unknown model); the message names the cause."""
 
 
@@ -187,7 +188,7 @@ class Annotator:
             yield line
 
     def cancelled(self) -> bool:
-        return self.storage.exists(ledgers.CANCEL_MARKER)
+        return self.storage.exists(layout.JUDGE_CANCEL_MARKER)
 
     def _metadata(self, record: FileLedger, submission: Submission) -> dict[str, str]:
         return {
@@ -444,7 +445,7 @@ class Annotator:
 
     def _resubmit(self, record: FileLedger, failed: set[str]) -> None:
         attempt = record.attempt + 1
-        key = ledgers.resubmit_key(record.request_key, attempt)
+        key = layout.judge_resubmit(record.request_key, attempt)
         count = tokens = 0
         with self.storage.open_writer(key) as stream:
             for line in self._input_lines(record.input_key):
@@ -527,7 +528,7 @@ class Annotator:
         """Stop the run: no new batches; cancel every batch in flight; with `wait`, wait for
         `cancelled` and fetch what finished. `delete_files` removes the uploaded input files."""
         if not self.cancelled():
-            self.storage.write_json(ledgers.CANCEL_MARKER, {"cancelled_at": self.clock()})
+            self.storage.write_json(layout.JUDGE_CANCEL_MARKER, {"cancelled_at": self.clock()})
         for record in self.ledgers():
             current = record.current
             if (

@@ -2,7 +2,7 @@
 
 Written by the annotate engine after every change it makes through the API (upload, create,
 poll, fetch), read back when a step starts in a fresh process, and read by `status` and the
-operator's planner. Keys live under `judge/` beside the run's other artifacts:
+operator's planner. Keys live under `judge/` beside the run's other artifacts (named in `layout`):
 
 - `judge/ledger/shard-NNNNN-part-PPP.json`: the ledger of request file
   `requests/shard-NNNNN-part-PPP.jsonl`;
@@ -21,23 +21,8 @@ from enum import StrEnum
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from synthpref.layout import judge_ledger
 from synthpref.storage import Storage
-
-LEDGER_PREFIX = "judge/ledger/"
-RESUBMIT_PREFIX = "judge/resubmit/"
-CANCEL_MARKER = "judge/cancel.json"
-
-
-def _stem(request_key: str) -> str:
-    return request_key.removeprefix("requests/").removesuffix(".jsonl")
-
-
-def ledger_key(request_key: str) -> str:
-    return f"{LEDGER_PREFIX}{_stem(request_key)}.json"
-
-
-def resubmit_key(request_key: str, attempt: int) -> str:
-    return f"{RESUBMIT_PREFIX}{_stem(request_key)}-attempt-{attempt:02d}.jsonl"
 
 
 class Phase(StrEnum):
@@ -102,7 +87,7 @@ class FileLedger(BaseModel):
 
     @property
     def key(self) -> str:
-        return ledger_key(self.request_key)
+        return judge_ledger(self.request_key)
 
     def submissions(self) -> list[Submission]:
         return [*self.history, *([self.current] if self.current else [])]
@@ -113,7 +98,7 @@ class FileLedger(BaseModel):
 
 
 def load(storage: Storage, request_key: str) -> FileLedger | None:
-    key = ledger_key(request_key)
+    key = judge_ledger(request_key)
     if not storage.exists(key):
         return None
     return FileLedger.model_validate(storage.read_json(key))

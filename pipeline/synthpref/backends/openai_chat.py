@@ -29,6 +29,7 @@ from typing import Any
 import openai
 
 from synthpref.backends.base import ChatRequest, ChatResult
+from synthpref.errors import SynthprefError
 from synthpref.spec import ModelSpec, OpenAIEndpoint
 
 log = logging.getLogger(__name__)
@@ -38,7 +39,7 @@ RETRYABLE_STATUSES = frozenset({408, 409, 429})
 FATAL_STATUSES = frozenset({401, 403, 404})
 
 
-class FatalBackendError(RuntimeError):
+class FatalBackendError(SynthprefError, RuntimeError):
     """An error that no request of the shard can recover from (bad key, unknown model)."""
 
 

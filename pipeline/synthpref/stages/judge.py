@@ -16,6 +16,7 @@ from typing import Any
 
 from synthpref import layout
 from synthpref.backends.base import ChatBackend, ChatRequest, ChatResult
+from synthpref.errors import InputsNotReadyError
 from synthpref.jsonl import read_rows, write_rows
 from synthpref.rows import BatchError, BatchRequestLine, BatchResponse, BatchResultLine
 from synthpref.seeding import stable_seed
@@ -34,7 +35,7 @@ class JudgeSummary:
     seconds: float = 0.0
 
 
-class MixNotDoneError(RuntimeError):
+class MixNotDoneError(InputsNotReadyError):
     """The judge was asked to rate a shard whose mix output is not committed."""
 
 

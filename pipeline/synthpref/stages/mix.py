@@ -20,6 +20,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from synthpref import layout
+from synthpref.errors import InputsNotReadyError
 from synthpref.jsonl import read_rows, write_rows
 from synthpref.judge_requests import build_requests, split_parts
 from synthpref.rows import GenerationRow, MixRow, PromptRow
@@ -30,7 +31,7 @@ from synthpref.stages.shards import ShardSummary, run_shards
 from synthpref.storage import COMMIT_SUFFIX, Storage
 
 
-class MixInputError(RuntimeError):
+class MixInputError(InputsNotReadyError):
     """A shard's inputs are not ready (a generation shard not committed) or inconsistent."""
 
 

@@ -28,6 +28,7 @@ from enum import StrEnum
 
 from synthpref import layout
 from synthpref.binarize import binarize_prompt, preference_row, score_answers, to_candidate_order
+from synthpref.errors import InputsNotReadyError
 from synthpref.jsonl import read_rows, write_rows
 from synthpref.judge_requests import CustomIdError, decode_custom_id, encode_custom_id
 from synthpref.ratings import Parsed, RatingFailure, parse_reply
@@ -39,7 +40,7 @@ from synthpref.stages.shards import ShardSummary, run_shards
 from synthpref.storage import Storage
 
 
-class ParseInputError(RuntimeError):
+class ParseInputError(InputsNotReadyError):
     """A shard whose mix output is not committed."""
 
 

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from synthpref import layout
+from synthpref.errors import SynthprefError
 from synthpref.jsonl import write_rows
 from synthpref.rows import PromptRow
 from synthpref.spec import MalformedPolicy, PreferenceRunSpec
@@ -25,7 +26,7 @@ from synthpref.storage import LocalStorage, S3Storage, Storage, s3_client
 MAX_REPORTED_MALFORMED = 50
 
 
-class PromptFileError(ValueError):
+class PromptFileError(SynthprefError, ValueError):
     """A malformed prompt line (under the `fail` policy) or an unusable prompt source."""
 
 
