@@ -1,8 +1,8 @@
 """Streaming JSONL reads and committed JSONL writes of pydantic rows.
 
 `write_rows` streams rows into one object and commits it with its row count, so a shard is
-either complete and marked done or absent. `read_rows` validates each line and names the
-object and line number of any bad one.
+either complete and marked done or absent. `read_rows` reads committed objects only, validates
+each line and names the object and line number of any bad one.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from typing import Any, TypeVar
 
 from pydantic import BaseModel, ValidationError
 
-from synthpref.errors import SynthprefError
+from synthpref.errors import InputsNotReadyError, SynthprefError
 from synthpref.storage import Storage
 
 RowT = TypeVar("RowT", bound=BaseModel)
@@ -45,7 +45,13 @@ def write_rows(
 
 
 def read_rows(storage: Storage, key: str, model: type[RowT]) -> Iterator[RowT]:
-    """Stream and validate the rows of `key`; blank lines are ignored."""
+    """Stream and validate the rows of `key`, which must be committed (a reader never trusts a
+    half-written or abandoned object); blank lines are ignored."""
+    if storage.committed(key) is None:
+        raise InputsNotReadyError(
+            f"{storage.url(key)}: not committed (the stage that writes it has not finished it); "
+            "run that stage again first"
+        )
     for number, line in enumerate(storage.read_lines(key), start=1):
         if not line.strip():
             continue

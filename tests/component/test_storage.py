@@ -39,6 +39,7 @@ def test_commit_marker_decides_done(storage: Storage) -> None:
 
 def test_bad_row_names_object_and_line(storage: Storage) -> None:
     storage.write_bytes("rows.jsonl", b'{"id":"a","text":"x","source":"s"}\n{"id": 3}\n')
+    storage.commit("rows.jsonl", {"rows": 2})
     with pytest.raises(RowError, match=r"rows\.jsonl:2: not a valid PromptRow"):
         list(read_rows(storage, "rows.jsonl", PromptRow))
 

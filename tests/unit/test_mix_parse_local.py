@@ -18,6 +18,7 @@ from typing import Any
 import pytest
 
 from synthpref import layout
+from synthpref.errors import InputsNotReadyError, SynthprefError
 from synthpref.jsonl import read_rows, write_rows
 from synthpref.judge_requests import decode_custom_id, encode_line
 from synthpref.rows import (
@@ -31,8 +32,8 @@ from synthpref.rows import (
     PromptRow,
 )
 from synthpref.spec import PreferenceRunSpec
-from synthpref.stages.mix import MixInputError, run_mix
-from synthpref.stages.parse import ParseInputError, run_parse
+from synthpref.stages.mix import run_mix
+from synthpref.stages.parse import run_parse
 from synthpref.stages.prepare import run_prepare
 from synthpref.storage import LocalStorage, Storage
 from tests.builders import make_spec
@@ -300,11 +301,61 @@ def test_reruns_skip_done_shards_and_redo_uncommitted_ones(tmp_path: Path) -> No
 def test_stages_refuse_missing_inputs(tmp_path: Path) -> None:
     spec, storage = build(tmp_path, structured=True)
     with pytest.raises(
-        MixInputError, match=r"generations/m0/shard-00000\.jsonl.*not committed|not committed.*m0"
+        InputsNotReadyError,
+        match=r"generations/: not committed: model m0 shard\(s\) 0, 1, 2; model m1 .*"
+        r"run generate for those models first",
     ):
         run_mix(spec, storage)
-    with pytest.raises(ParseInputError, match=r"mix/shard-00000\.jsonl: mix not committed"):
+    with pytest.raises(InputsNotReadyError, match=r"mix shard\(s\) 0, 1, 2 not committed"):
         run_parse(spec, storage)
+    assert storage.list("mix/") == storage.list("dataset/") == []
+
+
+def test_parse_before_the_judge_finished_commits_nothing(tmp_path: Path) -> None:
+    spec, storage = build(tmp_path, structured=True)
+    write_generations(storage, {})
+    run_mix(spec, storage)
+    judge_all(storage, 3, lambda custom_id, r: None)
+    late = [k for k in storage.list("results/") if k.endswith(".jsonl")][-1]
+    storage.uncommit(late)  # the judge has not finished this file yet
+    with pytest.raises(InputsNotReadyError, match=r"the judge has not finished requests/shard-"):
+        run_parse(spec, storage)
+    assert storage.list("dataset/") == []
+    # Once the judge is done, parse runs as if nothing had happened.
+    judge_all(storage, 3, lambda custom_id, r: None)
+    assert run_parse(spec, storage).pairs == PROMPTS
+
+
+def test_readers_refuse_an_uncommitted_shard(tmp_path: Path) -> None:
+    spec, storage = build(tmp_path, structured=True)
+    write_generations(storage, {})
+    storage.uncommit(layout.generation_shard("m2", 1))
+    with pytest.raises(InputsNotReadyError, match=r"model m2 shard\(s\) 1\b"):
+        run_mix(spec, storage)
+    with pytest.raises(InputsNotReadyError, match=r"generations/m2/shard-00001\.jsonl: not commit"):
+        list(read_rows(storage, layout.generation_shard("m2", 1), GenerationRow))
+
+
+def test_prepare_repairs_a_shard_without_its_marker(tmp_path: Path) -> None:
+    spec, storage = build(tmp_path, structured=True)
+    original = storage.read_bytes(layout.prompt_shard(1))
+    storage.uncommit(layout.prompt_shard(1))
+    storage.write_bytes(layout.prompt_shard(1), b"half a line")
+    with pytest.raises(InputsNotReadyError, match=r"prompt shard\(s\) 1 of 3 have no commit"):
+        run_mix(spec, storage)
+    assert run_prepare(spec, storage).shards == 3
+    assert storage.read_bytes(layout.prompt_shard(1)) == original
+    assert storage.committed(layout.prompt_shard(1)) == {"rows": 3}
+
+
+def test_prepare_refuses_to_repair_from_changed_prompt_files(tmp_path: Path) -> None:
+    spec, storage = build(tmp_path, structured=True)
+    storage.uncommit(layout.prompt_shard(2))
+    with (tmp_path / "in" / "prompts.jsonl").open("a") as extra:
+        extra.write(json.dumps({"text": "a late prompt", "n": 99}) + "\n")
+    with pytest.raises(SynthprefError, match=r"prompt files changed since prepare first ran"):
+        run_prepare(spec, storage)
+    assert not storage.exists(layout.PROMPTS_MANIFEST)
 
 
 def test_on_policy_mix_pairs_the_named_model(tmp_path: Path) -> None:

@@ -16,11 +16,11 @@ from typing import Any
 
 from synthpref import layout
 from synthpref.backends.base import ChatBackend, ChatRequest, ChatResult
-from synthpref.errors import InputsNotReadyError
 from synthpref.jsonl import read_rows, write_rows
 from synthpref.rows import BatchError, BatchRequestLine, BatchResponse, BatchResultLine
 from synthpref.seeding import stable_seed
 from synthpref.spec import JudgeSpec, PreferenceRunSpec
+from synthpref.stages.inputs import request_files, require_mix
 from synthpref.stages.prepare import shard_count
 from synthpref.storage import Storage
 
@@ -33,10 +33,6 @@ class JudgeSummary:
     errors: int = 0
     completion_tokens: int = 0
     seconds: float = 0.0
-
-
-class MixNotDoneError(InputsNotReadyError):
-    """The judge was asked to rate a shard whose mix output is not committed."""
 
 
 def bound_strings(schema: dict[str, Any], max_chars: int) -> dict[str, Any]:
@@ -115,13 +111,7 @@ def result_line(result: ChatResult, model: str) -> BatchResultLine:
 
 def committed_request_files(storage: Storage, shard: int) -> list[str]:
     """The request files of a shard; raises when the shard's mix is not committed."""
-    if storage.committed(layout.mix_shard(shard)) is None:
-        raise MixNotDoneError(f"{storage.url(layout.mix_shard(shard))}: mix not committed")
-    return [
-        key
-        for key in storage.list(layout.request_prefix(shard))
-        if key.endswith(".jsonl") and storage.committed(key) is not None
-    ]
+    return request_files(storage, shard)
 
 
 def run_judge(
@@ -136,6 +126,7 @@ def run_judge(
     """Rate every uncommitted request file of this worker's shards with the vLLM judge."""
     summary = JudgeSummary()
     shards = layout.shards_for_worker(shard_count(storage), worker, workers)
+    require_mix(storage, shards)
     work: list[tuple[int, list[str]]] = []
     for shard in shards:
         keys = committed_request_files(storage, shard)

@@ -20,19 +20,20 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from synthpref import layout
-from synthpref.errors import InputsNotReadyError
+from synthpref.errors import SynthprefError
 from synthpref.jsonl import read_rows, write_rows
 from synthpref.judge_requests import build_requests, split_parts
 from synthpref.rows import GenerationRow, MixRow, PromptRow
 from synthpref.sampling import Selection, select
 from synthpref.spec import PreferenceRunSpec
+from synthpref.stages.inputs import require_generations, uncommitted
 from synthpref.stages.prepare import shard_count
 from synthpref.stages.shards import ShardSummary, run_shards
 from synthpref.storage import COMMIT_SUFFIX, Storage
 
 
-class MixInputError(InputsNotReadyError):
-    """A shard's inputs are not ready (a generation shard not committed) or inconsistent."""
+class MixInputError(SynthprefError, ValueError):
+    """A committed generation shard that contradicts the spec (a row of another model)."""
 
 
 @dataclass
@@ -54,16 +55,6 @@ def _generations(
     """Prompt id → the models' rows for that prompt; plus unusable and orphan counts."""
     by_prompt: dict[str, list[GenerationRow]] = {}
     unusable = orphans = 0
-    missing = [
-        storage.url(layout.generation_shard(m.name, shard))
-        for m in spec.models
-        if storage.committed(layout.generation_shard(m.name, shard)) is None
-    ]
-    if missing:
-        raise MixInputError(
-            f"shard {shard}: generation shard(s) not committed: {', '.join(missing)}; "
-            "run generate for every model first"
-        )
     for model in spec.models:
         key = layout.generation_shard(model.name, shard)
         for row in read_rows(storage, key, GenerationRow):
@@ -180,6 +171,9 @@ def run_mix(
     """
     if shards is None:
         shards = layout.shards_for_worker(shard_count(storage), worker, workers)
+    shards = list(shards)
+    pending = uncommitted(storage, [layout.mix_shard(s) for s in shards], "mix/")
+    require_generations(spec, storage, [s for s in shards if layout.mix_shard(s) in pending])
     return run_shards(
         shards,
         committed=lambda shard: storage.committed(layout.mix_shard(shard)),

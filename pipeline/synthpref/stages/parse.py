@@ -28,20 +28,16 @@ from enum import StrEnum
 
 from synthpref import layout
 from synthpref.binarize import binarize_prompt, preference_row, score_answers, to_candidate_order
-from synthpref.errors import InputsNotReadyError
 from synthpref.jsonl import read_rows, write_rows
 from synthpref.judge_requests import CustomIdError, decode_custom_id, encode_custom_id
 from synthpref.ratings import Parsed, RatingFailure, parse_reply
 from synthpref.rows import BatchResultLine, MixRow, PreferenceRow
 from synthpref.spec import OutputFormat, PreferenceRunSpec
+from synthpref.stages.inputs import require_judged, require_mix, uncommitted
 from synthpref.stages.mix import MixSummary
 from synthpref.stages.prepare import shard_count
 from synthpref.stages.shards import ShardSummary, run_shards
 from synthpref.storage import Storage
-
-
-class ParseInputError(InputsNotReadyError):
-    """A shard whose mix output is not committed."""
 
 
 class RequestFailure(StrEnum):
@@ -206,8 +202,7 @@ def dataset_key(spec: PreferenceRunSpec, shard: int) -> str:
 def parse_shard(spec: PreferenceRunSpec, storage: Storage, shard: int) -> ParseSummary:
     """Parse one shard and commit its dataset part; returns the shard's summary."""
     mix_key = layout.mix_shard(shard)
-    if storage.committed(mix_key) is None:
-        raise ParseInputError(f"{storage.url(mix_key)}: mix not committed; run mix first")
+    require_judged(storage, [shard])
     summary = ParseSummary(shards_done=1)
     replies = read_replies(storage, shard, summary)
     rows: list[PreferenceRow] = []
@@ -281,6 +276,12 @@ def run_parse(
     total_shards = shard_count(storage)
     if shards is None:
         shards = layout.shards_for_worker(total_shards, worker, workers)
+    shards = list(shards)
+    keys = {s: dataset_key(spec, s) for s in shards}
+    pending = set(uncommitted(storage, list(keys.values()), "dataset/"))
+    todo = [s for s in shards if keys[s] in pending]
+    require_mix(storage, todo)
+    require_judged(storage, todo)
     total = run_shards(
         shards,
         committed=lambda shard: storage.committed(dataset_key(spec, shard)),

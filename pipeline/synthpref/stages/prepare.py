@@ -11,6 +11,7 @@ from __future__ import annotations
 import glob
 import hashlib
 import json
+import logging
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -21,9 +22,12 @@ from synthpref.errors import SynthprefError
 from synthpref.jsonl import write_rows
 from synthpref.rows import PromptRow
 from synthpref.spec import MalformedPolicy, PreferenceRunSpec
+from synthpref.stages.inputs import describe, missing_prompt_shards, prompt_shards
 from synthpref.storage import LocalStorage, S3Storage, Storage, s3_client
 
 MAX_REPORTED_MALFORMED = 50
+
+log = logging.getLogger(__name__)
 
 
 class PromptFileError(SynthprefError, ValueError):
@@ -113,9 +117,22 @@ def run_prepare(
     storage: Storage,
     on_shard: Callable[[int], None] | None = None,
 ) -> PrepareSummary:
-    """Run the stage; returns what the manifest records. A done stage is not redone."""
+    """Run the stage; returns what the manifest records. A done stage is not redone; one whose
+    manifest is there but a shard's commit marker is not is repaired (the missing shards are
+    cut again from the same files), or refused when the prompt files changed meanwhile."""
+    earlier: dict[str, Any] | None = None
     if storage.exists(layout.PROMPTS_MANIFEST):
-        return PrepareSummary(**storage.read_json(layout.PROMPTS_MANIFEST))
+        earlier = storage.read_json(layout.PROMPTS_MANIFEST)
+        missing = missing_prompt_shards(storage, int(earlier["shards"]))
+        if not missing:
+            return PrepareSummary(**earlier)
+        log.warning(
+            "%s: prompt shard(s) %s lack their commit marker; preparing them again",
+            storage.url("prompts/"),
+            describe([str(s) for s in missing]),
+        )
+        # Until every shard is back, nothing may look prepared.
+        storage.delete(layout.PROMPTS_MANIFEST)
     source = spec.prompts
     files = list_prompt_files(source.uri, spec.storage.endpoint_url, spec.storage.region)
     if not files:
@@ -141,15 +158,21 @@ def run_prepare(
         flush()
     if summary.prompts == 0:
         raise PromptFileError(f"{source.uri}: no usable prompts in {len(files)} file(s)")
+    if earlier is not None and (earlier["prompts"], earlier["shards"]) != (
+        summary.prompts,
+        summary.shards,
+    ):
+        raise PromptFileError(
+            f"{source.uri}: the prompt files changed since prepare first ran "
+            f"({earlier['prompts']} prompts in {earlier['shards']} shards then, "
+            f"{summary.prompts} in {summary.shards} now), so the missing shards cannot be "
+            "repaired; use a new storage.uri for the new prompts"
+        )
     storage.write_json(layout.PROMPTS_MANIFEST, asdict(summary))
     return summary
 
 
 def shard_count(storage: Storage) -> int:
-    """The number of prompt shards; an error that says what to do when prepare has not run."""
-    if not storage.exists(layout.PROMPTS_MANIFEST):
-        raise FileNotFoundError(
-            f"{storage.url(layout.PROMPTS_MANIFEST)}: not found; run the prepare stage first"
-        )
-    shards: int = storage.read_json(layout.PROMPTS_MANIFEST)["shards"]
-    return shards
+    """The number of prompt shards; an error naming what to run when prepare is not done (no
+    manifest, or a shard without its commit marker)."""
+    return prompt_shards(storage)
