@@ -7,7 +7,9 @@ status. No I/O, no clock: every phase transition is a table test (`tests/unit/te
 Level-based: the current stage is the first whose artifacts are not all committed, whatever
 happened before, so a restarted operator computes the same plan. A stage's Job that completed
 while its artifacts are incomplete is a failure (it exited 0 but did not commit its work).
-Failed is sticky; Succeeded follows from the run summary `parse` commits last.
+Failed is sticky, except a failed acceptance check, which a spec edit re-assesses; Succeeded
+follows from the run summary `parse` commits last, when it meets `spec.acceptance`. Whatever
+the run lost so far, by cause, is in `status.losses` and the `DataLoss` condition.
 
 Spec sections whose stage has started are locked: their fingerprints go into
 `status.lockedSpec`, and a later change is rejected (the SpecChangeRejected condition; the run
@@ -25,6 +27,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from synthpref.layout import shards_for_worker
+from synthpref.outcome import assess, describe_losses, losses
 from synthpref.spec import GenerationBackend, JudgeBackend, PreferenceRunSpec
 from synthpref_operator.names import Stage, job_name
 from synthpref_operator.status import (
@@ -234,18 +237,19 @@ def _describe_shards(shards: list[int]) -> str:
     return ", ".join(str(s) for s in shards) if shards else "?"
 
 
+def _failed_shards(art: Artifacts, job: JobState) -> list[int]:
+    """The shards of a Job's failed indexes (empty when they cannot be told)."""
+    total = art.shards or 0
+    if not total or not all(i < job.completions for i in job.failed_indexes):
+        return []
+    return sorted(
+        s for i in job.failed_indexes for s in shards_for_worker(total, i, max(job.completions, 1))
+    )
+
+
 def _job_failure(spec: PreferenceRunSpec, art: Artifacts, job: JobState) -> str:
     """A failure message naming the stage, the model and the shards of the failed indexes."""
-    total = art.shards or 0
-    shards = (
-        sorted(
-            s
-            for i in job.failed_indexes
-            for s in shards_for_worker(total, i, max(job.completions, 1))
-        )
-        if total and all(i < job.completions for i in job.failed_indexes)
-        else []
-    )
+    shards = _failed_shards(art, job)
     what = f"model {job.model}" if job.model else f"stage {job.stage.value}"
     detail = f" ({job.failure})" if job.failure else ""
     pods = f"; pods: {', '.join(job.pod_failures)}" if job.pod_failures else ""
@@ -311,11 +315,12 @@ def progress_text(spec: PreferenceRunSpec, art: Artifacts) -> str:
     return f"{done}/{total}"
 
 
-def _result(art: Artifacts) -> RunResult | None:
+def _result(art: Artifacts, accepted: bool = True) -> RunResult | None:
     summary = art.summary
     if summary is None:
         return None
     return RunResult(
+        accepted=accepted,
         dataset_uri=str(summary.get("dataset") or art.dataset_uri),
         pairs=int(summary.get("pairs", 0)),
         prompts=int(summary.get("prompts", 0)),
@@ -325,6 +330,23 @@ def _result(art: Artifacts) -> RunResult | None:
             str(k): int(v) for k, v in (summary.get("request_failures") or {}).items()
         },
     )
+
+
+def _losses(observed: Observed) -> dict[str, int]:
+    """What the run lost so far, by cause: failed model shards and judge requests while it
+    runs, every cause once parse wrote the summary (see `synthpref.outcome`)."""
+    art = observed.artifacts
+    shards_failed = sum(
+        len(_failed_shards(art, j) or j.failed_indexes or (0,))
+        for j in observed.jobs.values()
+        if j.stage is Stage.GENERATE and j.failed
+    )
+    if art.summary is not None:
+        return losses(art.summary, shards_failed)
+    counts = {"model_shards_failed": shards_failed}
+    if observed.judge is not None:
+        counts["requests_failed"] = observed.judge.progress.requests_failed
+    return {cause: n for cause, n in counts.items() if n}
 
 
 def _stage_message(spec: PreferenceRunSpec, art: Artifacts, stage: Stage, obs: Observed) -> str:
@@ -395,8 +417,14 @@ def plan(spec: PreferenceRunSpec, observed: Observed, now: str) -> tuple[list[Ac
         conditions = set_condition(conditions, kind, status, reason, message, gen, now)
 
     locks: dict[str, str] = dict(prev.locked_spec)
+    lost = _losses(observed)
+    result: RunResult | None = None
 
     def finish(phase: Phase, message: str, actions: list[Action]) -> tuple[list[Action], RunStatus]:
+        if lost:
+            condition(ConditionType.DATA_LOSS, True, Reason.DATA_LOST, describe_losses(lost))
+        else:
+            condition(ConditionType.DATA_LOSS, False, Reason.NO_DATA_LOSS, "nothing lost so far")
         status = RunStatus(
             phase=phase,
             message=message,
@@ -406,15 +434,16 @@ def plan(spec: PreferenceRunSpec, observed: Observed, now: str) -> tuple[list[Ac
             completion_time=(prev.completion_time or now) if phase in TERMINAL_PHASES else None,
             conditions=conditions,
             stages=_progress(spec, art, observed.judge),
-            result=_result(art) if phase is Phase.SUCCEEDED else None,
+            result=result,
             locked_spec=locks,
+            losses=lost,
         )
         if phase is not prev.phase:
             kind = "Warning" if phase is Phase.FAILED else "Normal"
             actions.append(Event(kind, phase.value, message))
         return actions, status
 
-    if prev.phase is Phase.FAILED:
+    if prev.phase is Phase.FAILED and not _reassess(prev, gen):
         return [], prev.model_copy(update={"observed_generation": gen})
 
     done = {stage: _stage_done(spec, art, stage) for stage in _ORDER}
@@ -449,12 +478,18 @@ def plan(spec: PreferenceRunSpec, observed: Observed, now: str) -> tuple[list[Ac
         condition(ConditionType.SPEC_CHANGE_REJECTED, False, Reason.SPEC_CHANGE_REVERTED)
 
     if current is None:
-        result = _result(art)
-        pairs = result.pairs if result is not None else 0
-        message = f"dataset with {pairs} pairs at {result.dataset_uri if result else ''}"
-        condition(ConditionType.SUCCEEDED, True, Reason.SUCCEEDED, message)
+        assert art.summary is not None
+        assessment = assess(art.summary, spec.acceptance)
+        result = _result(art, assessment.accepted)
+        message = assessment.message(result.dataset_uri if result else "")
         if prev.condition(ConditionType.SUSPENDED) is None:
             condition(ConditionType.SUSPENDED, False, Reason.NOT_SUSPENDED)
+        if not assessment.accepted:
+            message = f"acceptance check failed: {message}"
+            condition(ConditionType.FAILED, True, Reason.ACCEPTANCE_FAILED, message)
+            condition(ConditionType.SUCCEEDED, False, Reason.ACCEPTANCE_FAILED, message)
+            return finish(Phase.FAILED, message, [])
+        condition(ConditionType.SUCCEEDED, True, Reason.SUCCEEDED, message)
         return finish(Phase.SUCCEEDED, message, [])
     condition(ConditionType.SUCCEEDED, False, Reason.NOT_FINISHED)
 
@@ -498,6 +533,17 @@ def plan(spec: PreferenceRunSpec, observed: Observed, now: str) -> tuple[list[Ac
     if current is Stage.PREPARE and job_name(run, Stage.PREPARE) not in observed.jobs:
         phase = Phase.PENDING
     return finish(phase, _stage_message(spec, art, current, observed), actions)
+
+
+def _reassess(prev: RunStatus, generation: int) -> bool:
+    """A run that failed only its acceptance check is judged again after a spec edit (e.g.
+    lowered thresholds); every other failure is final."""
+    failed = prev.condition(ConditionType.FAILED)
+    return (
+        failed is not None
+        and failed.reason is Reason.ACCEPTANCE_FAILED
+        and prev.observed_generation != generation
+    )
 
 
 # mix and parse: one worker per this many shards (see `cpu_workers`).

@@ -40,6 +40,7 @@ from synthpref_operator.planner import (
 )
 from synthpref_operator.settings import OperatorSettings
 from synthpref_operator.status import (
+    TERMINAL_PHASES,
     ConditionStatus,
     ConditionType,
     JudgeProgress,
@@ -130,8 +131,8 @@ class Reconciler:
             status = self._invalid(previous, generation, now, error, name)
             self._write(run, previous, status, [Event("Warning", "SpecInvalid", status.message)])
             return status
-        if previous.phase is Phase.SUCCEEDED and previous.observed_generation == generation:
-            return previous
+        if previous.phase in TERMINAL_PHASES and previous.observed_generation == generation:
+            return previous  # nothing to do until the spec changes (see planner._reassess)
         jobs = observe_jobs(self.applier.batch, namespace, name, self.applier.core)
         storage = open_run_storage(spec, self.applier.core, namespace)
         artifacts = observe_artifacts(spec, storage)

@@ -42,6 +42,7 @@ class ConditionType(StrEnum):
     PARSED = "Parsed"
     SUSPENDED = "Suspended"
     SPEC_CHANGE_REJECTED = "SpecChangeRejected"
+    DATA_LOSS = "DataLoss"
     FAILED = "Failed"
     SUCCEEDED = "Succeeded"
 
@@ -62,6 +63,9 @@ class Reason(StrEnum):
     NO_FAILURE = "NoFailure"
     SUCCEEDED = "Succeeded"
     NOT_FINISHED = "NotFinished"
+    DATA_LOST = "DataLost"
+    NO_DATA_LOSS = "NoDataLoss"
+    ACCEPTANCE_FAILED = "AcceptanceFailed"
 
 
 class ConditionStatus(StrEnum):
@@ -141,6 +145,9 @@ class RunResult(StatusModel):
     request_failures: dict[str, int] = Field(
         default_factory=dict, description="Judge requests without a usable reply, by kind."
     )
+    accepted: bool = Field(
+        default=True, description="Whether the run met spec.acceptance (false: Failed)."
+    )
 
 
 class RunStatus(StatusModel):
@@ -162,7 +169,15 @@ class RunStatus(StatusModel):
         default_factory=list, description="Conditions, one per type (metav1.Condition style)."
     )
     stages: Progress = Field(default_factory=Progress, description="Per-stage progress.")
-    result: RunResult | None = Field(default=None, description="The dataset (when Succeeded).")
+    result: RunResult | None = Field(
+        default=None,
+        description="The dataset (when Succeeded, or Failed its acceptance check).",
+    )
+    losses: dict[str, int] = Field(
+        default_factory=dict,
+        description="Items lost so far, by cause (model shards failed, judge requests failed "
+        "after all attempts, unparseable ratings, prompts without enough answers...).",
+    )
     locked_spec: dict[str, str] = Field(
         default_factory=dict,
         description="Fingerprints of the spec sections (mix, judge, binarization) that cannot "

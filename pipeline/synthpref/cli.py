@@ -230,11 +230,21 @@ def parse(run_file: str | None, worker: int | None, workers: int) -> None:
 def run(run_file: str | None, local: bool, no_progress: bool) -> None:
     """Run the whole pipeline locally: prepare → generate → mix → judge → parse."""
     from synthpref.local_run import run_local
+    from synthpref.outcome import AcceptanceError, describe_losses
 
     manifest, storage = load(run_file)
     result = run_local(manifest, storage, progress=not no_progress)
     echo_summary(result.summary)
     click.echo(f"dataset: {result.dataset_uri} ({result.pairs} pairs)")
+    assessment = result.assessment
+    if assessment.losses:
+        click.echo(f"data loss: {describe_losses(assessment.losses)}", err=True)
+    if not assessment.accepted:
+        raise AcceptanceError(
+            "the run finished but failed its acceptance check: "
+            + assessment.message(result.dataset_uri)
+            + " (the dataset is kept; lower spec.acceptance to accept it)"
+        )
 
 
 def error_line(error: BaseException) -> str:

@@ -2,7 +2,8 @@
 
 The same stage functions the cluster Jobs run, called one after the other as a single worker.
 Every stage skips what is already committed, so an interrupted local run resumes where it
-stopped when started again.
+stopped when started again. The result carries the run's assessment against
+`spec.acceptance` (`outcome.assess`), which the CLI turns into its exit code.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from typing import Any
 from tqdm import tqdm
 
 from synthpref import layout
+from synthpref.outcome import Assessment, assess
 from synthpref.spec import JudgeBackend, PreferenceRunManifest
 from synthpref.storage import Storage
 
@@ -26,6 +28,7 @@ class LocalRunResult:
     summary: dict[str, Any]
     dataset_uri: str
     pairs: int
+    assessment: Assessment
 
 
 @contextmanager
@@ -99,4 +102,5 @@ def run_local(
         summary=summary,
         dataset_uri=storage.url("dataset/"),
         pairs=int(summary["parse"].get("pairs", getattr(parsed, "pairs", 0))),
+        assessment=assess(summary["parse"], spec.acceptance),
     )

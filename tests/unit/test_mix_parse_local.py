@@ -270,6 +270,19 @@ def test_mix_then_parse_accounts_for_everything(tmp_path: Path, structured: bool
     assert summary["prompts_dropped"] == parse.prompts_dropped
     assert summary["mix"]["prompts_lacking"] == {"too_few_answers": 1}
     assert summary["shards"] == 3
+    # Every loss by cause, and the verdict of the default acceptance thresholds.
+    assert summary["losses"] == {
+        "failed_answers": 3,
+        "prompts_lacking_answers": 1,
+        "requests_failed": 3,
+        "unparseable_ratings": 21,
+        "prompts_without_pair": 2,
+    }
+    assert summary["outcome"]["accepted"] is False
+    assert summary["outcome"]["problems"] == [
+        "3 of 24 judge requests (12.5%) failed after all attempts, above "
+        "acceptance.maxFailedRequestFraction 0.1"
+    ]
 
 
 def test_reruns_skip_done_shards_and_redo_uncommitted_ones(tmp_path: Path) -> None:

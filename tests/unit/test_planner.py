@@ -318,3 +318,93 @@ def test_status_never_holds_a_secret() -> None:
     )
     _, status = plan(PreferenceRunSpec.model_validate(document), observe(PARSED), T0)
     assert "s3" not in str(status.to_body()).replace("s3://", "")
+
+
+def condition_of(status: RunStatus, kind: ConditionType) -> tuple[ConditionStatus, Reason, str]:
+    found = status.condition(kind)
+    assert found is not None, f"no {kind.value} condition"
+    return found.status, found.reason, found.message
+
+
+def test_a_clean_run_reports_no_data_loss() -> None:
+    clean = replace(PARSED, summary={**SUMMARY, "prompts_dropped": {}, "prompts_with_pairs": 6})
+    _, status = plan(spec(), observe(clean), T1)
+    assert status.phase is Phase.SUCCEEDED and status.losses == {}
+    assert condition_of(status, ConditionType.DATA_LOSS)[:2] == (
+        ConditionStatus.FALSE,
+        Reason.NO_DATA_LOSS,
+    )
+
+
+def test_success_with_losses_says_what_was_lost() -> None:
+    lossy = {
+        **SUMMARY,
+        "requests": 24,
+        "request_failures": {"error": 2},
+        "rating_failures": {"unparseable": 3},
+        "mix": {"prompts": 6, "unusable_answers": 1},
+    }
+    _, status = plan(spec(), observe(replace(PARSED, summary=lossy)), T1)
+    assert status.phase is Phase.SUCCEEDED
+    assert status.losses == {
+        "failed_answers": 1,
+        "requests_failed": 2,
+        "unparseable_ratings": 3,
+        "prompts_without_pair": 1,
+    }
+    state, reason, message = condition_of(status, ConditionType.DATA_LOSS)
+    assert (state, reason) == (ConditionStatus.TRUE, Reason.DATA_LOST)
+    assert "2 judge requests failed after all attempts" in message
+    assert "lost: " in status.message and status.result is not None and status.result.accepted
+
+
+def test_zero_pairs_is_never_success_by_default() -> None:
+    empty = {**SUMMARY, "pairs": 0, "prompts_with_pairs": 0, "prompts_dropped": {"all_tied": 6}}
+    actions, status = plan(spec(), observe(replace(PARSED, summary=empty)), T1)
+    assert status.phase is Phase.FAILED
+    assert status.message.startswith("acceptance check failed: dataset with 0 pairs")
+    assert "0 of 6 prompts (0.0%) yielded a pair, below acceptance.minPairFraction 0.5" in (
+        status.message
+    )
+    assert condition_of(status, ConditionType.FAILED)[:2] == (
+        ConditionStatus.TRUE,
+        Reason.ACCEPTANCE_FAILED,
+    )
+    assert status.result is not None and status.result.accepted is False
+    assert Event("Warning", "Failed", status.message) in actions
+    # The same spec again: still Failed, nothing recomputed.
+    again, same = plan(spec(), observe(replace(PARSED, summary=empty), status=status), T1)
+    assert again == [] and same.phase is Phase.FAILED
+    # The user accepts empty datasets (a spec edit, so a new generation): re-assessed.
+    edited = replace(observe(replace(PARSED, summary=empty), status=status), generation=2)
+    _, accepted = plan(spec(acceptance={"minPairFraction": 0}), edited, T1)
+    assert accepted.phase is Phase.SUCCEEDED
+    assert condition_of(accepted, ConditionType.FAILED)[:2] == (
+        ConditionStatus.FALSE,
+        Reason.NO_FAILURE,
+    )
+
+
+def test_other_failures_are_not_reassessed_after_an_edit() -> None:
+    judge = JudgeLedger(error="HTTP 401: bad key (OPENAI_API_KEY)")
+    _, failed = plan(spec("openai"), observe(MIXED, judge=judge), T0)
+    edited = replace(observe(PARSED, status=failed), generation=2)
+    _, still = plan(spec("openai"), edited, T1)
+    assert still.phase is Phase.FAILED and still.message == failed.message
+
+
+def test_losses_show_while_the_run_goes_on() -> None:
+    ledger = JudgeLedger(JudgeProgress(files=3, requests=36, requests_done=30, requests_failed=2))
+    _, status = plan(spec("openai"), observe(MIXED, judge=ledger), T0)
+    assert status.phase is Phase.ANNOTATING
+    assert status.losses == {"requests_failed": 2}
+    assert condition_of(status, ConditionType.DATA_LOSS)[0] is ConditionStatus.TRUE
+
+
+def test_failed_model_shards_are_counted_as_lost() -> None:
+    failed = job(Stage.GENERATE, "m0", completions=2, failed=True, failed_indexes=(0,))
+    _, status = plan(spec(), observe(PREPARED, {**gen_jobs(), failed.name: failed}), T0)
+    assert status.phase is Phase.FAILED
+    # Index 0 of 2 workers over 3 shards takes shards 0 and 2.
+    assert status.losses == {"model_shards_failed": 2}
+    assert "2 model shards failed" in condition_of(status, ConditionType.DATA_LOSS)[2]

@@ -9,8 +9,9 @@ scores and binarizes (`binarize`), and writes
 - `dataset/summaries/shard-NNNNN.json`, the shard's counts of every kind of drop;
 - `dataset/part-NNNNN.jsonl` (or `.parquet`), committed last: the shard's done marker.
 
-When every shard is done, the shard summaries (and the mix stage's counts) are merged into
-`dataset/summary.json`.
+When every shard is done, the shard summaries (and the mix and prepare stages' counts) are
+merged into `dataset/summary.json`, with what was lost by cause and the run's assessment
+against `spec.acceptance` (`outcome`).
 
 Joining results: a request with no result line counts as `no_result`; a result with an `error`
 object as `error`; a non-200 response as `http_error`; a 200 without message text as
@@ -30,6 +31,7 @@ from synthpref import layout
 from synthpref.binarize import binarize_prompt, preference_row, score_answers, to_candidate_order
 from synthpref.jsonl import read_rows, write_rows
 from synthpref.judge_requests import CustomIdError, decode_custom_id, encode_custom_id
+from synthpref.outcome import assess
 from synthpref.ratings import Parsed, RatingFailure, parse_reply
 from synthpref.rows import BatchResultLine, MixRow, PreferenceRow
 from synthpref.spec import OutputFormat, PreferenceRunSpec
@@ -251,12 +253,16 @@ def write_run_summary(spec: PreferenceRunSpec, storage: Storage, shards: int) ->
     del document["shards_done"], document["shards_skipped"]
     mix_document = asdict(mix_total)
     del mix_document["shards_done"], mix_document["shards_skipped"]
+    prepared = storage.read_json(layout.PROMPTS_MANIFEST)
     document.update(
         shards=shards,
         format=spec.output.format.value,
         dataset=storage.url("dataset/"),
         mix=mix_document,
+        prepare={key: prepared.get(key, 0) for key in ("prompts", "duplicates", "malformed")},
     )
+    assessment = assess(document, spec.acceptance)
+    document.update(losses=assessment.losses, outcome=assessment.to_dict())
     storage.write_json(layout.SUMMARY, document)
     return True
 
