@@ -44,6 +44,8 @@ class ConditionType(StrEnum):
     SPEC_CHANGE_REJECTED = "SpecChangeRejected"
     FAILED = "Failed"
     SUCCEEDED = "Succeeded"
+    # Whether the run may use what it names (endpoints, images, ServiceAccount, Secrets).
+    ADMITTED = "Admitted"
 
 
 class Reason(StrEnum):
@@ -62,6 +64,12 @@ class Reason(StrEnum):
     NO_FAILURE = "NoFailure"
     SUCCEEDED = "Succeeded"
     NOT_FINISHED = "NotFinished"
+    ADMITTED = "Admitted"
+    ENDPOINT_NOT_ALLOWED = "EndpointNotAllowed"
+    SECRET_NOT_ALLOWED = "SecretNotAllowed"
+    SECRET_NOT_FOUND = "SecretNotFound"
+    IMAGE_NOT_ALLOWED = "ImageNotAllowed"
+    SERVICE_ACCOUNT_NOT_ALLOWED = "ServiceAccountNotAllowed"
 
 
 class ConditionStatus(StrEnum):
