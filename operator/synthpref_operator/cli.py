@@ -81,8 +81,10 @@ def crd_command(
     envvar=SETTINGS_ENV,
     default="{}",
     show_envvar=True,
-    help="Worker defaults as JSON with camelCase keys: image, cpuImage, imagePullPolicy, "
-    "gpuResource, gpuNodeSelector, gpuTolerations, extraEnv.",
+    help="Operator settings as JSON with camelCase keys: worker defaults (image, cpuImage, "
+    "imagePullPolicy, gpuResource, gpuNodeSelector, gpuTolerations, extraEnv) and what runs may "
+    "use (allowedEndpoints, allowedImagePrefixes, allowedServiceAccounts, secretNames, "
+    "deletionTimeoutSeconds).",
 )
 @click.option("--image", default=None, help="Default worker image for GPU stages.")
 @click.option("--cpu-image", default=None, help="Default worker image for CPU stages.")

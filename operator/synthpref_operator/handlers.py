@@ -1,12 +1,14 @@
 """The kopf operator: thin handlers that hand every trigger to one reconcile pass.
 
 `build_registry` registers, for PreferenceRuns: an event handler (any change) and a timer
-(`interval`) that both call `Reconciler.request`, and a delete handler (behind a finalizer) that
-cancels in-flight judge batches per `spec.deletionPolicy`; for the operator's Jobs: an event
-handler that reconciles the owning run. Handlers are sync, so kopf runs them in worker threads
-and the event loop never blocks. kopf keeps its own bookkeeping in `synthpref.dev` annotations;
-the run's status is written only by the reconcile pass. `OperatorThread` runs the kopf operator
-in a thread: `synthpref operator run` (see `service.py`) and the tests both use it.
+(`interval`) that both call `Reconciler.request`, and a delete handler (behind a finalizer)
+that cancels in-flight judge batches per `spec.deletionPolicy`, keeping the finalizer and
+retrying with backoff while they cannot be cancelled (see `deletion.py`); for the operator's
+Jobs: an event handler that reconciles the owning run. Handlers are sync, so kopf runs them in
+worker threads and the event loop never blocks. kopf keeps its own bookkeeping in
+`synthpref.dev` annotations; the run's status is written only by the reconcile pass.
+`OperatorThread` runs the kopf operator in a thread: `synthpref operator run` (see
+`service.py`) and the tests both use it.
 """
 
 from __future__ import annotations
@@ -136,18 +138,17 @@ def build_registry(config: OperatorConfig) -> kopf.OperatorRegistry:
             reconciler.request(namespace, run)
 
     @kopf.on.delete(API_GROUP, API_VERSION, PLURAL, registry=registry)
-    def run_deleted(*, name: str, namespace: str | None, spec: Any, **_: Any) -> None:
+    def run_deleted(
+        *, name: str, namespace: str | None, body: kopf.Body, retry: int, **_: Any
+    ) -> None:
         if not namespace:
             return
         if config.metrics is not None:
             config.metrics.forget_run(namespace, name)
         with run_context(namespace, name):
-            try:
-                outcome = reconciler.cancel_batches(namespace, name, dict(spec))
-            except Exception as error:  # never block the deletion on the judge service
-                log.warning("could not cancel judge batches: %s", error)
-                return
-            log.info("deleted: %s", outcome)
+            step = reconciler.finish_deletion(dict(body), retry)
+        if step.retry_after is not None:  # the finalizer stays; kopf calls again after it
+            raise kopf.TemporaryError(step.log, delay=step.retry_after)
 
     registry.reconciler = reconciler  # type: ignore[attr-defined]
     return registry

@@ -20,6 +20,10 @@ LABEL_QUEUE = "kueue.x-k8s.io/queue-name"
 # external suspend (Kueue) is never undone.
 ANNOTATION_SUSPENDED_BY_RUN = f"{DOMAIN}/suspended-by-run"
 FINALIZER = f"{DOMAIN}/cancel-batches"
+# A Secret carrying this label set to "true" may be named by runs (see `admission.py`).
+LABEL_ALLOW_RUNS = f"{DOMAIN}/allow-runs"
+# "true" on a run being deleted: let it go without cancelling its judge batches.
+ANNOTATION_SKIP_BATCH_CANCEL = f"{DOMAIN}/skip-batch-cancel"
 
 _MAX_NAME = 63  # Job names end up in the pods' job-name label
 

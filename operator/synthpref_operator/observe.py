@@ -1,5 +1,6 @@
-"""Observe a run for the planner: its child Jobs (by labels), its committed artifacts, and the
-OpenAI judge's ledger. Called by `reconcile.Reconciler` at the start of every pass.
+"""Observe a run for the planner: its child Jobs (by labels), its committed artifacts, the
+OpenAI judge's ledger, and the metadata of the Secrets it names (for admission). Called by
+`reconcile.Reconciler` at the start of every pass.
 
 Jobs are observed before storage, so a Job seen complete always has its commits visible (a
 worker commits before it exits). Secrets read here (S3 keys) go into clients, never into
@@ -15,6 +16,7 @@ from typing import Any
 from synthpref import layout
 from synthpref.spec import PreferenceRunSpec
 from synthpref.storage import COMMIT_SUFFIX, S3Storage, Storage, open_storage, s3_client
+from synthpref_operator.admission import SecretFacts
 from synthpref_operator.names import (
     ANNOTATION_SUSPENDED_BY_RUN,
     LABEL_MODEL,
@@ -226,3 +228,30 @@ def open_run_storage(spec: PreferenceRunSpec, core_api: Any, namespace: str) -> 
         ),
     )
     return S3Storage(settings.uri, client)
+
+
+_METADATA_ONLY = "application/json;as=PartialObjectMetadata;g=meta.k8s.io;v=v1"
+
+
+def observe_secrets(core_api: Any, namespace: str, names: list[str]) -> dict[str, SecretFacts]:
+    """Whether each Secret exists and its labels, for admission (`admission.py`). Asks the API
+    server for the metadata only (PartialObjectMetadata), so no Secret value is transferred."""
+    import json
+
+    from kubernetes.client import ApiException
+
+    found: dict[str, SecretFacts] = {}
+    for name in names:
+        try:
+            reply = core_api.read_namespaced_secret(
+                name, namespace, _headers={"Accept": _METADATA_ONLY}, _preload_content=False
+            )
+        except ApiException as error:
+            if error.status == 404:
+                found[name] = SecretFacts(found=False)
+            else:
+                found[name] = SecretFacts(found=False, error=f"HTTP {error.status}")
+            continue
+        metadata = json.loads(reply.data).get("metadata") or {}
+        found[name] = SecretFacts(found=True, labels=dict(metadata.get("labels") or {}))
+    return found

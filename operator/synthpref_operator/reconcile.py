@@ -18,14 +18,29 @@ from typing import Any
 from pydantic import ValidationError
 
 from synthpref.logs import run_context
-from synthpref.spec import JudgeBackend, PreferenceRunSpec, format_validation_error
+from synthpref.spec import (
+    DeletionPolicy,
+    JudgeBackend,
+    PreferenceRunSpec,
+    format_validation_error,
+)
 from synthpref.storage import Storage
+from synthpref_operator.admission import (
+    Problem,
+    admission_problems,
+    admission_status,
+    secrets_to_observe,
+    touching,
+)
 from synthpref_operator.apply import Applier
+from synthpref_operator.deletion import CancelOutcome, DeletionStep, deletion_step
 from synthpref_operator.metrics import OperatorMetrics
+from synthpref_operator.names import ANNOTATION_SKIP_BATCH_CANCEL
 from synthpref_operator.observe import (
     observe_artifacts,
     observe_jobs,
     observe_judge,
+    observe_secrets,
     open_run_storage,
     secret_value,
 )
@@ -133,6 +148,12 @@ class Reconciler:
             return status
         if previous.phase in TERMINAL_PHASES and previous.observed_generation == generation:
             return previous  # nothing to do until the spec changes (see planner._reassess)
+        # Before any Secret value is read, storage opened, the judge called or a Job created.
+        problems = self._admission_problems(spec, namespace)
+        admitted, held_events = admission_status(previous, problems, generation, now)
+        if problems:
+            self._write(run, previous, admitted, held_events)
+            return admitted
         jobs = observe_jobs(self.applier.batch, namespace, name, self.applier.core)
         storage = open_run_storage(spec, self.applier.core, namespace)
         artifacts = observe_artifacts(spec, storage)
@@ -144,7 +165,7 @@ class Reconciler:
         ):
             judge, judged = observe_judge(spec, storage, name)
             artifacts = replace(artifacts, judged=judged)
-        observed = Observed(name, generation, previous, jobs, artifacts, judge)
+        observed = Observed(name, generation, admitted, jobs, artifacts, judge)
         actions, status = plan(spec, observed, now)
         events: list[Event] = []
         for action in actions:
@@ -203,6 +224,13 @@ class Reconciler:
             }
         )
 
+    def _admission_problems(self, spec: PreferenceRunSpec, namespace: str) -> list[Problem]:
+        """What the run names but may not use (reads the named Secrets' metadata only)."""
+        settings = self.applier.settings
+        names = secrets_to_observe(spec, settings)
+        secrets = observe_secrets(self.applier.core, namespace, names)
+        return admission_problems(spec, settings, namespace, secrets)
+
     # ---- the OpenAI judge
 
     def _api_key(self, spec: PreferenceRunSpec, namespace: str) -> str | None:
@@ -242,20 +270,109 @@ class Reconciler:
             log.warning("judge (will retry): %s", line)
         return None
 
-    def cancel_batches(self, namespace: str, name: str, spec_document: dict[str, Any]) -> str:
-        """On deletion, per `spec.deletionPolicy`: cancel the run's in-flight batches."""
-        spec = PreferenceRunSpec.model_validate(spec_document)
-        if spec.judge.backend is not JudgeBackend.OPENAI or spec.deletion_policy.value != "cancel":
-            return "nothing to cancel"
+    # ---- deletion
+
+    def finish_deletion(self, run: dict[str, Any], attempt: int) -> DeletionStep:
+        """One try of the delete handler (`attempt`: kopf's retry count): cancel the run's
+        batches, then release or retry (the caller raises kopf.TemporaryError with the delay);
+        logs the outcome and posts its Event on the run."""
+        meta = run["metadata"]
+        skip = (meta.get("annotations") or {}).get(ANNOTATION_SKIP_BATCH_CANCEL) == "true"
+        try:
+            outcome = self.cancel_batches(
+                meta["namespace"], meta["name"], run.get("spec") or {}, run.get("status"), skip=skip
+            )
+        except Exception as error:  # e.g. the API server or storage unreachable: try again
+            outcome = CancelOutcome(False, f"{type(error).__name__}: {error}", ids_known=False)
+        began = meta.get("deletionTimestamp")
+        elapsed = (dt.datetime.now(dt.UTC) - _parse_time(began)).total_seconds() if began else 0.0
+        step = deletion_step(
+            outcome,
+            elapsed=elapsed,
+            timeout=self.applier.settings.deletion_timeout_seconds,
+            attempt=attempt,
+            skip=skip,
+        )
+        log.log(logging.WARNING if step.warning else logging.INFO, "%s", step.log)
+        if step.event is not None:
+            self.applier.emit(run, step.event)
+        return step
+
+    def cancel_batches(
+        self,
+        namespace: str,
+        name: str,
+        spec_document: dict[str, Any],
+        status_document: dict[str, Any] | None = None,
+        *,
+        skip: bool = False,
+    ) -> CancelOutcome:
+        """On deletion, per `spec.deletionPolicy`: cancel the run's in-flight judge batches,
+        never through a Secret or at an endpoint the run may not use. With `skip` (the
+        override annotation) the judge is not called: the batches still running are listed."""
+        try:
+            spec = PreferenceRunSpec.model_validate(spec_document)
+        except ValidationError:
+            return CancelOutcome(True, "the spec is invalid, so the run never started")
+        if spec.judge.backend is not JudgeBackend.OPENAI:
+            return CancelOutcome(True, "no judge batches (vllm judge)")
+        if spec.deletion_policy is DeletionPolicy.LEAVE:
+            return CancelOutcome(True, "deletionPolicy leave: judge batches left running")
+        problems = self._admission_problems(spec, namespace)
+        if blocked := touching(problems, "spec.storage."):
+            judge = RunStatus.model_validate(status_document or {}).stages.judge
+            if judge is None or judge.batches == 0:
+                return CancelOutcome(True, "no judge batches were created")
+            why = "; ".join(p.message for p in blocked)
+            return CancelOutcome(False, f"cannot read the judge ledger: {why}", ids_known=False)
         storage = open_run_storage(spec, self.applier.core, namespace)
         artifacts = observe_artifacts(spec, storage)
         if artifacts.shards is None or artifacts.mixed < artifacts.shards:
-            return "no judge batches yet"
-        annotator = self._annotator(
-            spec, storage, {"metadata": {"namespace": namespace, "name": name}}
-        )
+            return CancelOutcome(True, "no judge batches yet")
+        from synthpref.annotate.engine import Annotator
+
+        running = _running_batches(Annotator(spec, storage, name, None))
+        if skip:
+            return CancelOutcome(not running, "not cancelled", running)
+        if blocked := touching(problems, "spec.judge."):
+            why = "; ".join(p.message for p in blocked)
+            return CancelOutcome(not running, f"the judge may not be called: {why}", running)
+        # Few retries per try: the handler's own backoff retries, and the deadline counts.
+        endpoint = spec.judge.openai
+        quick = endpoint.model_copy(update={"max_retries": min(endpoint.max_retries, 2)})
+        spec = spec.model_copy(update={"judge": spec.judge.model_copy(update={"openai": quick})})
+        meta = {"metadata": {"namespace": namespace, "name": name}}
+        try:
+            annotator = self._annotator(spec, storage, meta)
+        except Exception as error:  # no key (Secret gone or changed)
+            return CancelOutcome(False, str(error), running)
         try:
             summary = annotator.cancel(wait=False)
+        except Exception as error:
+            return CancelOutcome(False, str(error), _running_batches(annotator))
         finally:
             annotator.client.close()
-        return f"cancelled the judge: {summary.files_done}/{summary.files} request files ended"
+        return CancelOutcome(
+            True,
+            f"cancelled the judge: {len(running)} batch(es) cancelled, "
+            f"{summary.files_done}/{summary.files} request files ended",
+        )
+
+
+def _parse_time(text: str) -> dt.datetime:
+    return dt.datetime.strptime(text, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=dt.UTC)
+
+
+def _running_batches(annotator: Any) -> tuple[str, ...]:
+    """Ids of the run's batches that are submitted and neither ended nor being cancelled."""
+    from synthpref.annotate.engine import ENDED_STATUSES
+    from synthpref.annotate.ledger import Phase as LedgerPhase
+
+    return tuple(
+        record.current.batch_id
+        for record in annotator.ledgers()
+        if record.phase is LedgerPhase.SUBMITTED
+        and record.current is not None
+        and record.current.batch_id
+        and record.current.status not in (*ENDED_STATUSES, "cancelling")
+    )

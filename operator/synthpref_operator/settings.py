@@ -1,16 +1,19 @@
-"""Operator-wide defaults for worker pods (images, GPU resource name, GPU node placement).
+"""Operator-wide settings: defaults for worker pods (images, GPU resource name, GPU node
+placement) and what runs may use (allow-lists, see `admission.py`).
 
 Built by the CLI (`synthpref operator run`) from `--settings-json` / $SYNTHPREF_OPERATOR_SETTINGS
-(camelCase keys, as the Helm chart's `workers` values render them) and handed to the builders;
-a run's `spec.workers` overrides them field by field.
+(camelCase keys, as the Helm chart's `workers`, `security`, `rbac.secretNames` and
+`operator.deletionTimeoutSeconds` values render them) and handed to the builders and the
+reconcile pass; a run's `spec.workers` overrides the worker defaults field by field.
 """
 
 from __future__ import annotations
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 from pydantic.alias_generators import to_camel
 
 from synthpref.spec import Toleration, validation_problems
+from synthpref_operator.admission import ANY, parse_endpoint
 
 SETTINGS_ENV = "SYNTHPREF_OPERATOR_SETTINGS"
 
@@ -51,7 +54,8 @@ class OperatorSettings(BaseModel):
     allowed_image_prefixes: list[str] = Field(
         default_factory=list,
         description="Image prefixes a run's workers.image / workers.cpuImage may use, besides "
-        "the operator's own worker images.",
+        "the operator's own worker images; a prefix matches up to a '/', ':' or '@'; '*' "
+        "allows any.",
     )
     secret_names: list[str] = Field(
         default_factory=list,
@@ -60,7 +64,8 @@ class OperatorSettings(BaseModel):
     )
     allowed_service_accounts: list[str] = Field(
         default_factory=list,
-        description="ServiceAccounts a run's workers.serviceAccountName may name.",
+        description="ServiceAccounts a run's workers.serviceAccountName may name besides "
+        "'default' (what an unset one means); '*' allows any.",
     )
     deletion_timeout_seconds: float = Field(
         default=600.0,
@@ -68,6 +73,17 @@ class OperatorSettings(BaseModel):
         description="How long deleting a run keeps trying to cancel its judge batches before "
         "it lets the run go anyway (the batch ids left running are logged and in an Event).",
     )
+
+    @field_validator("allowed_endpoints")
+    @classmethod
+    def _plain_base_urls(cls, value: list[str]) -> list[str]:
+        bad = [v for v in value if v != ANY and parse_endpoint(v) is None]
+        if bad:
+            raise ValueError(
+                f"not plain http(s) base URLs (no user info, query or fragment): {bad}; "
+                "or '*' for any"
+            )
+        return value
 
 
 class SettingsError(ValueError):

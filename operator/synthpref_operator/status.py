@@ -45,6 +45,8 @@ class ConditionType(StrEnum):
     DATA_LOSS = "DataLoss"
     FAILED = "Failed"
     SUCCEEDED = "Succeeded"
+    # Whether the run may use what it names (endpoints, images, ServiceAccount, Secrets).
+    ADMITTED = "Admitted"
 
 
 class Reason(StrEnum):
@@ -66,6 +68,12 @@ class Reason(StrEnum):
     DATA_LOST = "DataLost"
     NO_DATA_LOSS = "NoDataLoss"
     ACCEPTANCE_FAILED = "AcceptanceFailed"
+    ADMITTED = "Admitted"
+    ENDPOINT_NOT_ALLOWED = "EndpointNotAllowed"
+    SECRET_NOT_ALLOWED = "SecretNotAllowed"
+    SECRET_NOT_FOUND = "SecretNotFound"
+    IMAGE_NOT_ALLOWED = "ImageNotAllowed"
+    SERVICE_ACCOUNT_NOT_ALLOWED = "ServiceAccountNotAllowed"
 
 
 class ConditionStatus(StrEnum):

@@ -248,6 +248,11 @@ def test_default_render(helm: Helm) -> None:
         "gpuNodeSelector": {},
         "gpuTolerations": [],
         "extraEnv": {},
+        "allowedEndpoints": ["https://api.openai.com/v1"],
+        "allowedImagePrefixes": [],
+        "allowedServiceAccounts": [],
+        "secretNames": [],
+        "deletionTimeoutSeconds": 600,
     }
     assert c["securityContext"] == {
         "allowPrivilegeEscalation": False,
@@ -322,6 +327,11 @@ def test_values_reach_the_deployment(helm: Helm) -> None:
         "--set", "leaderElection.leaseDurationSeconds=30",
         "--set", "nodeSelector.pool=ops,podLabels.team=ml,podAnnotations.note=x",
         "--set", "fullnameOverride=sp",
+        "--set", "security.allowedEndpoints={https://gw.example:8443/v1,*}",
+        "--set", "security.allowedImagePrefixes={registry.example/ml/}",
+        "--set", "security.allowedServiceAccounts={s3-reader}",
+        "--set", "rbac.secretNames={openai,s3}",
+        "--set", "operator.deletionTimeoutSeconds=30",
     ]  # fmt: skip
     docs = render(helm, "ops", *values)
     c = container(docs)
@@ -343,6 +353,11 @@ def test_values_reach_the_deployment(helm: Helm) -> None:
     assert settings["extraEnv"] == {"HF_HOME": "/cache"}
     assert settings["gpuNodeSelector"] == {"gpu": "h100"}
     assert settings["gpuTolerations"] == [{"key": "gpu", "operator": "Exists"}]
+    assert settings["allowedEndpoints"] == ["https://gw.example:8443/v1", "*"]
+    assert settings["allowedImagePrefixes"] == ["registry.example/ml/"]
+    assert settings["allowedServiceAccounts"] == ["s3-reader"]
+    assert settings["secretNames"] == ["openai", "s3"]
+    assert settings["deletionTimeoutSeconds"] == 30
     (deployment,) = find(docs, "Deployment")
     template = deployment["spec"]["template"]
     assert template["spec"]["imagePullSecrets"] == [{"name": "regcred"}]
@@ -382,6 +397,9 @@ CUSTOM = (
     "--set", "workers.gpuTolerations[0].key=gpu,workers.gpuTolerations[0].effect=NoSchedule",
     "--set", "workers.env.HF_HOME=/cache,workers.gpuResource=amd.com/gpu",
     "--set-json", "operator.reconcileIntervalSeconds=0.5",
+    "--set", "security.allowedEndpoints={http://vllm.ml:8000/v1},rbac.secretNames={openai}",
+    "--set", "security.allowedImagePrefixes={registry.example/ml/}",
+    "--set-json", "operator.deletionTimeoutSeconds=12.5",
 )  # fmt: skip
 
 
@@ -408,6 +426,10 @@ def test_rendered_command_line_is_accepted_by_the_cli(helm: Helm, values: tuple[
     assert settings.gpu_resource == "amd.com/gpu"
     assert settings.extra_env == {"HF_HOME": "/cache"}
     assert settings.gpu_tolerations == [Toleration(key="gpu", effect="NoSchedule")]
+    assert settings.allowed_endpoints == ["http://vllm.ml:8000/v1"]
+    assert settings.allowed_image_prefixes == ["registry.example/ml/"]
+    assert settings.secret_names == ["openai"]
+    assert settings.deletion_timeout_seconds == 12.5
 
 
 def test_included_crd_is_the_generated_one(helm: Helm) -> None:
@@ -482,6 +504,11 @@ BAD_VALUES = [
     ({"workers": {"gpuTolerations": [{"operator": "Maybe"}]}}, "/workers/gpuTolerations/0"),
     ({"watchNamespaces": ["Bad_NS"]}, "at '/watchNamespaces/0'"),
     ({"rbac": {"secretNames": "openai"}}, "at '/rbac/secretNames': got string, want array"),
+    ({"security": {"allowedEndpoints": ["https://u@x/v1"]}}, "/security/allowedEndpoints/0"),
+    ({"security": {"allowedEndpoints": "*"}}, "at '/security/allowedEndpoints': got string"),
+    ({"security": {"allowedServiceAccounts": ["Admin"]}}, "/security/allowedServiceAccounts/0"),
+    ({"security": {"allowImages": []}}, "additional properties 'allowImages' not allowed"),
+    ({"operator": {"deletionTimeoutSeconds": 0}}, "at '/operator/deletionTimeoutSeconds'"),
     ({"leaderElection": {"enabled": "yes"}}, "at '/leaderElection/enabled': got string"),
     ({"operator": {"reconcileIntervalSeconds": 0}}, "at '/operator/reconcileIntervalSeconds'"),
     # Checks the schema cannot express, made by the templates.

@@ -2,7 +2,8 @@
 
 `helm install` puts the operator's Deployment in a namespace; the test kubelet runs its pod as a
 local process that talks to the API server as the chart's ServiceAccount (so the chart's RBAC
-is what it gets). `kubectl apply -f examples/gateway-run.yaml` then runs to Succeeded: the
+and default allow-lists are what it gets). With the example's Secrets created and opted in as
+its comment says, `kubectl apply -f examples/gateway-run.yaml` then runs to Succeeded: the
 models answer through the OpenAI-compatible test server, the operator steps the Batch judge,
 parse writes the dataset to S3 (moto). `kubectl get prun -o wide` and `kubectl describe prun`
 show the columns, conditions and events; /metrics, /healthz and /readyz answer on the pod's
@@ -37,6 +38,7 @@ from synthpref.spec import load_run
 from synthpref.storage import S3Storage, s3_client
 from synthpref_operator.devcluster.controlplane import free_port
 from synthpref_operator.devcluster.kubelet import TestKubelet
+from synthpref_operator.names import LABEL_ALLOW_RUNS
 from tests.support.openai_server import DEFAULT_API_KEY, OpenAIServer
 from tests.support.polling import wait_for
 from tests.support.s3 import FAKE_CREDENTIALS
@@ -157,6 +159,9 @@ def cluster(
     ):
         literals = [f"--from-literal={k}={v}" for k, v in pairs.items()]
         kubectl("create", "secret", "generic", name, "-n", namespace, *literals)
+    # Opted in for runs, as the example's comment says.
+    label = f"{LABEL_ALLOW_RUNS}=true"
+    kubectl("label", "secret", "openai-api-key", "s3-credentials", "-n", namespace, label)
     spec = load_run(EXAMPLE).spec
     models = {m.path for m in spec.models} | {spec.judge.model}
     with OpenAIServer(models=models) as server:

@@ -25,6 +25,7 @@ from synthpref.storage import S3Storage, s3_client
 from synthpref_operator.crd import CRD_PATH
 from synthpref_operator.devcluster.kubelet import TestKubelet, job_index
 from synthpref_operator.handlers import OperatorConfig, OperatorThread
+from synthpref_operator.names import LABEL_ALLOW_RUNS
 from synthpref_operator.settings import OperatorSettings
 from tests.support.openai_server import DEFAULT_API_KEY, OpenAIServer
 from tests.support.s3 import FAKE_CREDENTIALS
@@ -51,11 +52,20 @@ class Env:
     def storage(self) -> S3Storage:
         return S3Storage(self.s3_uri, s3_client(self.s3_endpoint, "us-east-1"))
 
-    def operator(self) -> OperatorThread:
+    def settings(self, **overrides: Any) -> OperatorSettings:
+        """The test's operator settings: the test server is the one allowed endpoint."""
+        defaults: dict[str, Any] = {
+            "image": "local",
+            "cpu_image": "local",
+            "allowed_endpoints": [self.server.base_url],
+        }
+        return OperatorSettings(**(defaults | overrides))
+
+    def operator(self, **settings: Any) -> OperatorThread:
         config = OperatorConfig(
             namespaces=[self.namespace],
             kubeconfig=str(self.kubeconfig),
-            settings=OperatorSettings(image="local", cpu_image="local"),
+            settings=self.settings(**settings),
             interval=1.0,
         )
         return OperatorThread(config).start()
@@ -165,9 +175,9 @@ def env(
             },
         ),
     ]:
-        core.create_namespaced_secret(
-            namespace, client.V1Secret(metadata=client.V1ObjectMeta(name=name), string_data=data)
-        )
+        # Opted in for runs (README "Security").
+        meta = client.V1ObjectMeta(name=name, labels={LABEL_ALLOW_RUNS: "true"})
+        core.create_namespaced_secret(namespace, client.V1Secret(metadata=meta, string_data=data))
     with OpenAIServer(models={*MODELS, "judge-1"}) as server:
         inputs = S3Storage(s3_uri + "-in", s3_client(s3_endpoint, "us-east-1"))
         inputs.write_bytes(

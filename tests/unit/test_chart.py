@@ -135,6 +135,19 @@ def test_worker_defaults_are_the_operators() -> None:
     assert workers["env"] == defaults.extra_env
 
 
+def test_security_defaults_are_the_operators() -> None:
+    v = values()
+    defaults = OperatorSettings()
+    assert v["security"] == {
+        "allowedEndpoints": defaults.allowed_endpoints,
+        "allowedImagePrefixes": defaults.allowed_image_prefixes,
+        "allowedServiceAccounts": defaults.allowed_service_accounts,
+    }
+    assert v["security"]["allowedEndpoints"] == ["https://api.openai.com/v1"]
+    assert v["rbac"]["secretNames"] == defaults.secret_names
+    assert v["operator"]["deletionTimeoutSeconds"] == defaults.deletion_timeout_seconds == 600
+
+
 def test_documented_defaults() -> None:
     v = values()
     assert v["replicaCount"] == 1
@@ -155,6 +168,7 @@ def test_documented_defaults() -> None:
         "logLevel": "info",
         "logFormat": "json",
         "env": [],
+        "deletionTimeoutSeconds": 600,
     }
     assert v["metrics"]["enabled"] is True and v["metrics"]["port"] == 8080
     assert v["rbac"] == {"create": True, "secretNames": []}

@@ -70,11 +70,12 @@ release namespace when empty. Meaningless with clusterWide (checked in "synthpre
 {{- end }}
 
 {{/*
-The worker defaults as the JSON of SYNTHPREF_OPERATOR_SETTINGS (camelCase keys, see
-`synthpref operator run --settings-json`).
+The operator settings as the JSON of SYNTHPREF_OPERATOR_SETTINGS (camelCase keys, see
+`synthpref operator run --settings-json`): the worker defaults and what runs may use.
 */}}
 {{- define "synthpref.workerSettings" -}}
 {{- $w := .Values.workers }}
+{{- $s := .Values.security }}
 {{- $settings := dict
   "image" $w.image
   "cpuImage" $w.cpuImage
@@ -83,6 +84,11 @@ The worker defaults as the JSON of SYNTHPREF_OPERATOR_SETTINGS (camelCase keys, 
   "gpuNodeSelector" ($w.gpuNodeSelector | default (dict))
   "gpuTolerations" ($w.gpuTolerations | default (list))
   "extraEnv" ($w.env | default (dict))
+  "allowedEndpoints" ($s.allowedEndpoints | default (list))
+  "allowedImagePrefixes" ($s.allowedImagePrefixes | default (list))
+  "allowedServiceAccounts" ($s.allowedServiceAccounts | default (list))
+  "secretNames" (.Values.rbac.secretNames | default (list))
+  "deletionTimeoutSeconds" .Values.operator.deletionTimeoutSeconds
 }}
 {{- toJson $settings }}
 {{- end }}
