@@ -21,8 +21,21 @@ kubelet asks the TokenRequest API for a token of the pod's ServiceAccount and ha
 a kubeconfig with it in ``$KUBECONFIG`` (unless ``automountServiceAccountToken: false``). So a
 pod talks to the API server as its ServiceAccount, under the same RBAC as in a real cluster.
 
-There are no containers, images, volumes, probes, init containers or ``kubectl logs`` here:
-a pod's output is in `PodRun.log_path` (see `pod_log`).
+Volumes: each ``emptyDir`` volume becomes a directory of its own under the pod's work dir
+(``volumes/<name>``, kept across container restarts, as an emptyDir lives as long as its pod).
+A process has no mount namespace here, so the kubelet cannot mount it at its ``mountPath``;
+instead every value of the container's own ``env`` and every ``command``/``args`` item (after
+``$(VAR)`` expansion), and ``workingDir``, that is a mounted path or starts with one
+(``/tmp``, ``/tmp/x``, not ``/tmpx``) is rewritten to that directory (the longest mount path
+wins; ``subPath`` is honoured). So a worker told ``TMPDIR=/tmp`` and ``HOME=/home/synthpref``
+writes into its pod's own directories. A path the process computes some other way, or one
+inside a file it reads (the run manifest, for instance), is not rewritten, and writes outside
+the volumes are not prevented. Other volume kinds are ignored.
+
+There are no containers, images, probes, init containers or ``kubectl logs`` here, and
+``securityContext`` (user, capabilities, seccomp, read-only root filesystem) and resource
+requests and limits are ignored: pods run as the test process's user, with its limits. A pod's
+output is in `PodRun.log_path` (see `pod_log`).
 """
 
 from __future__ import annotations
@@ -812,18 +825,23 @@ class TestKubelet:
     def _start(self, pod: Pod, st: _PodState) -> None:
         container = self._container(pod)
         env, defined = self._resolve_env(pod, container)
+        pod_dir = self.work_dir / "pods" / st.namespace / f"{st.name}-{st.uid[:8]}"
+        mounts = empty_dir_mounts(pod, container, pod_dir / "volumes")
+        for local in mounts.values():
+            local.mkdir(parents=True, exist_ok=True)
         command = [_expand(a, defined) for a in (container.get("command") or [])]
         command += [_expand(a, defined) for a in (container.get("args") or [])]
+        command = [rewrite_mounted_path(a, mounts) for a in command]
+        env.update({k: rewrite_mounted_path(v, mounts) for k, v in defined.items()})
         if command and command[0] in ("python", "python3"):
             command[0] = self.python_executable
-        pod_dir = self.work_dir / "pods" / st.namespace / f"{st.name}-{st.uid[:8]}"
         env.update(self._service_account_env(pod, pod_dir))
         log_path = pod_dir / (
             "container.log" if st.restart_count == 0 else f"container.{st.restart_count}.log"
         )
         workdir = pod_dir / "work"
         if container.get("workingDir"):
-            wd = Path(container["workingDir"])
+            wd = Path(rewrite_mounted_path(container["workingDir"], mounts))
             try:
                 wd.mkdir(parents=True, exist_ok=True)
                 workdir = wd
@@ -1176,6 +1194,37 @@ class TestKubelet:
             except self._client_mod.ApiException as e:
                 if e.status != 404:
                     self._error(f"delete {meta['namespace']}/{meta['name']}: {e.status}")
+
+
+def empty_dir_mounts(pod: Pod, container: dict[str, Any], volumes_dir: Path) -> dict[str, Path]:
+    """``mountPath`` -> local directory for each of ``container``'s emptyDir mounts (see the
+    module doc): ``volumes_dir/<volume name>[/<subPath>]``."""
+    empty_dirs = {
+        v["name"]
+        for v in (pod.get("spec") or {}).get("volumes") or []
+        if isinstance(v, dict) and "emptyDir" in v
+    }
+    result: dict[str, Path] = {}
+    for mount in container.get("volumeMounts") or []:
+        if mount.get("name") not in empty_dirs:
+            continue
+        mount_path = str(mount["mountPath"]).rstrip("/")
+        if not mount_path:
+            continue  # a volume over the root: nothing sensible to rewrite
+        local = volumes_dir / mount["name"]
+        if mount.get("subPath"):
+            local = local / mount["subPath"]
+        result[mount_path] = local
+    return result
+
+
+def rewrite_mounted_path(value: str, mounts: dict[str, Path]) -> str:
+    """``value`` with a leading mount path replaced by its local directory (the longest
+    mount path that ``value`` equals or starts with, followed by ``/``); others unchanged."""
+    for mount_path in sorted(mounts, key=len, reverse=True):
+        if value == mount_path or value.startswith(mount_path + "/"):
+            return str(mounts[mount_path]) + value[len(mount_path) :]
+    return value
 
 
 def _field(pod: Pod, path: str) -> str | None:
