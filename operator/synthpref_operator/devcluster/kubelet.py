@@ -27,10 +27,13 @@ A process has no mount namespace here, so the kubelet cannot mount it at its ``m
 instead every value of the container's own ``env`` and every ``command``/``args`` item (after
 ``$(VAR)`` expansion), and ``workingDir``, that is a mounted path or starts with one
 (``/tmp``, ``/tmp/x``, not ``/tmpx``) is rewritten to that directory (the longest mount path
-wins; ``subPath`` is honoured). So a worker told ``TMPDIR=/tmp`` and ``HOME=/home/synthpref``
-writes into its pod's own directories. A path the process computes some other way, or one
-inside a file it reads (the run manifest, for instance), is not rewritten, and writes outside
-the volumes are not prevented. Other volume kinds are ignored.
+wins; ``subPath`` is honoured). The rewritten paths go through a short symlink to the pod's
+``volumes`` (``<tmp>/synthpref-v-*/<uid>``): vLLM puts its ZMQ IPC sockets in $TMPDIR, and a
+Unix socket's path must stay under 108 bytes, as it does with a real ``/tmp`` mount. So a
+worker told ``TMPDIR=/tmp`` and ``HOME=/home/synthpref`` writes into its pod's own
+directories. A path the process computes some other way, or one inside a file it reads (the
+run manifest, for instance), is not rewritten, and writes outside the volumes are not
+prevented. Other volume kinds are ignored.
 
 There are no containers, images, probes, init containers or ``kubectl logs`` here, and
 ``securityContext`` (user, capabilities, seccomp, read-only root filesystem) and resource
@@ -300,6 +303,7 @@ class TestKubelet:
         self._runs: list[PodRun] = []
         self._faults: list[Fault] = []
         self._threads: list[threading.Thread] = []
+        self._volume_links: Path | None = None  # short paths to the pods' volumes
 
     # ------------------------------------------------------------------ lifecycle
     def __enter__(self) -> TestKubelet:
@@ -344,6 +348,9 @@ class TestKubelet:
         if delete_node:
             with contextlib.suppress(Exception):
                 self._call(self.api.delete_node, self.node_name)
+        if self._volume_links is not None:
+            shutil.rmtree(self._volume_links, ignore_errors=True)  # the links, not the volumes
+            self._volume_links = None
         if self._own_work_dir and not os.environ.get("SYNTHPREF_KEEP_CLUSTER"):
             shutil.rmtree(self.work_dir, ignore_errors=True)
 
@@ -826,7 +833,7 @@ class TestKubelet:
         container = self._container(pod)
         env, defined = self._resolve_env(pod, container)
         pod_dir = self.work_dir / "pods" / st.namespace / f"{st.name}-{st.uid[:8]}"
-        mounts = empty_dir_mounts(pod, container, pod_dir / "volumes")
+        mounts = empty_dir_mounts(pod, container, self._volumes_link(st, pod_dir / "volumes"))
         for local in mounts.values():
             local.mkdir(parents=True, exist_ok=True)
         command = [_expand(a, defined) for a in (container.get("command") or [])]
@@ -904,6 +911,16 @@ class TestKubelet:
             ],
         }
         self._patch_status(pod, status)
+
+    def _volumes_link(self, st: _PodState, volumes_dir: Path) -> Path:
+        """A short path to ``volumes_dir`` (see the module doc: Unix socket paths)."""
+        if self._volume_links is None:
+            self._volume_links = Path(tempfile.mkdtemp(prefix="synthpref-v-"))
+        volumes_dir.mkdir(parents=True, exist_ok=True)
+        link = self._volume_links / st.uid[:12]
+        if not link.is_symlink():
+            link.symlink_to(volumes_dir, target_is_directory=True)
+        return link
 
     def _container_status(
         self, pod: Pod | None, st: _PodState, *, ready: bool, state: dict[str, Any]
