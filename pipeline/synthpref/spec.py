@@ -217,7 +217,8 @@ class ResourceList(SpecModel):
 
 class Resources(SpecModel):
     """CPU and memory of a worker pod. A key left out takes the default; a request above the
-    default limit raises that limit with it, and a limit below the default request lowers it."""
+    default limit raises that limit to it, and a limit below the default request lowers that
+    request to it."""
 
     requests: ResourceList = Field(
         default_factory=ResourceList, description="What the scheduler reserves."
