@@ -5,6 +5,10 @@ from __future__ import annotations
 from typing import Any
 
 from synthpref.spec import PreferenceRunSpec
+from synthpref_operator.builders import job_manifest
+from synthpref_operator.names import Stage, job_name
+from synthpref_operator.planner import CreateJob
+from synthpref_operator.settings import OperatorSettings
 
 
 def spec_dict(
@@ -34,3 +38,58 @@ def manifest_dict(spec: dict[str, Any] | None = None, name: str = "test-run") ->
 
 def make_spec(**kwargs: Any) -> PreferenceRunSpec:
     return PreferenceRunSpec.model_validate(spec_dict(**kwargs))
+
+
+# Every kind of worker Job the operator makes, as (label, stage, model) over `worker_jobs_spec`:
+# the CPU stages, generation with vLLM on 0, 1 and 4 GPUs and with the openai backend, and a
+# vLLM judge on 2 GPUs.
+WORKER_JOBS: list[tuple[str, str, str | None]] = [
+    ("prepare", "prepare", None),
+    ("mix", "mix", None),
+    ("parse", "parse", None),
+    ("generate-vllm-cpu", "generate", "vllm-cpu"),
+    ("generate-vllm-1gpu", "generate", "vllm-1gpu"),
+    ("generate-vllm-4gpu", "generate", "vllm-4gpu"),
+    ("generate-openai", "generate", "openai"),
+    ("judge-vllm-2gpu", "judge", None),
+]
+
+
+def worker_jobs_spec(**sections: Any) -> dict[str, Any]:
+    """A spec dict with one model of each generation kind and a vLLM judge on 2 GPUs
+    (`sections` replace top-level keys, `models` included)."""
+    models: list[dict[str, Any]] = [
+        {"name": "vllm-cpu", "path": "/models/a", "gpus": 0},
+        {"name": "vllm-1gpu", "path": "/models/b"},
+        {"name": "vllm-4gpu", "path": "/models/c", "gpus": 4},
+        {
+            "name": "openai",
+            "backend": "openai",
+            "path": "gpt",
+            "openai": {
+                "baseUrl": "http://answers/v1",
+                "apiKeySecret": {"name": "openai", "key": "token"},
+            },
+        },
+    ]
+    sections.setdefault("judge", {"backend": "vllm", "model": "/models/judge", "gpus": 2})
+    sections.setdefault("models", models)
+    document = spec_dict(models=0)
+    document.update(sections)
+    return document
+
+
+def worker_job(
+    label: str,
+    settings: OperatorSettings,
+    *,
+    run: str = "run",
+    namespace: str = "ns",
+    **sections: Any,
+) -> dict[str, Any]:
+    """The Job manifest of the kind `label` of `WORKER_JOBS` over `worker_jobs_spec(**sections)`."""
+    stage_name, model = next((s, m) for lbl, s, m in WORKER_JOBS if lbl == label)
+    spec = PreferenceRunSpec.model_validate(worker_jobs_spec(**sections))
+    stage = Stage(stage_name)
+    request = CreateJob(job_name(run, stage, model), stage, 1, model)
+    return job_manifest(run, namespace, spec, request, settings)

@@ -4,7 +4,9 @@ The apply layer (`apply.py`) calls `job_manifest` for each `planner.CreateJob`, 
 reference and creates it. Every Job is Indexed (each index takes every n-th shard, see
 `synthpref.layout.shards_for_worker`), retries per index (`backoffLimitPerIndex`) and runs
 `synthpref <stage>` with the run manifest in $SYNTHPREF_RUN_MANIFEST. Secrets reach the pods
-only as `secretKeyRef` environment variables, never as values.
+only as `secretKeyRef` environment variables, never as values. Every pod passes the Pod
+Security Standard `restricted` with a read-only root filesystem (`pod_security`) and has CPU
+and memory requests and limits (`resources`).
 """
 
 from __future__ import annotations
@@ -30,6 +32,13 @@ from synthpref_operator.names import (
     Stage,
 )
 from synthpref_operator.planner import CreateJob, uses_gpu
+from synthpref_operator.pod_security import (
+    WRITABLE_ENV,
+    container_security_context,
+    pod_security_context,
+    writable_volumes,
+)
+from synthpref_operator.resources import container_resources
 from synthpref_operator.settings import OperatorSettings
 
 MANIFEST_ENV = "SYNTHPREF_RUN_MANIFEST"  # read by `synthpref.cli.load`
@@ -57,10 +66,10 @@ def _secret_env(name: str, ref: SecretKeyRef) -> dict[str, Any]:
 def worker_env(
     spec: PreferenceRunSpec, request: CreateJob, manifest: str, settings: OperatorSettings
 ) -> list[dict[str, Any]]:
-    """Environment of a stage's worker: plain settings, the manifest, then secret references."""
-    env: list[dict[str, Any]] = [
-        {"name": key, "value": value} for key, value in sorted(settings.extra_env.items())
-    ]
+    """Environment of a stage's worker: where it may write (the operator's `extraEnv` may
+    override it), plain settings, the manifest, then secret references."""
+    plain = {**WRITABLE_ENV, **settings.extra_env}
+    env: list[dict[str, Any]] = [{"name": key, "value": value} for key, value in plain.items()]
     env.append({"name": MANIFEST_ENV, "value": manifest})
     credentials = spec.storage.credentials
     if credentials is not None:
@@ -120,22 +129,19 @@ def job_manifest(
         "args": worker_args(request),
         "env": worker_env(spec, request, run_manifest(run, namespace, spec), settings),
     }
-    if gpus:
-        container["resources"] = {
-            "limits": {settings.gpu_resource: str(gpus)},
-            "requests": {settings.gpu_resource: str(gpus)},
-        }
+    container["resources"] = container_resources(
+        spec, request.stage, request.model, settings.gpu_resource
+    )
+    container["securityContext"] = container_security_context()
+    volumes, container["volumeMounts"] = writable_volumes(shared_memory=gpus > 1)
     pod_spec: dict[str, Any] = {
         "restartPolicy": "Never",
         # Workers read and write storage only; they never call the Kubernetes API.
         "automountServiceAccountToken": False,
+        "securityContext": pod_security_context(settings.worker_user_id),
         "containers": [container],
+        "volumes": volumes,
     }
-    if gpus > 1:
-        # Tensor-parallel vLLM workers talk through shared memory; a container's /dev/shm
-        # is 64 MiB unless a memory-backed volume replaces it.
-        container["volumeMounts"] = [{"name": "dshm", "mountPath": "/dev/shm"}]
-        pod_spec["volumes"] = [{"name": "dshm", "emptyDir": {"medium": "Memory"}}]
     if gpus:
         selector = workers.node_selector or settings.gpu_node_selector
         tolerations = workers.tolerations or settings.gpu_tolerations

@@ -8,6 +8,7 @@ Kubernetes resource, and snake_case in Python. Secrets are never fields: only re
 from __future__ import annotations
 
 import re
+from decimal import Decimal
 from enum import StrEnum
 from pathlib import Path
 from typing import Any, Literal
@@ -50,6 +51,21 @@ _URI_CEL_RULE: dict[str, JsonValue] = {
 }
 # A Kubernetes resource quantity (cpu: 4, 500m; memory: 32Gi, 512Mi).
 _QUANTITY = r"^([0-9]+(\.[0-9]+)?|\.[0-9]+)(m|k|M|G|T|P|E|Ki|Mi|Gi|Ti|Pi|Ei)?$"
+_QUANTITY_SUFFIX = {
+    "": Decimal(1),
+    "m": Decimal("0.001"),
+    **{s: Decimal(1000) ** (i + 1) for i, s in enumerate("kMGTPE")},
+    **{f"{s}i": Decimal(1024) ** (i + 1) for i, s in enumerate("KMGTPE")},
+}
+
+
+def quantity_value(quantity: str) -> Decimal:
+    """The number a resource quantity stands for (`500m` -> 0.5, `2Gi` -> 2147483648), so that
+    quantities in different units compare. Takes what the spec's quantity pattern accepts."""
+    match = re.fullmatch(_QUANTITY, quantity)
+    if match is None:
+        raise ValueError(f"{quantity!r} is not a resource quantity (e.g. 4, 500m, 32Gi)")
+    return Decimal(match.group(1)) * _QUANTITY_SUFFIX[match.group(3) or ""]
 
 
 def check_uri(value: str) -> str:
@@ -200,14 +216,25 @@ class ResourceList(SpecModel):
 
 
 class Resources(SpecModel):
-    """CPU and memory of a worker pod; a key left out takes the operator's default."""
+    """CPU and memory of a worker pod. A key left out takes the default; a request above the
+    default limit raises that limit to it, and a limit below the default request lowers that
+    request to it."""
 
     requests: ResourceList = Field(
         default_factory=ResourceList, description="What the scheduler reserves."
     )
     limits: ResourceList = Field(
-        default_factory=ResourceList, description="The most the pod may use."
+        default_factory=ResourceList,
+        description="The most the pod may use (a memory limit is where it is OOM-killed).",
     )
+
+    @model_validator(mode="after")
+    def _limits_cover_requests(self) -> Resources:
+        for key in ("cpu", "memory"):
+            request, limit = getattr(self.requests, key), getattr(self.limits, key)
+            if request and limit and quantity_value(limit) < quantity_value(request):
+                raise ValueError(f"limits.{key} {limit} is less than requests.{key} {request}")
+        return self
 
 
 class SamplingParams(SpecModel):
@@ -293,9 +320,10 @@ class ModelSpec(SpecModel):
     )
     resources: Resources | None = Field(
         default=None,
-        description="CPU and memory of each worker pod. Defaults: vLLM on GPUs requests 4 CPUs "
-        "and 32Gi per GPU (memory limit = request); vLLM on CPU 2 CPUs and 8Gi (limit 16Gi); "
-        "the openai backend 1 CPU and 1Gi (limit 2Gi).",
+        description="CPU and memory of each worker pod, merged key by key with the defaults: "
+        "vLLM on GPUs requests 4 CPUs and 32Gi of host memory per GPU (limits: 8 CPUs per GPU, "
+        "memory = request); vLLM on CPU (gpus: 0) requests 2 CPUs and 8Gi (limits 4 CPUs, 16Gi); "
+        "the openai backend requests 500m and 1Gi (limits 2 CPUs, 2Gi).",
     )
 
     @field_validator("name")
@@ -408,7 +436,8 @@ class JudgeSpec(SpecModel):
     )
     resources: Resources | None = Field(
         default=None,
-        description="CPU and memory of a vLLM judge's pod (defaults as for a vLLM model).",
+        description="CPU and memory of a vLLM judge's pod, merged key by key with the defaults "
+        "of a vLLM model with judge.gpus GPUs.",
     )
 
 
@@ -482,13 +511,14 @@ class StageResources(SpecModel):
     """CPU and memory of the CPU stages' pods."""
 
     prepare: Resources | None = Field(
-        default=None, description="prepare (default: requests 1 CPU and 2Gi, limit 4Gi)."
+        default=None,
+        description="prepare (default: requests 1 CPU and 2Gi, limits 2 CPUs and 4Gi).",
     )
     mix: Resources | None = Field(
-        default=None, description="mix (default: requests 1 CPU and 2Gi, limit 4Gi)."
+        default=None, description="mix (default: requests 1 CPU and 2Gi, limits 2 CPUs and 4Gi)."
     )
     parse: Resources | None = Field(
-        default=None, description="parse (default: requests 1 CPU and 2Gi, limit 4Gi)."
+        default=None, description="parse (default: requests 1 CPU and 2Gi, limits 2 CPUs and 4Gi)."
     )
 
 

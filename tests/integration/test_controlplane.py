@@ -515,6 +515,71 @@ def test_pod_env_and_faults(
     assert test_kubelet.pod_log(namespace, "late").strip() == "late start"
 
 
+def test_empty_dir_volumes_become_pod_directories(
+    k8s_api_client: Any, test_kubelet: TestKubelet, namespace: str, tmp_path: Path
+) -> None:
+    """Each emptyDir is a directory of the pod's own; env values and args under its mountPath
+    point there (the process has no mount namespace), other values are left alone."""
+    core: Any = client.CoreV1Api(k8s_api_client)
+    script = (
+        "import json, os, sys\n"
+        "for path in (os.environ['NESTED'] + '/f', sys.argv[1], os.environ['SUB'] + '/g'):\n"
+        "    os.makedirs(os.path.dirname(path), exist_ok=True)\n"
+        "    open(path, 'w').write('x')\n"
+        "keys = ['SCRATCH', 'NESTED', 'SIMILAR', 'EXPANDED', 'SUB']\n"
+        "out = {k: os.environ[k] for k in keys}\n"
+        "out['argv'] = sys.argv[1:]; out['cwd'] = os.getcwd()\n"
+        f"json.dump(out, open({str(tmp_path / 'paths.json')!r}, 'w'))\n"
+    )
+    pod = python_pod(
+        "volumes",
+        script,
+        volumes=[
+            {"name": "scratch", "emptyDir": {}},
+            {"name": "shm", "emptyDir": {"medium": "Memory"}},
+            {"name": "cfg", "configMap": {"name": "absent"}},
+        ],
+    )
+    container = pod["spec"]["containers"][0]
+    container["args"] = ["/scratch/arg/file", "/scratchy/arg"]
+    container["workingDir"] = "/scratch/work"
+    container["volumeMounts"] = [
+        {"name": "scratch", "mountPath": "/scratch"},
+        {"name": "shm", "mountPath": "/scratch/shm/", "subPath": "deep"},
+        {"name": "cfg", "mountPath": "/etc/cfg"},
+    ]
+    container["env"] = [
+        {"name": "SCRATCH", "value": "/scratch"},
+        {"name": "NESTED", "value": "/scratch/a/b"},
+        {"name": "SIMILAR", "value": "/scratchy"},
+        {"name": "EXPANDED", "value": "$(SCRATCH)/c"},
+        {"name": "SUB", "value": "/scratch/shm/x"},
+    ]
+    core.create_namespaced_pod(namespace, pod)
+    wait_for(lambda: pod_phase(core, namespace, "volumes") == "Succeeded", 30, "pod volumes")
+    (run,) = [r for r in test_kubelet.runs_in(namespace) if r.name == "volumes"]
+    volumes = run.log_path.parent / "volumes"
+    scratch, deep = str(volumes / "scratch"), str(volumes / "shm" / "deep")
+    seen = json.loads((tmp_path / "paths.json").read_text())
+    # Paths reach the process through a short link to the pod's volumes (Unix socket paths).
+    assert len(seen["SCRATCH"]) < len(scratch)
+    for key in ("SCRATCH", "NESTED", "EXPANDED", "SUB", "cwd"):
+        seen[key] = str(Path(seen[key]).resolve())
+    seen["argv"][0] = str(Path(seen["argv"][0]).resolve())
+    assert seen == {
+        "SCRATCH": scratch,
+        "NESTED": f"{scratch}/a/b",
+        "SIMILAR": "/scratchy",
+        "EXPANDED": f"{scratch}/c",
+        "SUB": f"{deep}/x",
+        "argv": [f"{scratch}/arg/file", "/scratchy/arg"],
+        "cwd": f"{scratch}/work",
+    }
+    for written in (f"{scratch}/a/b/f", f"{scratch}/arg/file", f"{deep}/x/g"):
+        assert Path(written).read_text() == "x"
+    assert not (volumes / "cfg").exists()
+
+
 def test_controlplane_basics(control_plane: ControlPlane, tmp_path: Path) -> None:
     assert control_plane.running
     assert control_plane.startup_seconds is not None

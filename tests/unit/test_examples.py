@@ -128,10 +128,11 @@ def test_gpu_cluster_jobs(gpu_run: PreferenceRunManifest) -> None:
         assert all("value" in e for e in container["env"] if "valueFrom" not in e)
         if model.backend is GenerationBackend.VLLM:
             assert container["image"] == SETTINGS.image
-            assert container["resources"]["limits"] == {SETTINGS.gpu_resource: str(model.gpus)}
+            assert container["resources"]["limits"][SETTINGS.gpu_resource] == str(model.gpus)
             assert pod["nodeSelector"] == spec.workers.node_selector
             assert len(pod["tolerations"]) == len(spec.workers.tolerations)
         else:
             assert container["image"] == SETTINGS.cpu_image
-            assert "resources" not in container and "nodeSelector" not in pod
+            assert SETTINGS.gpu_resource not in container["resources"]["limits"]
+            assert "nodeSelector" not in pod
             assert ("openai-api-key", "api-key") in secret_env

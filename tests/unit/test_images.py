@@ -30,6 +30,7 @@ from synthpref.spec import load_run
 from synthpref_operator.builders import job_manifest, worker_args
 from synthpref_operator.names import Stage, job_name
 from synthpref_operator.planner import CreateJob
+from synthpref_operator.pod_security import WRITABLE_ENV
 from synthpref_operator.settings import OperatorSettings
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -234,6 +235,24 @@ def test_runtime_environment(name: str) -> None:
     labels = labels_of(final)
     for key in ("title", "description", "source", "version"):
         assert labels.get(f"org.opencontainers.image.{key}"), key
+
+
+def test_gpu_worker_writes_where_the_jobs_mount_volumes() -> None:
+    """With a read-only root, the GPU worker writes only under HOME and /tmp: the image's
+    defaults are the variables the operator's Jobs set beside their emptyDirs, so the image
+    behaves the same under `docker run --read-only` with the same two mounts."""
+    env = env_of(dockerfile("worker").final)
+    assert {key: env.get(key) for key in WRITABLE_ENV} == WRITABLE_ENV
+
+
+@pytest.mark.parametrize("name", ["worker", "worker-cpu"])
+def test_worker_images_run_as_the_operators_worker_user(name: str) -> None:
+    """The Jobs' runAsUser/runAsGroup (operator setting workerUserId) is the images' user."""
+    (user,) = dockerfile(name).final.all("USER")
+    uid = str(OperatorSettings().worker_user_id)
+    assert user.args == f"{uid}:{uid}"
+    creates = " ".join(i.args for i in dockerfile(name).final.all("RUN"))
+    assert f"--uid {uid} --gid {uid}" in creates and f"--gid {uid} synthpref" in creates
 
 
 def test_worker_base_is_the_vllm_image_of_the_gpu_extra() -> None:

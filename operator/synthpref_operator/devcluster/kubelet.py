@@ -21,8 +21,24 @@ kubelet asks the TokenRequest API for a token of the pod's ServiceAccount and ha
 a kubeconfig with it in ``$KUBECONFIG`` (unless ``automountServiceAccountToken: false``). So a
 pod talks to the API server as its ServiceAccount, under the same RBAC as in a real cluster.
 
-There are no containers, images, volumes, probes, init containers or ``kubectl logs`` here:
-a pod's output is in `PodRun.log_path` (see `pod_log`).
+Volumes: each ``emptyDir`` volume becomes a directory of its own under the pod's work dir
+(``volumes/<name>``, kept across container restarts, as an emptyDir lives as long as its pod).
+A process has no mount namespace here, so the kubelet cannot mount it at its ``mountPath``;
+instead every value of the container's own ``env`` and every ``command``/``args`` item (after
+``$(VAR)`` expansion), and ``workingDir``, that is a mounted path or starts with one
+(``/tmp``, ``/tmp/x``, not ``/tmpx``) is rewritten to that directory (the longest mount path
+wins; ``subPath`` is honoured). The rewritten paths go through a short symlink to the pod's
+``volumes`` (``<tmp>/synthpref-v-*/<uid>``): vLLM puts its ZMQ IPC sockets in $TMPDIR, and a
+Unix socket's path must stay under 108 bytes, as it does with a real ``/tmp`` mount. So a
+worker told ``TMPDIR=/tmp`` and ``HOME=/home/synthpref`` writes into its pod's own
+directories. A path the process computes some other way, or one inside a file it reads (the
+run manifest, for instance), is not rewritten, and writes outside the volumes are not
+prevented. Other volume kinds are ignored.
+
+There are no containers, images, probes, init containers or ``kubectl logs`` here, and
+``securityContext`` (user, capabilities, seccomp, read-only root filesystem) and resource
+requests and limits are ignored: pods run as the test process's user, with its limits. A pod's
+output is in `PodRun.log_path` (see `pod_log`).
 """
 
 from __future__ import annotations
@@ -287,6 +303,7 @@ class TestKubelet:
         self._runs: list[PodRun] = []
         self._faults: list[Fault] = []
         self._threads: list[threading.Thread] = []
+        self._volume_links: Path | None = None  # short paths to the pods' volumes
 
     # ------------------------------------------------------------------ lifecycle
     def __enter__(self) -> TestKubelet:
@@ -331,6 +348,9 @@ class TestKubelet:
         if delete_node:
             with contextlib.suppress(Exception):
                 self._call(self.api.delete_node, self.node_name)
+        if self._volume_links is not None:
+            shutil.rmtree(self._volume_links, ignore_errors=True)  # the links, not the volumes
+            self._volume_links = None
         if self._own_work_dir and not os.environ.get("SYNTHPREF_KEEP_CLUSTER"):
             shutil.rmtree(self.work_dir, ignore_errors=True)
 
@@ -812,18 +832,23 @@ class TestKubelet:
     def _start(self, pod: Pod, st: _PodState) -> None:
         container = self._container(pod)
         env, defined = self._resolve_env(pod, container)
+        pod_dir = self.work_dir / "pods" / st.namespace / f"{st.name}-{st.uid[:8]}"
+        mounts = empty_dir_mounts(pod, container, self._volumes_link(st, pod_dir / "volumes"))
+        for local in mounts.values():
+            local.mkdir(parents=True, exist_ok=True)
         command = [_expand(a, defined) for a in (container.get("command") or [])]
         command += [_expand(a, defined) for a in (container.get("args") or [])]
+        command = [rewrite_mounted_path(a, mounts) for a in command]
+        env.update({k: rewrite_mounted_path(v, mounts) for k, v in defined.items()})
         if command and command[0] in ("python", "python3"):
             command[0] = self.python_executable
-        pod_dir = self.work_dir / "pods" / st.namespace / f"{st.name}-{st.uid[:8]}"
         env.update(self._service_account_env(pod, pod_dir))
         log_path = pod_dir / (
             "container.log" if st.restart_count == 0 else f"container.{st.restart_count}.log"
         )
         workdir = pod_dir / "work"
         if container.get("workingDir"):
-            wd = Path(container["workingDir"])
+            wd = Path(rewrite_mounted_path(container["workingDir"], mounts))
             try:
                 wd.mkdir(parents=True, exist_ok=True)
                 workdir = wd
@@ -886,6 +911,16 @@ class TestKubelet:
             ],
         }
         self._patch_status(pod, status)
+
+    def _volumes_link(self, st: _PodState, volumes_dir: Path) -> Path:
+        """A short path to ``volumes_dir`` (see the module doc: Unix socket paths)."""
+        if self._volume_links is None:
+            self._volume_links = Path(tempfile.mkdtemp(prefix="synthpref-v-"))
+        volumes_dir.mkdir(parents=True, exist_ok=True)
+        link = self._volume_links / st.uid[:12]
+        if not link.is_symlink():
+            link.symlink_to(volumes_dir, target_is_directory=True)
+        return link
 
     def _container_status(
         self, pod: Pod | None, st: _PodState, *, ready: bool, state: dict[str, Any]
@@ -1176,6 +1211,37 @@ class TestKubelet:
             except self._client_mod.ApiException as e:
                 if e.status != 404:
                     self._error(f"delete {meta['namespace']}/{meta['name']}: {e.status}")
+
+
+def empty_dir_mounts(pod: Pod, container: dict[str, Any], volumes_dir: Path) -> dict[str, Path]:
+    """``mountPath`` -> local directory for each of ``container``'s emptyDir mounts (see the
+    module doc): ``volumes_dir/<volume name>[/<subPath>]``."""
+    empty_dirs = {
+        v["name"]
+        for v in (pod.get("spec") or {}).get("volumes") or []
+        if isinstance(v, dict) and "emptyDir" in v
+    }
+    result: dict[str, Path] = {}
+    for mount in container.get("volumeMounts") or []:
+        if mount.get("name") not in empty_dirs:
+            continue
+        mount_path = str(mount["mountPath"]).rstrip("/")
+        if not mount_path:
+            continue  # a volume over the root: nothing sensible to rewrite
+        local = volumes_dir / mount["name"]
+        if mount.get("subPath"):
+            local = local / mount["subPath"]
+        result[mount_path] = local
+    return result
+
+
+def rewrite_mounted_path(value: str, mounts: dict[str, Path]) -> str:
+    """``value`` with a leading mount path replaced by its local directory (the longest
+    mount path that ``value`` equals or starts with, followed by ``/``); others unchanged."""
+    for mount_path in sorted(mounts, key=len, reverse=True):
+        if value == mount_path or value.startswith(mount_path + "/"):
+            return str(mounts[mount_path]) + value[len(mount_path) :]
+    return value
 
 
 def _field(pod: Pod, path: str) -> str | None:
