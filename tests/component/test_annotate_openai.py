@@ -5,13 +5,16 @@ test server through the `openai` generation backend → mix request files), then
 through scripted service behaviour and checks the outcome against a reference: the same
 request files judged by the same deterministic ratings, written directly as result files and
 parsed. Failure modes: partial expiry, error lines, garbled replies, token budget and
-token_limit_exceeded, creation rate, 429/500 bursts, cancel, bad key, unknown model, and a
-process killed between create and record or in the middle of polling.
+token_limit_exceeded, creation rate, 429/500 bursts, cancel, bad key, unknown model, a process
+killed between create and record or in the middle of polling, API error answers on every kind of
+call (repaired, or the file failed), and an unreachable endpoint (reported, tracked, given up on
+after the deadline, resumed).
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import os
 import shutil
 import signal
@@ -20,7 +23,7 @@ import sys
 import textwrap
 import zlib
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -29,7 +32,7 @@ import pytest
 from synthpref import layout
 from synthpref.annotate import ledger as ledgers
 from synthpref.annotate.client import BatchClient
-from synthpref.annotate.engine import Annotator, FatalAnnotateError
+from synthpref.annotate.engine import Annotator, FatalAnnotateError, JudgeUnavailableError
 from synthpref.annotate.estimate import file_tokens
 from synthpref.jsonl import read_rows
 from synthpref.rows import BatchResultLine, PreferenceRow
@@ -51,6 +54,7 @@ from tests.support.openai_server import (
     Judgement,
     OpenAIServer,
     RequestInfo,
+    closed_base_url,
     default_rating,
     judgement_json,
     judgement_text,
@@ -703,3 +707,242 @@ def test_cli_submit_poll_fetch_status(
         200
     ] * files
     assert_each_request_once(storage)
+
+
+# ------------------------------------------------------------------ API errors and outages
+
+
+def creating_for(server: OpenAIServer, request_key: str) -> Callable[[Call], bool]:
+    """Matches the batch creations for (any upload of) one request file."""
+    stem = request_key.removeprefix("requests/").removesuffix(".jsonl")
+
+    def match(call: Call) -> bool:
+        stored = server.files.get(str((call.body or {}).get("input_file_id")))
+        return stored is not None and f"-{stem}-attempt-" in stored.filename
+
+    return match
+
+
+def test_input_file_deleted_before_batch_create_is_uploaded_again(
+    mixed: tuple[PreferenceRunSpec, LocalStorage], server: OpenAIServer, tmp_path: Path
+) -> None:
+    spec, storage = mixed
+
+    def delete_input(call: Call) -> None:
+        assert call.body is not None
+        server.files[call.body["input_file_id"]].deleted = True
+
+    server.hook("POST", "/v1/batches", delete_input, when="before")
+    engine = annotator(spec, storage)
+    summary = engine.run_until_done()
+
+    assert summary.done == summary.requests and summary.failed == 0
+    (repaired,) = [r for r in engine.ledgers() if r.api_errors]
+    (error,) = repaired.api_errors
+    assert error.call.startswith("create a batch for file-") and error.status == 400
+    assert "no such file" in error.message
+    assert error.outcome == "uploading again and creating a new batch (repair 1 of 3)"
+    assert len(server.batches) == len(request_files(storage))
+    uploads = [f.filename for f in server.files.values() if f.purpose == "batch"]
+    assert len(uploads) == len(request_files(storage)) + 1
+    assert sum(name.endswith("-attempt-01-s02.jsonl") for name in uploads) == 1
+    requests = request_lines(storage)
+    assert_each_request_once(storage)
+    run_parse(spec, storage)
+    expected = reference_dataset(
+        spec, storage, tmp_path, {r["custom_id"]: expected_reply(r["body"]) for r in requests}
+    )
+    assert dataset(storage) == expected
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "status", "outcome"),
+    [
+        ("POST", "/v1/files", 400, "uploading again (repair 1 of 3)"),
+        ("POST", "/v1/batches", 404, "uploading again and creating a new batch (repair 1 of 3)"),
+        ("GET", "/v1/batches/", 404, "uploading again and creating a new batch (repair 1 of 3)"),
+        ("GET", "/v1/files/", 404, "uploading again and creating a new batch (repair 1 of 3)"),
+    ],
+    ids=["upload", "create", "retrieve", "download"],
+)
+def test_an_api_error_on_any_call_is_recorded_and_repaired(
+    mixed: tuple[PreferenceRunSpec, LocalStorage],
+    server: OpenAIServer,
+    method: str,
+    path: str,
+    status: int,
+    outcome: str,
+) -> None:
+    spec, storage = mixed
+    server.fail_next(method, path, status, message="Scripted API error.")
+
+    engine = annotator(spec, storage)
+    summary = engine.run_until_done()
+
+    assert summary.done == summary.requests and summary.failed == 0
+    (error,) = [e for r in engine.ledgers() for e in r.api_errors]
+    assert (error.status, error.message, error.outcome) == (status, "Scripted API error.", outcome)
+    assert error.attempt == 1 and error.at > 0
+    assert_each_request_once(storage)
+
+
+def test_a_persistent_api_error_fails_that_file_only_and_parse_counts_it(
+    mixed: tuple[PreferenceRunSpec, LocalStorage], server: OpenAIServer
+) -> None:
+    spec, storage = mixed
+    target = request_files(storage)[0]
+    message = "Invalid 'input_file_id': the file was rejected (scripted)."
+    server.fail_next(
+        "POST", "/v1/batches", 400, count=100, message=message, match=creating_for(server, target)
+    )
+
+    engine = annotator(spec, storage)
+    summary = engine.run_until_done()  # no API error escapes
+
+    by_key = {r.request_key: r for r in engine.ledgers()}
+    failed = by_key.pop(target)
+    assert failed.phase is ledgers.Phase.FAILED and message in str(failed.error)
+    assert [e.outcome for e in failed.api_errors] == [
+        *(f"uploading again and creating a new batch (repair {n} of 3)" for n in (1, 2, 3)),
+        "file failed",
+    ]
+    assert {(e.status, e.message) for e in failed.api_errors} == {(400, message)}
+    assert {r.phase for r in by_key.values()} == {ledgers.Phase.DONE}
+    assert summary.failed_by_reason == {"api_error_http_400": failed.requests}
+    assert summary.done == summary.requests - failed.requests
+    lines = assert_each_request_once(storage)
+    assert sum(not ok(line) for line in lines) == failed.requests
+    assert run_parse(spec, storage).request_failures == {"error": failed.requests}
+
+
+def with_judge_url(
+    spec: PreferenceRunSpec, url: str, max_retries: int = 6, **judge: Any
+) -> PreferenceRunSpec:
+    endpoint = spec.judge.openai.model_copy(update={"base_url": url, "max_retries": max_retries})
+    return spec.model_copy(
+        update={"judge": spec.judge.model_copy(update={"openai": endpoint, **judge})}
+    )
+
+
+def test_unreachable_judge_is_warned_about_at_once_and_tracked_until_the_deadline(
+    mixed: tuple[PreferenceRunSpec, LocalStorage], caplog: pytest.LogCaptureFixture
+) -> None:
+    url = closed_base_url()
+    spec = with_judge_url(mixed[0], url)
+    now = [1000.0]
+    client = BatchClient(spec.judge.openai, backoff_base_s=0.01, backoff_max_s=0.05, max_retries=2)
+    engine = Annotator(spec, mixed[1], RUN, client, clock=lambda: now[0])
+    caplog.set_level(logging.WARNING)
+
+    report = engine.step()
+
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert warnings[0].startswith(f"judge endpoint {url} unreachable (1st try, next in ")
+    assert warnings[0].endswith("): ConnectError: [Errno 111] Connection refused")
+    assert (report.endpoint, report.reached, report.failing_since) == (url, False, 1000.0)
+    assert report.last_error is not None and "Connection refused" in report.last_error
+    assert len(report.transient_errors) == 1  # the step stopped at the first file
+    assert DEFAULT_API_KEY not in caplog.text
+
+    now[0] += 120
+    assert engine.step().failing_since == 1000.0 and engine.unavailable_error() is None
+    now[0] += spec.judge.give_up_after_seconds
+    error = engine.unavailable_error()
+    assert error is not None and str(error).startswith(
+        f"judge endpoint {url} unreachable for 720 s (last error: "
+    )
+
+
+def test_a_small_retry_count_makes_a_failing_step_return_after_one_call(
+    mixed: tuple[PreferenceRunSpec, LocalStorage], server: OpenAIServer
+) -> None:
+    spec, storage = mixed
+    server.fail_next("POST", "/v1/files", 503, count=1000)
+    client = BatchClient(spec.judge.openai, max_retries=0)
+    # As the operator does: a fresh Annotator per pass, told when the outage began.
+    engine = Annotator(spec, storage, RUN, client, clock=lambda: 5000.0, failing_since=4000.0)
+
+    report = engine.step()
+
+    assert len(server.calls) == 1 and not report.reached
+    assert report.failing_since == 4000.0 and "HTTP 503" in str(report.last_error)
+    server.faults.clear()
+    report = engine.step()
+    assert report.reached and report.failing_since is None and report.last_error is None
+
+
+def test_an_outage_past_the_deadline_gives_up_keeping_results_and_a_rerun_completes(
+    tmp_path: Path, server: OpenAIServer
+) -> None:
+    spec = build_spec(tmp_path, server, queuedTokenBudget=1, giveUpAfterSeconds=30)
+    storage = LocalStorage(tmp_path / "store")
+    run_until_mix(spec, storage)
+    now = [0.0]
+
+    def sleep(seconds: float) -> None:
+        now[0] += 10  # each idle wait is ten (fake) seconds
+
+    engine = annotator(spec, storage, clock=lambda: now[0], sleep=sleep)
+    while not any(r.phase is ledgers.Phase.DONE for r in engine.ledgers()):
+        engine.step()
+    kept = {k: storage.read_bytes(k) for k in storage.list("results/")}
+    server.go_down()
+
+    with pytest.raises(JudgeUnavailableError) as caught:
+        engine.run_until_done()
+
+    message = str(caught.value)
+    assert message.startswith(f"judge endpoint {server.base_url} unreachable for ")
+    assert "(last error: " in message and "Connection refused" in message
+    assert message.endswith(f"results fetched so far are kept in {storage.uri}; rerun to resume")
+    assert {k: storage.read_bytes(k) for k in kept} == kept
+    assert all(storage.committed(k) is not None for k in kept if k.endswith(".jsonl"))
+
+    server.come_back()
+    summary = annotator(spec, storage).run_until_done()
+
+    requests = request_lines(storage)
+    assert summary.done == summary.requests == len(requests) and summary.failed == 0
+    assert_each_request_once(storage)
+    run_parse(spec, storage)
+    expected = reference_dataset(
+        spec, storage, tmp_path, {r["custom_id"]: expected_reply(r["body"]) for r in requests}
+    )
+    assert dataset(storage) == expected
+
+
+def test_cli_annotate_run_gives_up_on_an_unreachable_judge_with_one_error_line(
+    mixed: tuple[PreferenceRunSpec, LocalStorage], tmp_path: Path
+) -> None:
+    spec, storage = mixed
+    url = closed_base_url()
+    spec = with_judge_url(
+        spec, url, max_retries=0, give_up_after_seconds=1.0, poll_interval_seconds=0.2
+    )
+    run_file = tmp_path / "run.yaml"
+    manifest = {
+        "apiVersion": "synthpref.dev/v1alpha1",
+        "kind": "PreferenceRun",
+        "metadata": {"name": RUN},
+        "spec": json.loads(spec.model_dump_json(by_alias=True)),
+    }
+    run_file.write_text(json.dumps(manifest))
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT / "pipeline"), str(ROOT)])}
+
+    done = subprocess.run(
+        [sys.executable, "-m", "synthpref", "annotate", "run", str(run_file)],
+        capture_output=True,
+        text=True,
+        timeout=240,
+        env=env,
+        check=False,
+    )
+
+    assert done.returncode == 1, done.stderr
+    errors = [line for line in done.stderr.splitlines() if line.startswith("Error:")]
+    assert len(errors) == 1 and "Traceback" not in done.stderr
+    assert errors[0].startswith(f"Error: judge endpoint {url} unreachable for ")
+    assert errors[0].endswith(f"kept in {storage.uri}; rerun to resume")
+    assert f"judge endpoint {url} unreachable (1st try, tried again on the next step)" in (
+        done.stderr
+    )

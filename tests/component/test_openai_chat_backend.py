@@ -9,12 +9,13 @@ from collections.abc import Iterator
 
 import pytest
 
-from synthpref.backends.base import ChatRequest
+from synthpref.backends.base import ChatRequest, EndpointUnavailableError
 from synthpref.backends.openai_chat import FatalBackendError, OpenAIChatBackend
 from synthpref.spec import ModelSpec, OpenAIEndpoint
 from tests.support.openai_server import (
     DEFAULT_API_KEY,
     OpenAIServer,
+    closed_base_url,
     default_rating,
     prompt_tokens,
 )
@@ -111,20 +112,43 @@ def test_rate_limit_burst_is_retried_until_success(server: OpenAIServer) -> None
     assert result.extra["attempts"] == 4
 
 
-def test_persistent_server_errors_become_a_row_error_not_an_exception(
+def test_persistent_server_errors_stop_the_shard_naming_model_endpoint_and_cause(
     server: OpenAIServer,
 ) -> None:
     server.fail_next("POST", "/v1/chat/completions", 500, count=3)
-    results = backend(server, max_retries=2, concurrency=1).complete(
-        [ask("doomed", "first"), ask("fine", "second")]
-    )
+    with pytest.raises(EndpointUnavailableError) as caught:
+        backend(server, max_retries=2, concurrency=1).complete(
+            [ask("doomed", "first"), ask("cancelled", "second")]
+        )
 
-    doomed, fine = results
-    assert doomed.text is None
-    assert doomed.error is not None and "HTTP 500" in doomed.error and "3 attempt" in doomed.error
-    assert fine.error is None and fine.text
+    message = str(caught.value)
+    assert message.startswith(f"model model-a: endpoint {server.base_url} failing after 3 tries")
+    assert "HTTP 500 server_error: Injected fault." in message
     statuses = [c.status for c in server.calls_to("POST", "/v1/chat/completions")]
-    assert statuses == [500, 500, 500, 200]
+    assert statuses[:3] == [500, 500, 500]
+    assert 200 not in statuses  # the request next in line was cancelled, not answered
+
+
+def test_unreachable_endpoint_warns_at_once_throttled_and_stops(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    url = closed_base_url()
+    settings = OpenAIEndpoint(base_url=url, api_key_env=KEY_ENV, max_retries=2, concurrency=8)
+    chat = OpenAIChatBackend(
+        "model-a", settings, backoff_base_s=0.01, backoff_max_s=0.05, seed=0, name="llama-8b"
+    )
+    caplog.set_level(logging.WARNING)
+    with pytest.raises(EndpointUnavailableError) as caught:
+        chat.complete([ask(f"k{i}", "hi") for i in range(8)])
+
+    assert str(caught.value).startswith(
+        f"model llama-8b: endpoint {url} unreachable after 3 tries: ConnectError: "
+    )
+    lines = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert lines[0].startswith(f"model llama-8b: endpoint {url} unreachable (1st try, next in ")
+    assert "s): ConnectError: " in lines[0]
+    assert len(lines) < 8  # 8 requests failing together are not 8 lines (24 tries in all)
+    assert DEFAULT_API_KEY not in caplog.text
 
 
 def test_bad_request_is_a_row_error_without_retries(server: OpenAIServer) -> None:

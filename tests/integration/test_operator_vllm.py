@@ -33,6 +33,7 @@ def test_vllm_run_to_succeeded(env: base.Env, tmp_path: Path) -> None:
                 "maxModelLen": 1024,
                 "engineArgs": FAST_CPU_ENGINE,
                 "sampling": {"maxTokens": 24, "temperature": 0.9, "seed": i},
+                "errorBudget": 0.5,  # random weights sometimes answer nothing (a row error)
             }
             for i, name in enumerate(["tiny-a", "tiny-b"])
         ],

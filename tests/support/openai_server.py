@@ -10,13 +10,18 @@ What a test controls:
   batch a `BatchScript` (seconds per status; outcome completed / failed / expired with partial
   output; cancelling time), chosen by `batch_script(BatchInfo)`;
 - per-request results: `request_script(RequestInfo)` returns an outcome (a `Judgement`, a
-  `ReplyText`, a `Garbled` reply, an `ErrorLine`) or None for the default, which is computed
+  `ReplyText`, a `Garbled` reply, a `ContentFiltered` one, an `ErrorLine`) or None for the
+  default, which is computed
   from the request (ratings from a hash of each answer's text: `default_rating`), so a test can
   compute the dataset that must come out;
 - limits: requests and bytes per input file, queued tokens per model (`token_limits`; a batch over
   the cap fails with `token_limit_exceeded`; `max_queued_tokens` records the peak per model);
-- faults: `fail_next` (429 with retry-after / 5xx on chosen calls), `hooks` run before or after a
-  call is handled (e.g. kill a client process right after a batch was created), `chat_delay_s`.
+- faults: `fail_next` (429 with retry-after, 5xx, or any error status with the API's message
+  and code, on chosen calls: `match` picks them by their request), `hooks` run before or after a
+  call is handled (e.g. kill a client process right after a batch was created, or delete an
+  uploaded file before its batch is created), `chat_delay_s`, and outages: `go_down()` refuses
+  connections (and drops requests on kept-alive ones) until `come_back()`, on the same port and
+  with the same state; `go_down_after(method, path, n)` starts one right after the n-th call.
 
 Everything it saw is inspectable: `calls` (method, path, status), `batches`, `files`,
 `max_concurrent_chat`. Run `python -m tests.support.openai_server --port N` for manual use.
@@ -32,6 +37,7 @@ import json
 import math
 import random
 import re
+import socket
 import threading
 import time
 from collections import defaultdict
@@ -74,6 +80,14 @@ def prompt_tokens(body: JsonObject) -> int:
     return sum(
         3 + count_tokens(message_text(m.get("content"))) for m in messages if isinstance(m, dict)
     )
+
+
+def closed_base_url() -> str:
+    """The base URL of a loopback port nobody listens on (connections are refused)."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    return f"http://127.0.0.1:{port}/v1"
 
 
 def _digest(*parts: object) -> int:
@@ -159,6 +173,13 @@ class Garbled:
 
 
 @dataclass(frozen=True)
+class ContentFiltered:
+    """A reply the content filter stopped: `finish_reason` "content_filter", content so far."""
+
+    text: str = ""
+
+
+@dataclass(frozen=True)
 class ErrorLine:
     """A failed request: `status_code` None puts `error` on the line (response null), as the
     service does for `batch_expired` / `request_timeout`; otherwise a non-2xx response."""
@@ -168,7 +189,7 @@ class ErrorLine:
     status_code: int | None = None
 
 
-Outcome = Judgement | ReplyText | Garbled | ErrorLine
+Outcome = Judgement | ReplyText | Garbled | ContentFiltered | ErrorLine
 
 
 @dataclass(frozen=True)
@@ -216,6 +237,8 @@ class Fault:
     retry_after: float | None = None
     message: str = "Injected fault."
     after: bool = False  # the call is handled first, then its answer is replaced by the error
+    code: str | None = None  # None: rate_limit_exceeded for 429, server_error for 5xx
+    match: Callable[[Call], bool] | None = None  # None: every call of method and path
 
 
 @dataclass
@@ -522,9 +545,8 @@ class OpenAIServer:
         self._in_flight = 0
         self._ids: dict[str, int] = defaultdict(int)
         self._lock = threading.RLock()
-        self._httpd = ThreadingHTTPServer(("127.0.0.1", port), _Handler)
-        self._httpd.daemon_threads = True
-        self._httpd.app = self  # type: ignore[attr-defined]
+        self.down = False  # an outage (go_down / come_back)
+        self._httpd = self._listen(port)
         self._thread: threading.Thread | None = None
 
     # ---- lifecycle
@@ -545,9 +567,18 @@ class OpenAIServer:
         return self
 
     def stop(self) -> None:
+        self._stop_listening()
+
+    def _listen(self, port: int) -> ThreadingHTTPServer:
+        httpd = ThreadingHTTPServer(("127.0.0.1", port), _Handler)  # reuses a closed port
+        httpd.daemon_threads = True
+        httpd.app = self  # type: ignore[attr-defined]
+        return httpd
+
+    def _stop_listening(self) -> None:
         self._httpd.shutdown()
         self._httpd.server_close()
-        if self._thread is not None:
+        if self._thread is not None and self._thread is not threading.current_thread():
             self._thread.join(timeout=5)
 
     def __enter__(self) -> OpenAIServer:
@@ -565,10 +596,55 @@ class OpenAIServer:
         status: int,
         count: int = 1,
         retry_after: float | None = None,
+        *,
+        message: str = "Injected fault.",
+        code: str | None = None,
+        match: Callable[[Call], bool] | None = None,
     ) -> None:
-        """Answer the next `count` calls of `method` to paths starting with `path` with `status`."""
+        """Answer the next `count` calls of `method` to paths starting with `path` (and, with
+        `match`, for which `match(call)` is true) with `status`, `message` and `code`."""
         with self._lock:
-            self.faults.append(Fault(method.upper(), path, status, count, retry_after))
+            self.faults.append(
+                Fault(
+                    method.upper(),
+                    path,
+                    status,
+                    count,
+                    retry_after,
+                    message=message,
+                    code=code,
+                    match=match,
+                )
+            )
+
+    def go_down(self) -> None:
+        """An outage: connections are refused and requests on kept-alive connections are
+        dropped without an answer, until `come_back()`. Safe to call from a hook."""
+        with self._lock:
+            if self.down:
+                return
+            self.down = True
+        self._stop_listening()
+
+    def come_back(self) -> None:
+        """End an outage: listen again on the same port, with every file and batch kept."""
+        with self._lock:
+            if not self.down:
+                return
+            self._httpd = self._listen(self.port)
+            self.down = False
+        self.start()
+
+    def go_down_after(self, method: str, path: str, count: int) -> None:
+        """Start an outage right after the `count`-th matching call was answered."""
+        seen = [0]
+
+        def maybe_go_down(call: Call) -> None:
+            seen[0] += 1
+            if seen[0] == count:
+                self.go_down()
+
+        self.hook(method, path, maybe_go_down, when="after", times=None)
 
     def fail_after_next(self, method: str, path: str, status: int, count: int = 1) -> None:
         """Handle the next `count` matching calls, then answer them with `status` anyway (a
@@ -614,13 +690,14 @@ class OpenAIServer:
             if b.accepted and b.model == model and b.status in ACTIVE_STATUSES and b.id != exclude
         )
 
-    def _take_fault(self, method: str, path: str, *, after: bool = False) -> Fault | None:
+    def _take_fault(self, call: Call, *, after: bool = False) -> Fault | None:
         for fault in self.faults:
             if (
                 fault.remaining > 0
                 and fault.after == after
-                and fault.method == method
-                and path.startswith(fault.path)
+                and fault.method == call.method
+                and call.path.startswith(fault.path)
+                and (fault.match is None or fault.match(call))
             ):
                 fault.remaining -= 1
                 return fault
@@ -695,7 +772,7 @@ class OpenAIServer:
                 text = judgement_json(outcome, response_format)
             else:
                 text = judgement_text(outcome)
-        elif isinstance(outcome, ReplyText | Garbled):
+        elif isinstance(outcome, ReplyText | Garbled | ContentFiltered):
             text = outcome.text
         else:
             raise AssertionError(outcome)
@@ -707,6 +784,10 @@ class OpenAIServer:
             cut = list(_TOKEN.finditer(text))[limit - 1].end()
             text = text[:cut]
             finish_reason = "length"
+        content: str | None = text
+        if isinstance(outcome, ContentFiltered):
+            finish_reason = "content_filter"
+            content = text or None  # stopped before any text: no content at all
         completion_tokens = count_tokens(text)
         prompt = prompt_tokens(body)
         return {
@@ -717,7 +798,7 @@ class OpenAIServer:
             "choices": [
                 {
                     "index": 0,
-                    "message": {"role": "assistant", "content": text, "refusal": None},
+                    "message": {"role": "assistant", "content": content, "refusal": None},
                     "logprobs": None,
                     "finish_reason": finish_reason,
                 }
@@ -1170,19 +1251,27 @@ class OpenAIServer:
         try:
             self._run_hooks("before", call)
             with self._lock:
-                fault = self._take_fault(method, path)
+                fault = self._take_fault(call)
             if fault is not None:
                 extra = {}
                 if fault.retry_after is not None:
                     extra["retry-after"] = f"{fault.retry_after:g}"
                     extra["retry-after-ms"] = f"{int(fault.retry_after * 1000)}"
-                kind = "rate_limit_exceeded" if fault.status == 429 else "server_error"
-                raise ApiError(fault.status, fault.message, type_=kind, code=kind, headers=extra)
+                if fault.status == 429:
+                    kind = "rate_limit_exceeded"
+                elif fault.status >= 500:
+                    kind = "server_error"
+                else:
+                    kind = "invalid_request_error"  # the service's 4xx carry no code by default
+                code = fault.code
+                if code is None and kind != "invalid_request_error":
+                    code = kind
+                raise ApiError(fault.status, fault.message, type_=kind, code=code, headers=extra)
             self._check_auth(headers.get("Authorization"))
             status, payload = self._route(method, path, query, headers, raw)
             extra_headers: dict[str, str] = {}
             with self._lock:
-                lost = self._take_fault(method, path, after=True)
+                lost = self._take_fault(call, after=True)
             if lost is not None:
                 raise ApiError(lost.status, lost.message, type_="server_error", code="server_error")
         except ApiError as error:
@@ -1336,6 +1425,9 @@ class _Handler(BaseHTTPRequestHandler):
         app: OpenAIServer = self.server.app  # type: ignore[attr-defined]
         length = int(self.headers.get("Content-Length") or 0)
         raw = self.rfile.read(length) if length else b""
+        if app.down:  # a kept-alive connection during an outage: hang up without an answer
+            self.close_connection = True
+            return
         status, payload, headers = app.handle(self.command, self.path, self.headers, raw)
         if isinstance(payload, bytes):
             data, content_type = payload, "application/octet-stream"

@@ -1,4 +1,4 @@
-"""Pure parts of the OpenAI judge: sorting batch lines, token estimates, backoff, ledger keys."""
+"""Pure parts of the OpenAI judge: sorting batch lines, token estimates, backoff, ledgers."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ from typing import Any
 import pytest
 
 from synthpref.annotate.estimate import request_tokens, text_tokens
+from synthpref.annotate.ledger import FileLedger, Phase
 from synthpref.annotate.outcomes import sort_results
 from synthpref.backends.openai_chat import backoff_delay
 from synthpref.layout import judge_ledger, judge_resubmit
@@ -89,3 +90,44 @@ def test_ledger_keys_stay_out_of_the_request_prefix() -> None:
     assert judge_ledger(key) == "judge/ledger/shard-00003-part-001.json"
     assert judge_resubmit(key, 2) == "judge/resubmit/shard-00003-part-001-attempt-02.jsonl"
     assert not judge_resubmit(key, 2).startswith("requests/")
+
+
+def test_a_ledger_written_before_api_errors_were_recorded_still_loads() -> None:
+    """The shape of a ledger as earlier versions saved it (no repairs, no api_errors)."""
+    old = {
+        "request_key": "requests/shard-00000-part-000.jsonl",
+        "shard": 0,
+        "model": "gpt-4o-2024-08-06",
+        "requests": 40,
+        "phase": "submitted",
+        "attempt": 1,
+        "input_key": "requests/shard-00000-part-000.jsonl",
+        "input_requests": 40,
+        "input_tokens": 31000,
+        "not_before": 0.0,
+        "current": {
+            "attempt": 1,
+            "submission": 1,
+            "input_key": "requests/shard-00000-part-000.jsonl",
+            "file_id": "file-abc",
+            "uploaded_at": 1700000000.0,
+            "batch_id": "batch_abc",
+            "created_at": 1700000001.0,
+            "status": "in_progress",
+            "request_counts": {"total": 40, "completed": 3, "failed": 0},
+            "output_file_id": None,
+            "error_file_id": None,
+            "errors": [],
+            "result_key": None,
+        },
+        "history": [],
+        "done": 0,
+        "failed": {},
+        "resubmitted": 0,
+        "token_limit_retries": 0,
+        "tokens_used": 0,
+        "error": None,
+    }
+    ledger = FileLedger.model_validate(json.loads(json.dumps(old)))
+    assert (ledger.repairs, ledger.api_errors) == (0, [])
+    assert ledger.phase is Phase.SUBMITTED and ledger.current is not None

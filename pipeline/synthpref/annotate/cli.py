@@ -7,7 +7,8 @@ named in `judge.openai.apiKeyEnv`.
 - `submit`: upload and create batches for every file that may go now (budget, rate limit);
 - `poll`: look at every batch in flight once;
 - `fetch`: download the results of every ended batch (and prepare resubmissions);
-- `run`: all of the above until every request has a result or a reported failure;
+- `run`: all of the above until every request has a result or a reported failure (or the
+  endpoint has failed for `judge.giveUpAfterSeconds`: an error, and a rerun resumes);
 - `status`: the ledgers' view, without calling the API;
 - `cancel`: cancel every batch in flight, wait, keep what finished.
 """
@@ -50,18 +51,24 @@ def _echo(engine: Annotator, extra: dict[str, Any] | None = None) -> None:
 
 def _steps(engine: Annotator, only: Collection[Phase], repeat: bool) -> dict[str, Any]:
     actions: list[str] = []
-    waiting: list[str] = []
-    errors: list[str] = []
+    api_errors: list[str] = []
     try:
         while True:
             report = engine.step(only)
             actions += report.actions
-            waiting, errors = report.waiting, report.transient_errors
+            api_errors += report.api_errors
             if not repeat or not report.progressed:
                 break
     except FatalAnnotateError as error:
         raise click.ClickException(str(error)) from None
-    return {"actions": actions, "waiting": waiting, "transient_errors": errors}
+    return {
+        "actions": actions,
+        "api_errors": api_errors,
+        "waiting": report.waiting,
+        "transient_errors": report.transient_errors,
+        "endpoint_failing_since": report.failing_since,
+        "endpoint_last_error": report.last_error,
+    }
 
 
 @click.group()

@@ -1,10 +1,18 @@
 """The Batch and Files API as the annotate engine needs it, through the official `openai` client.
 
-Every call is retried with exponential backoff and jitter on 429, 408/409 (where safe), 5xx and
-connection errors, honouring `retry-after`; the client's own retries are off so this policy is
-the only one. A 401/403 raises `FatalApiError` naming the environment variable of the key (never
-the key). Other 4xx answers raise `ApiRequestError` for the engine to judge. The key is read
-from the environment variable the spec names (a Kubernetes Secret is mounted into it).
+Every call is retried with exponential backoff and jitter on 429, 408/409 (where safe), 5xx,
+timeouts and connection errors, honouring `retry-after`, at most `max_retries` times (the spec's
+`judge.openai.maxRetries` unless the constructor says otherwise: the operator, which steps the
+judge once per reconcile pass, passes a small number so a step returns quickly); the client's own
+retries are off so this policy is the only one. Each failed try is logged at WARNING at once
+(throttled), naming the base URL, the try and the next retry. After the last try the call raises
+`TransientApiError`; the client remembers the failure (`last_failure`) until a call gets an
+answer again (`answered` counts those), which is how the engine tracks an outage.
+
+A 401/403 raises `FatalApiError` naming the environment variable of the key (never the key).
+Other 4xx answers raise `ApiRequestError` (call, status, code and the API's message) for the
+engine to repair or record. The key is read from the environment variable the spec names (a
+Kubernetes Secret is mounted into it).
 """
 
 from __future__ import annotations
@@ -20,7 +28,8 @@ from typing import Any, Final, TypeVar
 
 import openai
 
-from synthpref.backends.openai_chat import backoff_delay, retry_after_seconds
+from synthpref.backends.openai_chat import backoff_delay, retry_after_seconds, transport_cause
+from synthpref.backends.retrylog import RetryLog
 from synthpref.errors import SynthprefError
 from synthpref.spec import OpenAIEndpoint
 
@@ -39,20 +48,36 @@ class TransientApiError(SynthprefError, RuntimeError):
 
 
 class ApiRequestError(SynthprefError, RuntimeError):
-    """A 4xx answer other than auth (e.g. 400 bad parameter, 404 unknown id)."""
+    """A 4xx answer other than auth (e.g. 400 bad parameter, 404 unknown id): `call` is what was
+    tried (`create a batch for file-...`), `api_message` the service's own words."""
 
-    def __init__(self, message: str, status: int, code: str | None) -> None:
+    def __init__(
+        self,
+        message: str,
+        status: int,
+        code: str | None,
+        *,
+        call: str = "",
+        api_message: str = "",
+    ) -> None:
         super().__init__(message)
         self.status = status
         self.code = code
+        self.call = call
+        self.api_message = api_message
+
+
+def _api_message(error: openai.APIStatusError) -> str:
+    body = error.body if isinstance(error.body, dict) else {}
+    message = body.get("message")
+    return message if isinstance(message, str) else ""
 
 
 def _detail(error: openai.APIStatusError) -> str:
-    body = error.body if isinstance(error.body, dict) else {}
-    message = body.get("message")
+    message = _api_message(error)
     code = f" {error.code}" if error.code else ""
     text = f"HTTP {error.status_code}{code}"
-    return f"{text}: {message}" if isinstance(message, str) and message else text
+    return f"{text}: {message}" if message else text
 
 
 class BatchClient:
@@ -67,8 +92,10 @@ class BatchClient:
         backoff_base_s: float = 1.0,
         backoff_max_s: float = 60.0,
         seed: int | None = None,
+        max_retries: int | None = None,
     ) -> None:
         self.endpoint = endpoint
+        self.max_retries = endpoint.max_retries if max_retries is None else max_retries
         key = api_key if api_key is not None else os.environ.get(endpoint.api_key_env)
         if not key:
             raise FatalApiError(
@@ -84,6 +111,12 @@ class BatchClient:
         self._rng = random.Random(seed)
         self.backoff_base_s = backoff_base_s
         self.backoff_max_s = backoff_max_s
+        self.retry_log = RetryLog(
+            f"judge endpoint {self.where}", log, last_try="tried again on the next step"
+        )
+        self.answered = 0  # calls the service answered (2xx, or a 4xx the engine judges)
+        self.last_failure: str | None = None  # the last try's transport error, until an answer
+        self.failed_tries = 0  # tries in a row without an answer
 
     @property
     def where(self) -> str:
@@ -102,14 +135,18 @@ class BatchClient:
         """Call the API with retries. With `retry_unknown_outcome` off, a failure after which
         the call may still have taken effect (connection lost, 408, 5xx) is not re-sent but
         raised as TransientApiError, so the caller can look up what happened first."""
-        attempts = self.endpoint.max_retries + 1
-        last = ""
+        attempts = self.max_retries + 1
         for attempt in range(1, attempts + 1):
             retry_after: float | None = None
             try:
-                return call()
+                result = call()
             except openai.APIStatusError as error:
                 status = error.status_code
+                retryable = (
+                    status in (408, 429) or status >= 500 or (status == 409 and retry_conflict)
+                )
+                if not retryable:
+                    self._answered()
                 if status in (401, 403):
                     code = f" {error.code}" if error.code else ""
                     # The server's message may echo part of the key: only status and code.
@@ -118,26 +155,42 @@ class BatchClient:
                         f"${self.endpoint.api_key_env} (HTTP {status}{code}) while trying to "
                         f"{what}"
                     ) from None
-                retryable = (
-                    status in (408, 429) or status >= 500 or (status == 409 and retry_conflict)
-                )
                 if not retryable:
-                    raise ApiRequestError(f"{what}: {_detail(error)}", status, error.code) from None
-                last = _detail(error)
-                if status != 429 and not retry_unknown_outcome:
-                    raise TransientApiError(f"{what}: outcome unknown after {last}") from None
+                    raise ApiRequestError(
+                        f"{what}: {_detail(error)}",
+                        status,
+                        error.code,
+                        call=what,
+                        api_message=_api_message(error),
+                    ) from None
+                cause, unreachable, rate_limited = _detail(error), False, status == 429
                 retry_after = retry_after_seconds(error.response.headers)
-            except openai.APIConnectionError as error:
-                last = f"{type(error).__name__}: {error}"
-                if not retry_unknown_outcome:
-                    raise TransientApiError(f"{what}: outcome unknown after {last}") from None
-            if attempt < attempts:
-                delay = backoff_delay(
-                    attempt, self.backoff_base_s, self.backoff_max_s, self._rng, retry_after
-                )
-                log.info("%s failed (%s); retry %d in %.2fs", what, last, attempt, delay)
-                self._sleep(delay)
-        raise TransientApiError(f"{what}: still failing after {attempts} attempt(s): {last}")
+            except openai.APIConnectionError as error:  # APITimeoutError included
+                cause, unreachable, rate_limited = transport_cause(error), True, False
+            else:
+                self._answered()
+                return result
+            self.last_failure = f"{what}: {cause}"
+            self.failed_tries += 1
+            if not rate_limited and not retry_unknown_outcome:
+                self.retry_log.failed(self.failed_tries, None, cause, unreachable=unreachable)
+                raise TransientApiError(f"{what}: outcome unknown after {cause}") from None
+            if attempt == attempts:
+                self.retry_log.failed(self.failed_tries, None, cause, unreachable=unreachable)
+                break
+            delay = backoff_delay(
+                attempt, self.backoff_base_s, self.backoff_max_s, self._rng, retry_after
+            )
+            self.retry_log.failed(self.failed_tries, delay, cause, unreachable=unreachable)
+            self._sleep(delay)
+        raise TransientApiError(
+            f"{what}: {self.where} still failing after {attempts} attempt(s): {cause}"
+        )
+
+    def _answered(self) -> None:
+        self.answered += 1
+        self.last_failure = None
+        self.failed_tries = 0
 
     # ---- files
 

@@ -21,6 +21,21 @@ the last attempt's file, so `parse` reports them).
 Limits: an optional budget of estimated queued tokens (files wait to be uploaded while the
 budget is taken; a file larger than the budget goes alone), and at most
 `max_creations_per_hour` batch creations (2,000 for the Batch API) in any hour.
+
+API errors never escape a step. A 4xx answer (`ApiRequestError`) on upload, batch create,
+retrieve or download is recorded on the file's ledger (`api_errors`) and repaired: the upload is
+tried again, or the attempt is submitted again with a fresh upload and a new batch (input file
+gone, batch or output file vanished), at most `MAX_REPAIRS_PER_ATTEMPT` times per attempt; past
+that the file ends FAILED with the API's message and its open requests are written as failure
+result lines (reason `api_error_http_<status>[_<code>]`), so every request still ends as exactly
+one result line and the other files carry on. Only `model_not_found` stops the judge
+(`FatalAnnotateError`), as a bad key does.
+
+An unreachable or failing endpoint (transport errors, 5xx, 429 after the client's retries) ends
+the step early (the other files wait) and is tracked as an outage: `failing_since` (since when no
+call got an answer) and `last_error`, on the Annotator and on every StepReport.
+`run_until_done` gives up with `JudgeUnavailableError` after `judge.giveUpAfterSeconds` of
+continuous failure; everything fetched so far stays committed and a rerun resumes.
 """
 
 from __future__ import annotations
@@ -38,8 +53,9 @@ from synthpref import layout
 from synthpref.annotate import ledger as ledgers
 from synthpref.annotate.client import ApiRequestError, BatchClient, FatalApiError, TransientApiError
 from synthpref.annotate.estimate import request_tokens
-from synthpref.annotate.ledger import FileLedger, Phase, Submission
-from synthpref.annotate.outcomes import MISSING, SortedResults, sort_results
+from synthpref.annotate.ledger import ApiErrorRecord, FileLedger, Phase, Submission
+from synthpref.annotate.outcomes import MISSING, SortedResults, failure_line, sort_results
+from synthpref.backends.retrylog import seconds
 from synthpref.errors import SynthprefError
 from synthpref.spec import PreferenceRunSpec
 from synthpref.stages.judge import committed_request_files
@@ -55,20 +71,40 @@ FATAL_BATCH_ERRORS = frozenset({"model_not_found"})
 ENDED_STATUSES = frozenset({"completed", "failed", "expired", "cancelled"})
 # How far back (service clock) a batch search looks before the upload it belongs to.
 SEARCH_MARGIN_S = 300.0
+# API error answers (4xx) repaired per attempt of a file before the file ends FAILED.
+MAX_REPAIRS_PER_ATTEMPT = 3
 
 
 class FatalAnnotateError(SynthprefError, RuntimeError):
     """The judge cannot go on (bad key, unknown model); the message names the cause."""
 
 
+class JudgeUnavailableError(SynthprefError, RuntimeError):
+    """The judge endpoint kept failing for `judge.giveUpAfterSeconds`; what was fetched is kept
+    and a rerun resumes."""
+
+
 @dataclass
 class StepReport:
-    """What one step did: the moves made, what waits and why, and whether all files are done."""
+    """What one step did: the moves made, what waits and why, and whether all files are done.
+
+    For a caller that steps the judge once per pass (the operator), the endpoint's health:
+    `reached` (some API call got an answer in this step), `failing_since` (the Annotator's clock
+    since when every call failed, carried over from earlier steps; None while the endpoint
+    answers), `last_error` (the last transport error while failing) and `endpoint` (the base URL
+    the messages name). `api_errors` are the 4xx answers recorded on ledgers in this step, with
+    what was done about each (repaired, or the file failed).
+    """
 
     actions: list[str] = field(default_factory=list)
     waiting: list[str] = field(default_factory=list)
     transient_errors: list[str] = field(default_factory=list)
+    api_errors: list[str] = field(default_factory=list)
     done: bool = False
+    endpoint: str = ""
+    reached: bool = False
+    failing_since: float | None = None
+    last_error: str | None = None
 
     @property
     def progressed(self) -> bool:
@@ -111,6 +147,7 @@ class Annotator:
         clock: Callable[[], float] = time.time,
         sleep: Callable[[float], None] = time.sleep,
         max_creations_per_hour: int = MAX_CREATIONS_PER_HOUR,
+        failing_since: float | None = None,
     ) -> None:
         self.spec = spec
         self.judge = spec.judge
@@ -125,6 +162,10 @@ class Annotator:
         self._tag = _store_tag(storage)
         self._in_flight = 0
         self._recent_creations = 0
+        # The endpoint's outage, in this Annotator's clock; a caller that builds a fresh
+        # Annotator per step (the operator) passes the `failing_since` it last saw.
+        self.failing_since = failing_since
+        self.last_error: str | None = None
 
     @property
     def client(self) -> BatchClient:
@@ -201,7 +242,10 @@ class Annotator:
 
     def _filename(self, record: FileLedger) -> str:
         stem = record.request_key.removeprefix("requests/").removesuffix(".jsonl")
-        return f"synthpref-{self._tag}-{self.run_name}-{stem}-attempt-{record.attempt:02d}.jsonl"
+        name = f"synthpref-{self._tag}-{self.run_name}-{stem}-attempt-{record.attempt:02d}"
+        submission = record.current.submission if record.current is not None else 1
+        # A repair uploads again: its own name, so the crash lookup never finds the old file.
+        return f"{name}-s{submission:02d}.jsonl" if submission > 1 else f"{name}.jsonl"
 
     def _tokens_in_flight(self) -> int:
         return sum(r.input_tokens for r in self.ledgers() if r.holds_tokens())
@@ -221,8 +265,11 @@ class Annotator:
 
     def step(self, only: Collection[Phase] | None = None) -> StepReport:
         """Make at most one API move per request file (only files in `only` phases, if given);
-        every move is recorded in the file's ledger before this returns."""
-        report = StepReport()
+        every move is recorded in the file's ledger before this returns. No API error escapes
+        (see the module docstring); a bad key or unknown model raises FatalAnnotateError."""
+        report = StepReport(endpoint=self.client.where)
+        started = self.clock()
+        answered = self.client.answered
         cancelled = self.cancelled()
         # Counted once per step and kept up to date by _upload/_create (not once per file).
         self._in_flight = self._tokens_in_flight()
@@ -236,10 +283,27 @@ class Annotator:
                 self._advance(record, report, cancelled)
             except TransientApiError as error:
                 report.transient_errors.append(f"{record.request_key}: {error}")
+                if self.client.last_failure is not None:
+                    break  # the endpoint is down: the other files wait for the next step
+            except ApiRequestError as error:
+                self._api_error(record, error, report)
             except FatalApiError as error:
                 raise FatalAnnotateError(str(error)) from None
+        self._track_outage(report, started, answered)
         report.done = all(r.phase in ledgers.TERMINAL_PHASES for r in self.ledgers())
         return report
+
+    def _track_outage(self, report: StepReport, started: float, answered: int) -> None:
+        report.reached = self.client.answered > answered
+        if self.client.last_failure is not None:
+            if self.failing_since is None:
+                self.failing_since = started
+            self.last_error = self.client.last_failure
+        elif report.reached:
+            self.failing_since = None
+            self.last_error = None
+        report.failing_since = self.failing_since
+        report.last_error = self.last_error
 
     def _advance(self, record: FileLedger, report: StepReport, cancelled: bool) -> None:
         now = self.clock()
@@ -351,9 +415,8 @@ class Annotator:
             return
         if batch.status == "failed" and codes & FATAL_BATCH_ERRORS:
             message = "; ".join(str(e["message"]) for e in current.errors)
-            record.phase = Phase.FAILED
-            record.error = f"batch {batch.id} failed: {message}"
-            self._save(record)
+            reason = "batch_failed_" + "_".join(sorted(codes))
+            self._fail_file(record, reason, f"batch {batch.id} failed: {message}")
             raise FatalAnnotateError(
                 f"{self.storage.url(record.request_key)}: the judge model {record.model!r} "
                 f"cannot be used: {message}"
@@ -362,19 +425,23 @@ class Annotator:
         self._save(record)
         report.actions.append(f"{record.request_key}: batch {batch.id} {batch.status}")
 
-    def _retry_after_token_limit(self, record: FileLedger) -> None:
-        current = record.current
-        assert current is not None
+    @staticmethod
+    def _next_submission(record: FileLedger, *, keep_file: bool) -> None:
+        """The current attempt again, as a new submission (its own batch metadata)."""
+        current = record.current or Submission(attempt=record.attempt, input_key=record.input_key)
         record.history.append(current)
-        record.token_limit_retries += 1
         record.current = Submission(
             attempt=current.attempt,
             submission=current.submission + 1,
             input_key=current.input_key,
-            file_id=current.file_id,
-            uploaded_at=current.uploaded_at,
+            file_id=current.file_id if keep_file else None,
+            uploaded_at=current.uploaded_at if keep_file else None,
         )
-        record.phase = Phase.UPLOADED
+        record.phase = Phase.UPLOADED if keep_file else Phase.PENDING
+
+    def _retry_after_token_limit(self, record: FileLedger) -> None:
+        self._next_submission(record, keep_file=True)
+        record.token_limit_retries += 1
         exponent = min(record.token_limit_retries - 1, 6)
         record.not_before = self.clock() + self.judge.poll_interval_seconds * 2**exponent
         self._save(record)
@@ -460,7 +527,66 @@ class Annotator:
         record.input_tokens = tokens
         record.resubmitted += count
         record.not_before = 0.0
+        record.repairs = 0
         record.phase = Phase.PENDING
+
+    # ---- API error answers
+
+    def _api_error(self, record: FileLedger, error: ApiRequestError, report: StepReport) -> None:
+        """Record a 4xx answer on the file's ledger, then repair or (past the bound) fail it."""
+        current = record.current
+        entry = ApiErrorRecord(
+            call=error.call or str(error),
+            status=error.status,
+            code=error.code,
+            message=error.api_message,
+            at=self.clock(),
+            attempt=record.attempt,
+            submission=current.submission if current is not None else 1,
+        )
+        record.api_errors.append(entry)
+        fatal = error.code in FATAL_BATCH_ERRORS
+        if fatal or record.repairs >= MAX_REPAIRS_PER_ATTEMPT:
+            entry.outcome = "file failed"
+            reason = f"api_error_http_{error.status}" + (f"_{error.code}" if error.code else "")
+            self._fail_file(record, reason, str(error))
+        else:
+            record.repairs += 1
+            entry.outcome = self._repair(record)
+            self._save(record)
+        line = f"{record.request_key}: {error}; {entry.outcome}"
+        log.warning("judge: %s", line)
+        report.api_errors.append(line)
+        if fatal:
+            raise FatalAnnotateError(
+                f"{self.storage.url(record.request_key)}: the judge model {record.model!r} "
+                f"cannot be used: {error}"
+            )
+
+    def _repair(self, record: FileLedger) -> str:
+        """Undo the move that failed so the next step makes it again; says what will happen."""
+        bound = f"(repair {record.repairs} of {MAX_REPAIRS_PER_ATTEMPT})"
+        if record.phase is Phase.PENDING:
+            return f"uploading again {bound}"  # the lookup by file name comes first
+        # Input file gone or rejected, batch or output file vanished: the attempt again.
+        self._next_submission(record, keep_file=False)
+        return f"uploading again and creating a new batch {bound}"
+
+    def _fail_file(self, record: FileLedger, reason: str, message: str) -> None:
+        """End the file FAILED: the current attempt's requests become failure result lines."""
+        ids = [str(line["custom_id"]) for line in self._input_lines(record.input_key)]
+        results = SortedResults(
+            failed=dict.fromkeys(ids, reason),
+            failure_lines={i: failure_line(i, reason, message) for i in ids},
+        )
+        current = record.current or Submission(attempt=record.attempt, input_key=record.input_key)
+        self._write_results(record, current, results, final=True)
+        record.history.append(current)
+        record.current = None
+        record.failed = dict(Counter(record.failed) + Counter(results.failed.values()))
+        record.phase = Phase.FAILED
+        record.error = message
+        self._save(record)
 
     def _finish_unsubmitted(self, record: FileLedger, report: StepReport) -> None:
         """A cancelled run: report the current attempt's requests as failed ('cancelled')."""
@@ -490,28 +616,45 @@ class Annotator:
 
     # ---- whole runs
 
-    def run_until_done(
-        self,
-        on_shard: Callable[[int], None] | None = None,
-        max_stalled_steps: int = 50,
-    ) -> AnnotateSummary:
+    def run_until_done(self, on_shard: Callable[[int], None] | None = None) -> AnnotateSummary:
         """Step until every request file is done; sleeps the poll interval when nothing moved.
-        Raises TransientApiError after `max_stalled_steps` steps in a row with only API errors."""
+        Raises JudgeUnavailableError once the endpoint has failed for
+        `judge.giveUpAfterSeconds` without one answer."""
         reported: set[int] = set()
-        stalled = 0
         while True:
             report = self.step()
             self._report_shards(on_shard, reported)
             if report.done:
                 return self.summary()
-            if report.transient_errors and not report.progressed:
-                stalled += 1
-                if stalled >= max_stalled_steps:
-                    raise TransientApiError("; ".join(report.transient_errors))
-            else:
-                stalled = 0
+            unavailable = self.unavailable_error()
+            if unavailable is not None:
+                raise unavailable
+            if report.failing_since is not None:
+                log.warning(
+                    "judge endpoint %s failing for %s (last error: %s); next step in %s, "
+                    "giving up after %s",
+                    report.endpoint,
+                    seconds(self.clock() - report.failing_since),
+                    report.last_error,
+                    seconds(self.judge.poll_interval_seconds),
+                    seconds(self.judge.give_up_after_seconds),
+                )
             if not report.progressed:
                 self.sleep(self.judge.poll_interval_seconds)
+
+    def unavailable_error(self) -> JudgeUnavailableError | None:
+        """The error to stop with when the endpoint has failed for `judge.giveUpAfterSeconds`
+        (by this Annotator's clock), else None."""
+        if self.failing_since is None:
+            return None
+        failing = self.clock() - self.failing_since
+        if failing < self.judge.give_up_after_seconds:
+            return None
+        return JudgeUnavailableError(
+            f"judge endpoint {self.client.where} unreachable for {failing:.0f} s (last error: "
+            f"{self.last_error}); gave up; results fetched so far are kept in "
+            f"{self.storage.uri}; rerun to resume"
+        )
 
     def _report_shards(self, on_shard: Callable[[int], None] | None, reported: set[int]) -> None:
         if on_shard is None:
@@ -537,10 +680,17 @@ class Annotator:
                 and current.batch_id
                 and current.status not in (*ENDED_STATUSES, "cancelling")
             ):
-                self._record_batch(current, self.client.cancel(current.batch_id))
+                try:
+                    self._record_batch(current, self.client.cancel(current.batch_id))
+                except ApiRequestError as error:  # e.g. the batch vanished: repaired, then
+                    self._api_error(record, error, StepReport())  # finished as cancelled
+                    continue
                 self._save(record)
         if wait:
             while not self.step().done:
+                unavailable = self.unavailable_error()
+                if unavailable is not None:
+                    raise unavailable
                 self.sleep(self.judge.poll_interval_seconds)
         if delete_files:
             for record in self.ledgers():

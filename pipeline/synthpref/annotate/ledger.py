@@ -12,7 +12,10 @@ operator's planner. Keys live under `judge/` beside the run's other artifacts (n
 
 The custom_ids that are done are the 200 lines of the committed result files the ledger names
 (`layout.result_for_request(request_key, attempt)`, one per attempt), so the ledger itself stays
-small; it holds counts, ids and statuses, never an API key.
+small; it holds counts, ids and statuses, never an API key. Every API error answer the engine met
+for the file (a 4xx on upload, batch create, retrieve or download) is kept in `api_errors`.
+
+Fields added later have defaults, so a ledger written by an older version still loads.
 """
 
 from __future__ import annotations
@@ -39,6 +42,21 @@ class Phase(StrEnum):
 
 TERMINAL_PHASES = (Phase.DONE, Phase.CANCELLED, Phase.FAILED)
 IN_FLIGHT_PHASES = (Phase.UPLOADED, Phase.SUBMITTED, Phase.ENDED)
+
+
+class ApiErrorRecord(BaseModel):
+    """One 4xx answer of the API for this file, and what the engine did about it."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    call: str  # what was tried, e.g. "create a batch for file-abc"
+    status: int  # HTTP status
+    code: str | None = None  # the API's error code, e.g. "invalid_request_error"
+    message: str = ""  # the API's message
+    at: float  # when (the engine's clock)
+    attempt: int
+    submission: int = 1
+    outcome: str = ""  # "re-upload and create a new batch", "file failed", ...
 
 
 class Submission(BaseModel):
@@ -84,6 +102,8 @@ class FileLedger(BaseModel):
     token_limit_retries: int = 0
     tokens_used: int = 0  # usage.total_tokens the service reported on fetched results
     error: str | None = None
+    repairs: int = 0  # API errors repaired in the current attempt (bounded)
+    api_errors: list[ApiErrorRecord] = Field(default_factory=list)
 
     @property
     def key(self) -> str:

@@ -1,8 +1,11 @@
 """The interface every chat backend implements, and the plain data it exchanges.
 
 `generate` and the vLLM judge hand a backend a list of ChatRequests and get one ChatResult per
-request back, in the same order. A per-request failure (prompt too long, HTTP error after
-retries) is a ChatResult with `error` set, never an exception: one bad row does not kill a shard.
+request back, in the same order. A per-request failure (prompt too long for the context, a
+request the server rejects as bad, a template failure) is a ChatResult with `error` set, never an
+exception: one bad row does not kill a shard. A failure of what every row depends on (the
+endpoint unreachable, 5xx or 429 after all retries, a timeout) raises `EndpointUnavailableError`
+instead: the shard is not done, nothing of it is committed, and a rerun redoes it.
 """
 
 from __future__ import annotations
@@ -10,6 +13,13 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
+
+from synthpref.errors import ShardFailedError
+
+
+class EndpointUnavailableError(ShardFailedError):
+    """The endpoint a shard's rows depend on kept failing (unreachable, timeout, 5xx, 429) after
+    every retry; the message names the model, the endpoint URL and the cause."""
 
 
 @dataclass(frozen=True)

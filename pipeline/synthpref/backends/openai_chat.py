@@ -1,15 +1,18 @@
 """The `openai` chat backend: answers through any OpenAI-compatible chat completions endpoint.
 
 `generate` uses it for models with `backend: openai` (a hosted model, or a vLLM server someone
-already runs), and it can answer judge requests synchronously. It implements the ChatBackend
-protocol of backends/base.py with the official `openai` client:
+already runs). It implements the ChatBackend protocol of backends/base.py with the official
+`openai` client:
 
 - at most `concurrency` requests in flight (asyncio + a semaphore inside `complete`);
-- retries with exponential backoff and jitter on 429, 408/409, 5xx and connection errors,
-  honouring the server's `retry-after`; the client's own retries are off so this policy is the
-  only one (and testable);
-- a request that still fails, or that the server rejects as a bad request (e.g. a prompt longer
-  than the context), is a ChatResult with `error` set, never an exception;
+- retries with exponential backoff and jitter on 429, 408/409, 5xx, timeouts and connection
+  errors, honouring the server's `retry-after`; the client's own retries are off so this policy
+  is the only one (and testable). Failed tries are logged at WARNING at once, throttled
+  (`retrylog.RetryLog`), naming the model and the endpoint URL;
+- a request the server rejects as a bad request (400/413/422, e.g. a prompt longer than the
+  context) is a ChatResult with `error` set: a per-row outcome;
+- a request that still fails after every retry raises `EndpointUnavailableError` (the other
+  requests in flight are cancelled): the shard is not done, and a rerun redoes it;
 - an error no request of the shard can recover from (401/403 bad key, 404 unknown model) raises
   `FatalBackendError` naming the cause. The API key is read from the environment variable the
   spec names and never appears in logs or errors.
@@ -28,7 +31,8 @@ from typing import Any
 
 import openai
 
-from synthpref.backends.base import ChatRequest, ChatResult
+from synthpref.backends.base import ChatRequest, ChatResult, EndpointUnavailableError
+from synthpref.backends.retrylog import RetryLog
 from synthpref.errors import SynthprefError
 from synthpref.spec import ModelSpec, OpenAIEndpoint
 
@@ -37,6 +41,8 @@ log = logging.getLogger(__name__)
 # The statuses the official client itself retries: timeout, conflict, rate limit, server errors.
 RETRYABLE_STATUSES = frozenset({408, 409, 429})
 FATAL_STATUSES = frozenset({401, 403, 404})
+# A request the server refuses for what it is (bad parameter, too long, too large): a row error.
+ROW_ERROR_STATUSES = frozenset({400, 413, 422})
 
 
 class FatalBackendError(SynthprefError, RuntimeError):
@@ -76,6 +82,25 @@ def backoff_delay(
     return ceiling * (0.5 + 0.5 * rng.random())
 
 
+def transport_cause(error: openai.APIConnectionError) -> str:
+    """`ConnectError: [Errno 111] Connection refused`: the transport error under the client's
+    generic `Connection error.` (a timeout says `APITimeoutError: Request timed out.`), with the
+    operating system's reason when the transport's own message hides it."""
+    cause = error.__cause__
+    if isinstance(error, openai.APITimeoutError) or cause is None:
+        return f"{type(error).__name__}: {error}"
+    text = f"{type(cause).__name__}: {cause}"
+    inner: BaseException | None = cause
+    for _ in range(8):  # a chain is short; never follow a cycle forever
+        if inner is None:
+            break
+        if isinstance(inner, OSError) and inner.errno:
+            reason = os.strerror(inner.errno)
+            return text if reason in text else f"{text} ({reason})"
+        inner = inner.__cause__ or inner.__context__
+    return text
+
+
 def _describe(error: openai.APIStatusError) -> str:
     """`HTTP <status> <code>: <message>` from an API error body (the request is not included)."""
     body = error.body if isinstance(error.body, dict) else {}
@@ -98,8 +123,10 @@ class OpenAIChatBackend:
         backoff_base_s: float = 1.0,
         backoff_max_s: float = 60.0,
         seed: int | None = None,
+        name: str | None = None,
     ) -> None:
         self.model = model
+        self.name = name or model  # the spec's model name, for messages
         self.endpoint = endpoint
         if api_key is None:
             api_key = os.environ.get(endpoint.api_key_env)
@@ -112,11 +139,14 @@ class OpenAIChatBackend:
         self.backoff_base_s = backoff_base_s
         self.backoff_max_s = backoff_max_s
         self._rng = random.Random(seed)
+        self.retry_log = RetryLog(
+            f"model {self.name}: endpoint {self.where}", log, last_try="the shard stops"
+        )
 
     @classmethod
     def from_model_spec(cls, spec: ModelSpec, **kwargs: Any) -> OpenAIChatBackend:
         """A backend for an answering model with `backend: openai` (`path` is the model name)."""
-        return cls(spec.path, spec.openai or OpenAIEndpoint(), **kwargs)
+        return cls(spec.path, spec.openai or OpenAIEndpoint(), name=spec.name, **kwargs)
 
     @property
     def where(self) -> str:
@@ -148,9 +178,9 @@ class OpenAIChatBackend:
             try:
                 async with asyncio.TaskGroup() as group:
                     tasks = [group.create_task(bounded(r)) for r in requests]
-            except* FatalBackendError as fatal:
-                # The first fatal error stops the shard; the group cancelled the other requests.
-                raise fatal.exceptions[0] from None
+            except* (FatalBackendError, EndpointUnavailableError) as stopped:
+                # The first such error stops the shard; the group cancelled the other requests.
+                raise stopped.exceptions[0] from None
             return [task.result() for task in tasks]
 
     def _kwargs(self, request: ChatRequest) -> dict[str, Any]:
@@ -185,36 +215,40 @@ class OpenAIChatBackend:
 
     async def _one(self, client: openai.AsyncOpenAI, request: ChatRequest) -> ChatResult:
         attempts = self.endpoint.max_retries + 1
-        last_error = "no attempt made"
         for attempt in range(1, attempts + 1):
             retry_after: float | None = None
             try:
                 response = await client.chat.completions.create(**self._kwargs(request))
             except openai.APIStatusError as error:
-                if error.status_code in FATAL_STATUSES:
+                status = error.status_code
+                if status in FATAL_STATUSES:
                     raise self._fatal(error) from None
-                last_error = _describe(error)
-                retryable = error.status_code in RETRYABLE_STATUSES or error.status_code >= 500
-                if not retryable:
+                if status in ROW_ERROR_STATUSES:
                     return ChatResult(
-                        key=request.key, error=last_error, extra={"attempts": attempt}
+                        key=request.key, error=_describe(error), extra={"attempts": attempt}
                     )
+                cause, unreachable = _describe(error), False
+                if status not in RETRYABLE_STATUSES and status < 500:
+                    raise self._unavailable(f"answered {cause}") from None
                 retry_after = retry_after_seconds(error.response.headers)
-            except (openai.APIConnectionError, openai.APITimeoutError) as error:
-                last_error = f"{type(error).__name__}: {error}"
+            except openai.APIConnectionError as error:  # APITimeoutError included
+                cause, unreachable = transport_cause(error), True
             else:
                 return self._result(request, response, attempt)
-            if attempt < attempts:
-                delay = backoff_delay(
-                    attempt, self.backoff_base_s, self.backoff_max_s, self._rng, retry_after
-                )
-                log.debug("retrying %s in %.2fs after %s", request.key, delay, last_error)
-                await asyncio.sleep(delay)
-        return ChatResult(
-            key=request.key,
-            error=f"failed after {attempts} attempt(s): {last_error}",
-            extra={"attempts": attempts},
-        )
+            if attempt == attempts:
+                self.retry_log.failed(attempt, None, cause, unreachable=unreachable)
+                state = "unreachable" if unreachable else "failing"
+                tries = "1 try" if attempt == 1 else f"{attempt} tries"
+                raise self._unavailable(f"{state} after {tries}: {cause}")
+            delay = backoff_delay(
+                attempt, self.backoff_base_s, self.backoff_max_s, self._rng, retry_after
+            )
+            self.retry_log.failed(attempt, delay, cause, unreachable=unreachable)
+            await asyncio.sleep(delay)
+        raise AssertionError("unreachable: the last attempt returns or raises")
+
+    def _unavailable(self, what: str) -> EndpointUnavailableError:
+        return EndpointUnavailableError(f"model {self.name}: endpoint {self.where} {what}")
 
     def _result(self, request: ChatRequest, response: Any, attempt: int) -> ChatResult:
         usage = response.usage

@@ -2,8 +2,14 @@
 
 The backend (vLLM, or an OpenAI-compatible endpoint) is built once per process and reused for
 every shard. Worker i of n takes shards i, i+n, ...; each output shard lines up with its prompt
-shard and is committed whole, so a rerun redoes only uncommitted shards. A prompt that fails
-(too long for the context, an endpoint error) becomes a row with `error` set.
+shard and is committed whole, so a rerun redoes only uncommitted shards.
+
+Only per-row outcomes become rows with `error` set: a prompt the model cannot take (longer than
+the context, rejected as a bad request, a chat template failure), an answer the content filter
+stopped, an empty answer. A shard is not done, and nothing of it is committed, when what its rows
+depend on fails (the backend raises `EndpointUnavailableError` or `FatalBackendError`) or when it
+has more row errors than the model's `errorBudget` allows (`ErrorBudgetExceededError`); both are
+`ShardFailedError`s that the CLI reports as one line, and a rerun (or the Job's retry) redoes it.
 """
 
 from __future__ import annotations
@@ -13,13 +19,26 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from synthpref import layout
-from synthpref.backends.base import ChatBackend, ChatRequest, ChatResult
+from synthpref.backends.base import (
+    ChatBackend,
+    ChatRequest,
+    ChatResult,
+    EndpointUnavailableError,
+)
+from synthpref.errors import ShardFailedError
 from synthpref.jsonl import read_rows, write_rows
 from synthpref.rows import GenerationRow, PromptRow
 from synthpref.seeding import stable_seed
 from synthpref.spec import ModelSpec, PreferenceRunSpec
 from synthpref.stages.prepare import shard_count
 from synthpref.storage import Storage
+
+# How many distinct row errors an ErrorBudgetExceededError quotes.
+CAUSES_QUOTED = 3
+
+
+class ErrorBudgetExceededError(ShardFailedError):
+    """A shard had more per-row errors than `models[].errorBudget` allows; not committed."""
 
 
 @dataclass
@@ -50,12 +69,24 @@ def chat_request(model: ModelSpec, prompt: PromptRow) -> ChatRequest:
     )
 
 
+def row_error(result: ChatResult) -> str | None:
+    """Why a result is no usable answer (for every backend), or None."""
+    if result.finish_reason == "content_filter":
+        return "content filtered (finish_reason content_filter)"
+    if result.error is not None:
+        return result.error
+    if result.text is None or not result.text.strip():
+        return "empty answer"
+    return None
+
+
 def generation_row(model: ModelSpec, result: ChatResult) -> GenerationRow:
+    error = row_error(result)
     return GenerationRow(
         prompt_id=result.key,
         model=model.name,
-        text=result.text if result.error is None else None,
-        error=result.error,
+        text=result.text if error is None else None,
+        error=error,
         finish_reason=result.finish_reason,
         prompt_tokens=result.prompt_tokens,
         completion_tokens=result.completion_tokens,
@@ -91,12 +122,19 @@ def run_generate(
         for shard in pending:
             started = time.monotonic()
             prompts = list(read_rows(storage, layout.prompt_shard(shard), PromptRow))
-            results = backend.complete([chat_request(model, p) for p in prompts])
+            try:
+                results = backend.complete([chat_request(model, p) for p in prompts])
+            except EndpointUnavailableError as error:
+                raise EndpointUnavailableError(
+                    f"{error}; prompt shard {shard} was not committed: rerun once the endpoint "
+                    "answers (a Job's retry does it)"
+                ) from None
             if [r.key for r in results] != [p.id for p in prompts]:
                 raise RuntimeError(f"backend for {model.name} returned results out of order")
             rows = [generation_row(model, r) for r in results]
             tokens = sum(r.completion_tokens for r in rows)
             errors = sum(r.error is not None for r in rows)
+            check_error_budget(model, shard, rows)
             write_rows(
                 storage,
                 layout.generation_shard(model.name, shard),
@@ -114,3 +152,19 @@ def run_generate(
     finally:
         backend.close()
     return summary
+
+
+def check_error_budget(model: ModelSpec, shard: int, rows: list[GenerationRow]) -> None:
+    """Raise ErrorBudgetExceededError when more rows failed than `errorBudget x rows`."""
+    errors = [row.error for row in rows if row.error is not None]
+    allowed = model.error_budget * len(rows)
+    if len(errors) <= allowed:
+        return
+    first = list(dict.fromkeys(errors))[:CAUSES_QUOTED]
+    causes = "; ".join(first)
+    raise ErrorBudgetExceededError(
+        f"model {model.name}: prompt shard {shard} has {len(errors)} row errors in {len(rows)} "
+        f"rows, more than errorBudget {model.error_budget:g} allows ({allowed:g}); first causes: "
+        f"{causes}; the shard was not committed: fix the cause (or raise "
+        f"spec.models[].errorBudget) and rerun"
+    )
