@@ -80,11 +80,22 @@ class Artifacts:
 
 
 @dataclass(frozen=True)
+class JudgeOutage:
+    """The judge endpoint fails every call: since when (RFC 3339) and with what."""
+
+    endpoint: str
+    since: str
+    last_error: str
+
+
+@dataclass(frozen=True)
 class JudgeLedger:
-    """The OpenAI judge's ledger summary (judge.backend openai), or its fatal error."""
+    """The OpenAI judge's ledger summary (judge.backend openai), its fatal error, or an outage
+    of its endpoint that the last step ran into."""
 
     progress: JudgeProgress = field(default_factory=JudgeProgress)
     error: str | None = None
+    outage: JudgeOutage | None = None
 
 
 @dataclass(frozen=True)
@@ -299,7 +310,28 @@ def _progress(spec: PreferenceRunSpec, art: Artifacts, judge: JudgeLedger | None
         mix_shards_done=min(art.mixed, shards),
         judge_shards_done=min(art.judged, shards),
         parse_shards_done=min(art.parsed, shards),
-        judge=judge.progress if judge is not None else None,
+        judge=_judge_progress(judge),
+    )
+
+
+def _judge_progress(judge: JudgeLedger | None) -> JudgeProgress | None:
+    if judge is None:
+        return None
+    if judge.outage is None:
+        return judge.progress
+    return judge.progress.model_copy(
+        update={
+            "endpoint_failing_since": judge.outage.since,
+            "last_error": judge.outage.last_error,
+        }
+    )
+
+
+def outage_text(outage: JudgeOutage) -> str:
+    """What the run's message says while the judge endpoint fails."""
+    return (
+        f"judge endpoint {outage.endpoint} unreachable since {outage.since}, retrying every pass "
+        f"(last error: {outage.last_error})"
     )
 
 
@@ -363,10 +395,12 @@ def _stage_message(spec: PreferenceRunSpec, art: Artifacts, stage: Stage, obs: O
     if stage is Stage.JUDGE:
         if obs.judge is not None:
             p = obs.judge.progress
-            return (
+            text = (
                 f"annotating ({spec.judge.backend.value}): {p.files_done}/{p.files} request files, "
                 f"{p.requests_done}/{p.requests} requests"
             )
+            outage = obs.judge.outage
+            return text if outage is None else f"{text}; {outage_text(outage)}"
         return f"annotating ({spec.judge.backend.value}): {art.judged}/{shards} shards"
     return f"parsing: {art.parsed}/{shards} shards"
 
@@ -441,6 +475,10 @@ def plan(spec: PreferenceRunSpec, observed: Observed, now: str) -> tuple[list[Ac
         if phase is not prev.phase:
             kind = "Warning" if phase is Phase.FAILED else "Normal"
             actions.append(Event(kind, phase.value, message))
+        outage = observed.judge.outage if observed.judge is not None else None
+        was_failing = prev.stages.judge is not None and prev.stages.judge.endpoint_failing_since
+        if outage is not None and not was_failing and phase is not Phase.FAILED:
+            actions.append(Event("Warning", Reason.JUDGE_UNREACHABLE.value, outage_text(outage)))
         return actions, status
 
     if prev.phase is Phase.FAILED and not _reassess(prev, gen):

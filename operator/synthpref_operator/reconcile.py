@@ -48,6 +48,7 @@ from synthpref_operator.planner import (
     CreateJob,
     Event,
     JudgeLedger,
+    JudgeOutage,
     Observed,
     StepJudge,
     SuspendJob,
@@ -65,6 +66,9 @@ from synthpref_operator.status import (
 )
 
 log = logging.getLogger(__name__)
+
+# Retries of one judge API call within a reconcile pass (see Reconciler._annotator).
+JUDGE_RETRIES_PER_PASS = 1
 
 
 def rfc3339(moment: dt.datetime | None = None) -> str:
@@ -174,11 +178,12 @@ class Reconciler:
             elif isinstance(action, SuspendJob):
                 self.applier.suspend_job(namespace, action)
             elif isinstance(action, StepJudge):
-                judge_error = self._step_judge(spec, storage, run)
-                if judge_error is not None:
-                    # The judge cannot go on: plan again with its error (the run fails).
+                judge_error, outage = self._step_judge(spec, storage, run, previous)
+                if judge_error is not None or outage is not None:
+                    # The judge cannot go on (the run fails), or its endpoint is down (the
+                    # status says so while it retries): plan again with what the step saw.
                     progress = judge.progress if judge is not None else JudgeProgress()
-                    observed = replace(observed, judge=JudgeLedger(progress, judge_error))
+                    observed = replace(observed, judge=JudgeLedger(progress, judge_error, outage))
                     actions, status = plan(spec, observed, now)
                     events = [a for a in actions if isinstance(a, Event)]
                     break
@@ -239,36 +244,56 @@ class Reconciler:
             return None  # BatchClient falls back to the operator's own environment variable
         return secret_value(self.applier.core, namespace, ref.name, ref.key)
 
-    def _annotator(self, spec: PreferenceRunSpec, storage: Storage, run: dict[str, Any]) -> Any:
+    def _annotator(
+        self,
+        spec: PreferenceRunSpec,
+        storage: Storage,
+        run: dict[str, Any],
+        failing_since: float | None = None,
+    ) -> Any:
         from synthpref.annotate.client import BatchClient
         from synthpref.annotate.engine import Annotator
 
         meta = run["metadata"]
         key = self._api_key(spec, meta["namespace"])
-        return Annotator(spec, storage, meta["name"], BatchClient(spec.judge.openai, api_key=key))
+        # One quick retry per call: a pass must not hold a worker thread for minutes; the next
+        # pass tries again, and the outage is tracked across passes in the status.
+        client = BatchClient(spec.judge.openai, api_key=key, max_retries=JUDGE_RETRIES_PER_PASS)
+        return Annotator(spec, storage, meta["name"], client, failing_since=failing_since)
 
     def _step_judge(
-        self, spec: PreferenceRunSpec, storage: Storage, run: dict[str, Any]
-    ) -> str | None:
-        """One ledger step; the error message when the judge cannot go on."""
+        self, spec: PreferenceRunSpec, storage: Storage, run: dict[str, Any], previous: RunStatus
+    ) -> tuple[str | None, JudgeOutage | None]:
+        """One ledger step: (the error when the judge cannot go on, the endpoint's outage)."""
         from synthpref.annotate.client import FatalApiError
         from synthpref.annotate.engine import FatalAnnotateError
 
+        judge_status = previous.stages.judge
+        since = judge_status.endpoint_failing_since if judge_status is not None else None
         try:
-            annotator = self._annotator(spec, storage, run)
+            annotator = self._annotator(
+                spec, storage, run, _parse_time(since).timestamp() if since else None
+            )
         except (FatalApiError, LookupError) as error:
-            return str(error)
+            return str(error), None
         try:
             report = annotator.step()
         except FatalAnnotateError as error:
-            return str(error)
+            return str(error), None
         finally:
             annotator.client.close()
         for line in report.actions:
             log.info("judge: %s", line)
         for line in report.transient_errors:
             log.warning("judge (will retry): %s", line)
-        return None
+        if report.failing_since is None:
+            return None, None
+        gave_up = annotator.unavailable_error("delete and re-apply the run to resume")
+        if gave_up is not None:
+            return str(gave_up), None
+        failing = dt.datetime.fromtimestamp(report.failing_since, dt.UTC)
+        outage = JudgeOutage(report.endpoint, rfc3339(failing), report.last_error or "")
+        return None, outage
 
     # ---- deletion
 
@@ -337,10 +362,7 @@ class Reconciler:
         if blocked := touching(problems, "spec.judge."):
             why = "; ".join(p.message for p in blocked)
             return CancelOutcome(not running, f"the judge may not be called: {why}", running)
-        # Few retries per try: the handler's own backoff retries, and the deadline counts.
-        endpoint = spec.judge.openai
-        quick = endpoint.model_copy(update={"max_retries": min(endpoint.max_retries, 2)})
-        spec = spec.model_copy(update={"judge": spec.judge.model_copy(update={"openai": quick})})
+        # The client retries each call once (_annotator): the handler's own backoff retries.
         meta = {"metadata": {"namespace": namespace, "name": name}}
         try:
             annotator = self._annotator(spec, storage, meta)

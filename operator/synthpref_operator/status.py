@@ -68,6 +68,7 @@ class Reason(StrEnum):
     DATA_LOST = "DataLost"
     NO_DATA_LOSS = "NoDataLoss"
     ACCEPTANCE_FAILED = "AcceptanceFailed"
+    JUDGE_UNREACHABLE = "JudgeUnreachable"
     ADMITTED = "Admitted"
     ENDPOINT_NOT_ALLOWED = "EndpointNotAllowed"
     SECRET_NOT_ALLOWED = "SecretNotAllowed"
@@ -123,6 +124,14 @@ class JudgeProgress(StatusModel):
     )
     tokens_used: int = Field(
         default=0, ge=0, description="Tokens used (usage.total_tokens of fetched results)."
+    )
+    endpoint_failing_since: str | None = Field(
+        default=None,
+        description="Since when (RFC 3339) every call to the judge endpoint has failed; unset "
+        "while it answers. After judge.giveUpAfterSeconds the run fails.",
+    )
+    last_error: str | None = Field(
+        default=None, description="The judge endpoint's last error while it fails."
     )
 
 

@@ -15,6 +15,7 @@ from synthpref_operator.planner import (
     Event,
     JobState,
     JudgeLedger,
+    JudgeOutage,
     Observed,
     StepJudge,
     SuspendJob,
@@ -408,3 +409,31 @@ def test_failed_model_shards_are_counted_as_lost() -> None:
     # Index 0 of 2 workers over 3 shards takes shards 0 and 2.
     assert status.losses == {"model_shards_failed": 2}
     assert "2 model shards failed" in condition_of(status, ConditionType.DATA_LOSS)[2]
+
+
+def test_an_unreachable_judge_endpoint_shows_in_the_status_and_one_warning() -> None:
+    ledger = JudgeLedger(
+        JudgeProgress(files=3, files_done=1, requests=36, requests_done=12),
+        outage=JudgeOutage("http://judge:8000/v1", T0, "ConnectError: Connection refused"),
+    )
+    actions, status = plan(spec("openai"), observe(MIXED, judge=ledger), T1)
+    assert status.phase is Phase.ANNOTATING
+    assert status.message.endswith(
+        "12/36 requests; judge endpoint http://judge:8000/v1 unreachable since "
+        f"{T0}, retrying every pass (last error: ConnectError: Connection refused)"
+    )
+    assert status.stages.judge is not None
+    assert status.stages.judge.endpoint_failing_since == T0
+    assert status.stages.judge.last_error == "ConnectError: Connection refused"
+    warnings = [a for a in actions if isinstance(a, Event) and a.type == "Warning"]
+    assert [w.reason for w in warnings] == ["JudgeUnreachable"]
+    assert "http://judge:8000/v1 unreachable" in warnings[0].message
+    # While it stays down: no new Warning each pass.
+    again, _ = plan(spec("openai"), observe(MIXED, judge=ledger, status=status), T1)
+    assert [a for a in again if isinstance(a, Event)] == []
+    # Back up: the outage leaves the status.
+    back = JudgeLedger(JudgeProgress(files=3, files_done=2, requests=36, requests_done=24))
+    _, recovered = plan(spec("openai"), observe(MIXED, judge=back, status=status), T1)
+    assert recovered.stages.judge is not None
+    assert recovered.stages.judge.endpoint_failing_since is None
+    assert "unreachable" not in recovered.message

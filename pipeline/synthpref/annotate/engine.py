@@ -56,7 +56,7 @@ from synthpref.annotate.estimate import request_tokens
 from synthpref.annotate.ledger import ApiErrorRecord, FileLedger, Phase, Submission
 from synthpref.annotate.outcomes import MISSING, SortedResults, failure_line, sort_results
 from synthpref.backends.retrylog import seconds
-from synthpref.errors import SynthprefError
+from synthpref.errors import InputsNotReadyError, SynthprefError
 from synthpref.spec import PreferenceRunSpec
 from synthpref.stages.judge import committed_request_files
 from synthpref.stages.prepare import shard_count
@@ -217,6 +217,8 @@ class Annotator:
         return record
 
     def _input_lines(self, key: str) -> Iterable[dict[str, Any]]:
+        if self.storage.committed(key) is None:
+            raise InputsNotReadyError(f"{self.storage.url(key)}: request file not committed")
         for number, text in enumerate(self.storage.read_lines(key), start=1):
             if not text.strip():
                 continue
@@ -642,9 +644,9 @@ class Annotator:
             if not report.progressed:
                 self.sleep(self.judge.poll_interval_seconds)
 
-    def unavailable_error(self) -> JudgeUnavailableError | None:
+    def unavailable_error(self, resume: str = "rerun to resume") -> JudgeUnavailableError | None:
         """The error to stop with when the endpoint has failed for `judge.giveUpAfterSeconds`
-        (by this Annotator's clock), else None."""
+        (by this Annotator's clock), else None; `resume` says how to carry on afterwards."""
         if self.failing_since is None:
             return None
         failing = self.clock() - self.failing_since
@@ -653,7 +655,7 @@ class Annotator:
         return JudgeUnavailableError(
             f"judge endpoint {self.client.where} unreachable for {failing:.0f} s (last error: "
             f"{self.last_error}); gave up; results fetched so far are kept in "
-            f"{self.storage.uri}; rerun to resume"
+            f"{self.storage.uri}; {resume}"
         )
 
     def _report_shards(self, on_shard: Callable[[int], None] | None, reported: set[int]) -> None:
