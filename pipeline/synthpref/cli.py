@@ -72,7 +72,8 @@ MANIFEST_ENV = "SYNTHPREF_RUN_MANIFEST"
 
 
 def load(run_file: str | None) -> tuple[PreferenceRunManifest, Storage]:
-    """The run manifest from RUN.yaml or, when omitted (in a Job), from $SYNTHPREF_RUN_MANIFEST."""
+    """The run manifest from RUN.yaml or, when omitted (in a Job), from $SYNTHPREF_RUN_MANIFEST,
+    and the run's storage, checked to be writable."""
     try:
         if run_file is not None:
             manifest = load_run(run_file)
@@ -86,6 +87,7 @@ def load(run_file: str | None) -> tuple[PreferenceRunManifest, Storage]:
     set_default_context(manifest.metadata.namespace, manifest.metadata.name)
     storage_spec = manifest.spec.storage
     storage = open_storage(storage_spec.uri, storage_spec.endpoint_url, storage_spec.region)
+    storage.check_writable()  # fail before any work, not after the first shard
     return manifest, storage
 
 

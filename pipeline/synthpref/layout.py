@@ -85,6 +85,11 @@ def parse_summary(index: int) -> str:
     return f"dataset/summaries/{_shard(index)}.json"
 
 
+def write_probe(token: str) -> str:
+    """A short-lived object that `Storage.check_writable` writes and deletes (`token` unique)."""
+    return f".write-probe-{token}"
+
+
 def shards_for_worker(total: int, worker: int, workers: int) -> list[int]:
     """The shards worker `worker` of `workers` takes: every shard s with s mod workers == worker."""
     if workers < 1:

@@ -7,31 +7,62 @@ in a Job against S3, and in tests against a real S3 server on loopback. Keys are
 Writes are atomic (a reader never sees half a file) and completion is explicit: a shard is done
 only when `commit()` has written its marker, so a crashed or half-written shard is redone, never
 trusted.
+
+Faults: every S3 operation rides out transient faults (see `storage_retry`), and a read whose
+connection breaks continues from the byte where it stopped. What cannot be ridden out is a
+`StorageError` naming the URI and the cause: a local path that is a file or not writable, a full
+disk, a missing bucket, refused credentials, an outage past the retry deadline.
+`check_writable()` probes a root before any work (the stage commands call it).
 """
 
 from __future__ import annotations
 
+import contextlib
+import errno
+import functools
+import http.client
 import io
 import json
 import os
 import tempfile
 import uuid
 from abc import ABC, abstractmethod
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import IO, TYPE_CHECKING, Any
+from typing import IO, TYPE_CHECKING, Any, TypeVar
 
-from synthpref.errors import SynthprefError
+from synthpref import layout
+from synthpref.storage_errors import (
+    NotUtf8Error,
+    StorageError,
+    StorageUnavailableError,
+    os_error_cause,
+)
+from synthpref.storage_lines import RawLine, split_lines
+from synthpref.storage_retry import Retrier, RetryPolicy
 
 if TYPE_CHECKING:
     from mypy_boto3_s3 import S3Client
 
+__all__ = [
+    "COMMIT_SUFFIX",
+    "LocalStorage",
+    "NotUtf8Error",
+    "RawLine",
+    "RetryPolicy",
+    "S3Storage",
+    "Storage",
+    "StorageError",
+    "StorageUnavailableError",
+    "open_storage",
+    "s3_client",
+]
+
+T = TypeVar("T")
+
 COMMIT_SUFFIX = ".commit"
-
-
-class StorageError(SynthprefError, RuntimeError):
-    """A storage operation failed; the message names the full URI."""
+READ_CHUNK_BYTES = 1024 * 1024
 
 
 class Storage(ABC):
@@ -40,11 +71,22 @@ class Storage(ABC):
     uri: str
 
     @abstractmethod
-    def read_bytes(self, key: str) -> bytes: ...
+    def read_chunks(self, key: str) -> Iterator[bytes]:
+        """Stream the bytes of an object in chunks."""
 
-    @abstractmethod
+    def read_bytes(self, key: str) -> bytes:
+        return b"".join(self.read_chunks(key))
+
+    def read_raw_lines(self, key: str) -> Iterator[RawLine]:
+        """Stream the lines of an object as bytes, with their numbers and byte offsets."""
+        return split_lines(self.read_chunks(key))
+
     def read_lines(self, key: str) -> Iterator[str]:
-        """Stream the lines of a text object, without their line endings."""
+        """Stream the lines of a UTF-8 text object, without their line endings; a line that is
+        not UTF-8 raises NotUtf8Error naming `URI:line` and the byte offset."""
+        url = self.url(key)
+        for line in self.read_raw_lines(key):
+            yield line.text(url)
 
     @abstractmethod
     def open_writer(self, key: str) -> Any:
@@ -92,6 +134,13 @@ class Storage(ABC):
         """Forget that `key` was done (its data will be redone)."""
         self.delete(key + COMMIT_SUFFIX)
 
+    def check_writable(self) -> None:
+        """Write and delete a small probe object under the root: a StorageError now, before
+        any work, when the storage cannot be written."""
+        probe = layout.write_probe(uuid.uuid4().hex)
+        self.write_bytes(probe, b"synthpref write probe\n")
+        self.delete(probe)
+
 
 class LocalStorage(Storage):
     """A directory on the local filesystem; atomic writes via rename."""
@@ -106,36 +155,69 @@ class LocalStorage(Storage):
             raise StorageError(f"key {key!r} escapes storage root {self.uri}")
         return path
 
-    def read_bytes(self, key: str) -> bytes:
-        try:
-            return self._path(key).read_bytes()
-        except FileNotFoundError:
-            raise StorageError(f"{self.url(key)}: not found") from None
+    def _not_a_directory(self, path: Path) -> Path | None:
+        """The first of `path`'s folders (the root or one under it) that exists as a file."""
+        for folder in [*reversed(path.parents), path]:
+            if folder.exists() and not folder.is_dir():
+                return folder
+        return None
 
-    def read_lines(self, key: str) -> Iterator[str]:
+    def _error(self, error: OSError, key: str, action: str) -> StorageError:
+        """A StorageError naming the path and the cause of `error`."""
+        if isinstance(error, FileNotFoundError) and action == "read":
+            return StorageError(f"{self.url(key)}: not found")
+        path = self._path(key)
+        if isinstance(error, FileExistsError | NotADirectoryError):
+            blocker = self._not_a_directory(path.parent)
+            if blocker == self.root:
+                return StorageError(f"storage path {blocker} exists and is not a directory")
+            if blocker is not None:
+                return StorageError(f"storage {self.uri}: {blocker} exists and is not a directory")
+        return StorageError(f"storage {self.uri}: cannot {action} {path}: {os_error_cause(error)}")
+
+    @contextmanager
+    def _os_errors(self, key: str, action: str) -> Iterator[None]:
         try:
-            with self._path(key).open(encoding="utf-8", newline="") as stream:
-                for line in stream:
-                    yield line.rstrip("\r\n")
-        except FileNotFoundError:
-            raise StorageError(f"{self.url(key)}: not found") from None
+            yield
+        except OSError as error:
+            raise self._error(error, key, action) from None
+
+    def read_chunks(self, key: str) -> Iterator[bytes]:
+        with self._os_errors(key, "read"):
+            stream = self._path(key).open("rb")
+        with stream:
+            while True:
+                with self._os_errors(key, "read"):
+                    chunk = stream.read(READ_CHUNK_BYTES)
+                if not chunk:
+                    return
+                yield chunk
 
     @contextmanager
     def _atomic_file(self, key: str, binary: bool) -> Iterator[IO[Any]]:
         """Write to a temp file beside the target, then rename it into place."""
         path = self._path(key)
-        path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
         try:
-            with (
-                tmp.open("wb") if binary else tmp.open("w", encoding="utf-8", newline="\n")
-            ) as stream:
-                yield stream
-                stream.flush()
-                os.fsync(stream.fileno())
-            os.replace(tmp, path)
+            with self._os_errors(key, "write"):
+                path.parent.mkdir(parents=True, exist_ok=True)
+                stream = tmp.open("wb") if binary else tmp.open("w", encoding="utf-8", newline="\n")
+            with stream:
+                try:
+                    yield stream
+                except OSError as error:
+                    if error.errno not in (errno.ENOSPC, errno.EDQUOT):
+                        raise
+                    # The disk filled up under the caller's writes to `stream`.
+                    raise self._error(error, key, "write") from None
+                with self._os_errors(key, "write"):
+                    stream.flush()
+                    os.fsync(stream.fileno())
+            with self._os_errors(key, "write"):
+                os.replace(tmp, path)
         finally:
-            tmp.unlink(missing_ok=True)
+            with contextlib.suppress(OSError):  # e.g. its folder could not be made
+                tmp.unlink(missing_ok=True)
 
     @contextmanager
     def open_writer(self, key: str) -> Iterator[IO[str]]:
@@ -155,26 +237,29 @@ class LocalStorage(Storage):
         if not base.is_dir():
             return []
         keys = []
-        for path in base.rglob("*"):
-            if path.is_file() and not path.name.endswith(".tmp"):
-                key = path.relative_to(self.root).as_posix()
-                if key.startswith(prefix):
-                    keys.append(key)
+        with self._os_errors(folder, "list"):
+            for path in base.rglob("*"):
+                if path.is_file() and not path.name.endswith(".tmp"):
+                    key = path.relative_to(self.root).as_posix()
+                    if key.startswith(prefix):
+                        keys.append(key)
         return sorted(keys)
 
     def delete(self, key: str) -> None:
-        self._path(key).unlink(missing_ok=True)
+        with self._os_errors(key, "delete"):
+            self._path(key).unlink(missing_ok=True)
 
 
 class S3Storage(Storage):
-    """A prefix in an S3 bucket (boto3; any S3-compatible endpoint)."""
+    """A prefix in an S3 bucket (boto3; any S3-compatible endpoint). Every operation rides out
+    transient faults (`storage_retry`); reads resume where a broken connection stopped them."""
 
     # Writers spool to memory up to this size, then to a temp file; boto3 switches to
     # multipart upload for large objects on its own.
     SPOOL_BYTES = 32 * 1024 * 1024
     LIST_PAGE_SIZE = 1000
 
-    def __init__(self, uri: str, client: S3Client) -> None:
+    def __init__(self, uri: str, client: S3Client, retry: RetryPolicy | None = None) -> None:
         bucket, _, prefix = uri.removeprefix("s3://").partition("/")
         if not bucket:
             raise StorageError(f"{uri}: no bucket in S3 URI")
@@ -182,25 +267,57 @@ class S3Storage(Storage):
         self.bucket = bucket
         self.prefix = prefix.strip("/")
         self.client = client
+        self.retry = retry if retry is not None else RetryPolicy.from_env()
 
     def _key(self, key: str) -> str:
         return f"{self.prefix}/{key}" if self.prefix else key
 
-    def _get(self, key: str) -> Any:
+    def _retrier(self) -> Retrier:
+        return Retrier(self.uri, self.bucket, self.retry)
+
+    def _call(self, what: str, operation: Callable[[], T]) -> T:
+        return self._retrier().call(what, operation)
+
+    def _get(self, key: str, offset: int = 0, etag: str | None = None) -> Any:
+        """GET the object from byte `offset` on; `etag` guards a resumed read against an
+        object that was replaced meanwhile (412, a StorageError)."""
+        extra: dict[str, Any] = {}
+        if offset:
+            extra["Range"] = f"bytes={offset}-"
+        if etag is not None:
+            extra["IfMatch"] = etag
         try:
-            return self.client.get_object(Bucket=self.bucket, Key=self._key(key))
+            return self.client.get_object(Bucket=self.bucket, Key=self._key(key), **extra)
         except self.client.exceptions.NoSuchKey:
             raise StorageError(f"{self.url(key)}: not found") from None
 
-    def read_bytes(self, key: str) -> bytes:
-        body: bytes = self._get(key)["Body"].read()
-        return body
-
-    def read_lines(self, key: str) -> Iterator[str]:
-        body = self._get(key)["Body"]
+    def read_chunks(self, key: str) -> Iterator[bytes]:
+        """The object's bytes; when the connection breaks mid-read, the rest is fetched again
+        from the byte where it stopped (the same version of the object: guarded by its ETag)."""
+        retrier = self._retrier()
+        what = f"read {key}"
+        response = retrier.call(what, lambda: self._get(key))
+        size: int = response["ContentLength"]
+        etag: str = response["ETag"]
+        body = response["Body"]
+        offset = 0
         try:
-            for raw in body.iter_lines(keepends=False):
-                yield raw.decode("utf-8").rstrip("\r")
+            while offset < size:
+                try:
+                    chunk: bytes = body.read(min(READ_CHUNK_BYTES, size - offset))
+                    if not chunk:
+                        raise http.client.IncompleteRead(b"", size - offset)
+                except StorageError:
+                    raise
+                except Exception as error:
+                    body.close()
+                    retrier.failed(f"{what} (at byte {offset} of {size})", error)
+                    resume = functools.partial(self._get, key, offset, etag)
+                    body = retrier.call(what, resume)["Body"]
+                    continue
+                offset += len(chunk)
+                retrier.progressed()
+                yield chunk
         finally:
             body.close()
 
@@ -211,38 +328,89 @@ class S3Storage(Storage):
             yield text
             text.flush()
             text.detach()  # keep the spool open when the wrapper goes away
-            spool.seek(0)
-            self.client.upload_fileobj(spool, self.bucket, self._key(key))
+
+            def upload() -> None:  # every try sends the whole object again
+                view = io.BufferedReader(_SpoolView(spool))
+                self.client.upload_fileobj(view, self.bucket, self._key(key))
+
+            self._call(f"write {key}", upload)
 
     def write_bytes(self, key: str, data: bytes) -> None:
-        self.client.put_object(Bucket=self.bucket, Key=self._key(key), Body=data)
+        self._call(
+            f"write {key}",
+            lambda: self.client.put_object(Bucket=self.bucket, Key=self._key(key), Body=data),
+        )
 
     def exists(self, key: str) -> bool:
         from botocore.exceptions import ClientError
 
-        try:
-            self.client.head_object(Bucket=self.bucket, Key=self._key(key))
-        except ClientError as error:
-            if error.response.get("Error", {}).get("Code") in ("404", "NoSuchKey", "NotFound"):
-                return False
-            raise
-        return True
+        def head() -> bool:
+            try:
+                self.client.head_object(Bucket=self.bucket, Key=self._key(key))
+            except ClientError as error:
+                if error.response.get("Error", {}).get("Code") in ("404", "NoSuchKey", "NotFound"):
+                    return False
+                raise
+            return True
+
+        return self._call(f"look up {key}", head)
 
     def list(self, prefix: str = "") -> list[str]:
-        paginator = self.client.get_paginator("list_objects_v2")
         root = f"{self.prefix}/" if self.prefix else ""
-        keys = []
-        for page in paginator.paginate(
-            Bucket=self.bucket,
-            Prefix=root + prefix,
-            PaginationConfig={"PageSize": self.LIST_PAGE_SIZE},
-        ):
-            for item in page.get("Contents", []):
-                keys.append(item["Key"][len(root) :])
-        return sorted(keys)
+
+        def list_all() -> list[str]:
+            paginator = self.client.get_paginator("list_objects_v2")
+            keys = []
+            for page in paginator.paginate(
+                Bucket=self.bucket,
+                Prefix=root + prefix,
+                PaginationConfig={"PageSize": self.LIST_PAGE_SIZE},
+            ):
+                for item in page.get("Contents", []):
+                    keys.append(item["Key"][len(root) :])
+            return sorted(keys)
+
+        return self._call(f"list {prefix or '(all)'}", list_all)
 
     def delete(self, key: str) -> None:
-        self.client.delete_object(Bucket=self.bucket, Key=self._key(key))
+        self._call(
+            f"delete {key}",
+            lambda: self.client.delete_object(Bucket=self.bucket, Key=self._key(key)),
+        )
+
+
+class _SpoolView(io.RawIOBase):
+    """A reader of a writer's spool from its start. s3transfer closes the file it uploads,
+    also when the upload fails; closing the view leaves the spool open for the next try."""
+
+    def __init__(self, spool: IO[bytes]) -> None:
+        super().__init__()
+        self._spool = spool
+        spool.seek(0)
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        data = self._spool.read(len(buffer))
+        buffer[: len(data)] = data
+        return len(data)
+
+    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
+        return self._spool.seek(offset, whence)
+
+    def tell(self) -> int:
+        return self._spool.tell()
+
+
+# botocore retries single HTTP requests (one part of a multipart upload, one listing page) a
+# few times, quickly; the Retrier around each operation rides out longer outages and logs.
+S3_MAX_ATTEMPTS = 5
+S3_CONNECT_TIMEOUT_S = 10
+S3_READ_TIMEOUT_S = 60
 
 
 def s3_client(
@@ -255,6 +423,7 @@ def s3_client(
     """A boto3 S3 client. The endpoint defaults to $AWS_ENDPOINT_URL_S3; without explicit keys
     the credentials come from the environment (AWS_* variables, profiles)."""
     import boto3
+    from botocore.config import Config
 
     endpoint = endpoint_url or os.environ.get("AWS_ENDPOINT_URL_S3")
     client: S3Client = boto3.client(
@@ -263,6 +432,11 @@ def s3_client(
         region_name=region,
         aws_access_key_id=access_key_id,
         aws_secret_access_key=secret_access_key,
+        config=Config(
+            retries={"mode": "standard", "total_max_attempts": S3_MAX_ATTEMPTS},
+            connect_timeout=S3_CONNECT_TIMEOUT_S,
+            read_timeout=S3_READ_TIMEOUT_S,
+        ),
     )
     return client
 

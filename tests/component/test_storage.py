@@ -6,7 +6,7 @@ import pytest
 
 from synthpref.jsonl import RowError, read_rows, write_rows
 from synthpref.rows import PromptRow
-from synthpref.storage import S3Storage, Storage, StorageError
+from synthpref.storage import NotUtf8Error, S3Storage, Storage, StorageError
 
 
 def test_write_read_roundtrip_streams_lines(storage: Storage) -> None:
@@ -80,3 +80,21 @@ def test_s3_large_object_uses_multipart(s3_uri: str, s3_endpoint: str) -> None:
     assert head["ContentLength"] == 10 * 1024 * 1024
     assert "-" in head["ETag"]  # multipart ETags end in -<parts>
     assert sum(1 for _ in storage.read_lines("big.jsonl")) == 10 * 1024
+
+
+def test_line_endings_and_non_utf8_lines_read_alike(storage: Storage) -> None:
+    storage.write_bytes("mixed.jsonl", b"a\r\nb\rc\n\nd")
+    assert list(storage.read_lines("mixed.jsonl")) == ["a", "b", "c", "", "d"]
+    storage.write_bytes("bad.jsonl", b"fine\n\xc3\xa9 ok\nnot \xff utf-8\n")
+    lines = storage.read_lines("bad.jsonl")
+    assert [next(lines), next(lines)] == ["fine", "é ok"]
+    with pytest.raises(NotUtf8Error) as caught:
+        next(lines)
+    assert str(caught.value) == (
+        f"{storage.url('bad.jsonl')}:3: not valid UTF-8 at byte offset 15 (invalid start byte)"
+    )
+
+
+def test_check_writable_leaves_nothing(storage: Storage) -> None:
+    storage.check_writable()
+    assert storage.list() == []

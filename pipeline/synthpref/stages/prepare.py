@@ -23,7 +23,7 @@ from synthpref.jsonl import write_rows
 from synthpref.rows import PromptRow
 from synthpref.spec import MalformedPolicy, PreferenceRunSpec
 from synthpref.stages.inputs import describe, missing_prompt_shards, prompt_shards
-from synthpref.storage import LocalStorage, S3Storage, Storage, s3_client
+from synthpref.storage import LocalStorage, NotUtf8Error, S3Storage, Storage, s3_client
 
 MAX_REPORTED_MALFORMED = 50
 
@@ -88,19 +88,21 @@ def parse_prompt_line(line: str, where: str) -> PromptRow:
 def read_prompts(
     files: list[tuple[Storage, str]], policy: MalformedPolicy, summary: PrepareSummary
 ) -> Iterator[PromptRow]:
-    """Unique prompts from all files; counts duplicates and (under `skip`) malformed lines."""
+    """Unique prompts from all files; counts duplicates and (under `skip`) malformed lines,
+    among them lines that are not UTF-8."""
     seen: set[str] = set()
     for storage, key in files:
-        summary.files.append(storage.url(key))
-        for number, line in enumerate(storage.read_lines(key), start=1):
-            if not line.strip():
-                continue
-            where = f"{storage.url(key)}:{number}"
+        url = storage.url(key)
+        summary.files.append(url)
+        for raw in storage.read_raw_lines(key):
             try:
-                row = parse_prompt_line(line, where)
-            except PromptFileError as error:
+                line = raw.text(url)  # NotUtf8Error names file:line and the byte offset
+                if not line.strip():
+                    continue
+                row = parse_prompt_line(line, f"{url}:{raw.number}")
+            except (PromptFileError, NotUtf8Error) as error:
                 if policy is MalformedPolicy.FAIL:
-                    raise
+                    raise PromptFileError(str(error)) from None
                 summary.malformed += 1
                 if len(summary.malformed_examples) < MAX_REPORTED_MALFORMED:
                     summary.malformed_examples.append(str(error))

@@ -1,0 +1,43 @@
+"""The errors of run storage, and what a local filesystem error means to a user.
+
+Raised by `synthpref.storage` (and its helpers `storage_lines`, `storage_retry`); re-exported
+there, so callers import `StorageError` from `synthpref.storage`. Pure: no I/O.
+"""
+
+from __future__ import annotations
+
+import errno
+
+from synthpref.errors import SynthprefError
+
+
+class StorageError(SynthprefError, RuntimeError):
+    """A storage operation failed; the message names the full URI and the cause."""
+
+
+class StorageUnavailableError(StorageError):
+    """Storage stayed unreachable (or kept failing transiently) past the retry deadline."""
+
+
+class NotUtf8Error(StorageError):
+    """A text object has a line that is not valid UTF-8; names `URI:line` and the byte offset."""
+
+    def __init__(self, url: str, line: int, offset: int, reason: str) -> None:
+        super().__init__(f"{url}:{line}: not valid UTF-8 at byte offset {offset} ({reason})")
+        self.url = url
+        self.line = line
+        self.offset = offset
+
+
+# errno values that mean "this user may not write (or read) here".
+_DENIED = frozenset({errno.EACCES, errno.EPERM, errno.EROFS})
+_FULL = frozenset({errno.ENOSPC, errno.EDQUOT})
+
+
+def os_error_cause(error: OSError) -> str:
+    """The cause of a filesystem error in a few words: 'permission denied', 'disk full', ..."""
+    if error.errno in _DENIED:
+        return "permission denied" if error.errno != errno.EROFS else "read-only file system"
+    if error.errno in _FULL:
+        return "disk full (no space left on device)"
+    return (error.strerror or type(error).__name__).lower()
