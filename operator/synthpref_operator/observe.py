@@ -16,6 +16,7 @@ from typing import Any
 from synthpref import layout
 from synthpref.spec import PreferenceRunSpec
 from synthpref.storage import COMMIT_SUFFIX, S3Storage, Storage, open_storage, s3_client
+from synthpref.storage_retry import RetryPolicy
 from synthpref_operator.admission import SecretFacts
 from synthpref_operator.names import (
     ANNOTATION_SUSPENDED_BY_RUN,
@@ -211,11 +212,18 @@ def secret_value(core_api: Any, namespace: str, name: str, key: str) -> str:
     return base64.b64decode(data[key]).decode()
 
 
+# A reconcile pass waits out short storage faults only: it must not hold a worker thread for
+# minutes; a failed pass is retried, and the workers ride out longer outages themselves.
+PASS_STORAGE_RETRY = RetryPolicy(deadline_s=20.0, max_delay_s=5.0)
+
+
 def open_run_storage(spec: PreferenceRunSpec, core_api: Any, namespace: str) -> Storage:
     """The run's storage; S3 credentials come from the Secrets the spec names, if any."""
     settings = spec.storage
     if not settings.uri.startswith("s3://") or settings.credentials is None:
-        return open_storage(settings.uri, settings.endpoint_url, settings.region)
+        return open_storage(
+            settings.uri, settings.endpoint_url, settings.region, PASS_STORAGE_RETRY
+        )
     creds = settings.credentials
     client = s3_client(
         settings.endpoint_url,
@@ -227,7 +235,7 @@ def open_run_storage(spec: PreferenceRunSpec, core_api: Any, namespace: str) -> 
             core_api, namespace, creds.secret_access_key.name, creds.secret_access_key.key
         ),
     )
-    return S3Storage(settings.uri, client)
+    return S3Storage(settings.uri, client, PASS_STORAGE_RETRY)
 
 
 _METADATA_ONLY = "application/json;as=PartialObjectMetadata;g=meta.k8s.io;v=v1"

@@ -441,10 +441,16 @@ def s3_client(
     return client
 
 
-def open_storage(uri: str, endpoint_url: str | None = None, region: str | None = None) -> Storage:
-    """Storage for a local path or an s3:// URI."""
+def open_storage(
+    uri: str,
+    endpoint_url: str | None = None,
+    region: str | None = None,
+    retry: RetryPolicy | None = None,
+) -> Storage:
+    """Storage for a local path or an s3:// URI (`retry`: the S3 retry policy, default from
+    the environment)."""
     if uri.startswith("s3://"):
-        return S3Storage(uri, s3_client(endpoint_url, region))
+        return S3Storage(uri, s3_client(endpoint_url, region), retry)
     if "://" in uri:
         raise StorageError(f"{uri}: unsupported URI scheme (use a local path or s3://)")
     return LocalStorage(uri)
