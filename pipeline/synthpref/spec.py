@@ -207,12 +207,27 @@ class StorageSpec(SpecModel):
 class ResourceList(SpecModel):
     """CPU and memory quantities, as in a Kubernetes container's resources."""
 
+    # The pattern goes into the CRD; the validator words the same rule for people.
     cpu: str | None = Field(
-        default=None, pattern=_QUANTITY, description="CPU cores, e.g. 4 or 500m."
+        default=None,
+        description="CPU cores, e.g. 4 or 500m.",
+        json_schema_extra={"pattern": _QUANTITY},
     )
     memory: str | None = Field(
-        default=None, pattern=_QUANTITY, description="Memory, e.g. 32Gi or 512Mi."
+        default=None,
+        description="Memory, e.g. 32Gi or 512Mi.",
+        json_schema_extra={"pattern": _QUANTITY},
     )
+
+    @field_validator("cpu", "memory")
+    @classmethod
+    def _quantity(cls, value: str | None) -> str | None:
+        if value is not None and not re.fullmatch(_QUANTITY, value):
+            raise ValueError(
+                f"{value!r} is not a Kubernetes quantity (a number with an optional suffix "
+                "such as m, Ki, Mi, Gi: 500m, 4, 512Mi, 32Gi)"
+            )
+        return value
 
 
 class Resources(SpecModel):
@@ -717,7 +732,8 @@ class SpecError(SynthprefError, ValueError):
 def validation_problems(error: ValidationError) -> list[str]:
     """Pydantic errors as `field.path: message` (camelCase paths, as the input spells them)."""
     return [
-        f"{'.'.join(str(part) for part in item['loc']) or '(root)'}: {item['msg']}"
+        f"{'.'.join(str(part) for part in item['loc']) or '(root)'}: "
+        f"{item['msg'].removeprefix('Value error, ')}"
         for item in error.errors()
     ]
 

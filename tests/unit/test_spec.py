@@ -34,7 +34,7 @@ def test_defaults_and_camel_case(tmp_path: Path) -> None:
     [
         ({"mix": {"responsesPerPrompt": 1}}, "mix.responsesPerPrompt: Input should be greater"),
         ({"mix": {"onPolicyModel": "nope"}}, "mix.onPolicyModel: 'nope' is not one of models"),
-        ({"mix": {"aspects": ["style"]}}, "mix.aspects: Value error, unknown aspect"),
+        ({"mix": {"aspects": ["style"]}}, "mix.aspects: unknown aspect"),
         ({"judge": {"backend": "claude"}}, "judge.backend: Input should be 'openai' or 'vllm'"),
         ({"prompts": {"uri": "p", "shardSize": 0}}, "prompts.shardSize: Input should be greater"),
         ({"storage": {"uri": "s", "secretKey": "x"}}, "storage.secretKey: Extra inputs"),
@@ -62,7 +62,7 @@ def test_on_policy_needs_only_two_models() -> None:
 def test_model_names_must_be_dns_labels_and_unique() -> None:
     bad = spec_dict()
     bad["models"][0]["name"] = "Big_Model"
-    with pytest.raises(SpecError, match=r"models\.0\.name: Value error, must be lowercase"):
+    with pytest.raises(SpecError, match=r"models\.0\.name: must be lowercase"):
         parse_manifest(manifest_dict(bad))
     dup = spec_dict()
     dup["models"][1]["name"] = "m0"
@@ -73,9 +73,7 @@ def test_model_names_must_be_dns_labels_and_unique() -> None:
 def test_wrong_kind_or_version(tmp_path: Path) -> None:
     document = manifest_dict()
     document["apiVersion"] = "synthpref.dev/v1"
-    with pytest.raises(
-        SpecError, match=r"apiVersion: Value error, must be 'synthpref\.dev/v1alpha1'"
-    ):
+    with pytest.raises(SpecError, match=r"apiVersion: must be 'synthpref\.dev/v1alpha1'"):
         load_run(write(tmp_path, document))
     document["kind"] = "Job"
     with pytest.raises(SpecError, match="no document with kind: PreferenceRun"):

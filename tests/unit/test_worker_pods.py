@@ -271,7 +271,7 @@ def test_spec_refuses_a_limit_below_its_request(resources: dict[str, Any]) -> No
     (key,) = resources["limits"]
     (problem,) = validation_problems(caught.value)
     assert problem == (
-        f"models.1.resources: Value error, limits.{key} {resources['limits'][key]} is less than "
+        f"models.1.resources: limits.{key} {resources['limits'][key]} is less than "
         f"requests.{key} {resources['requests'][key]}"
     )
 
