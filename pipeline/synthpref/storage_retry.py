@@ -25,6 +25,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TypeVar
 
+from synthpref.retrying import backoff_delay, ordinal
 from synthpref.storage_errors import StorageError, StorageUnavailableError
 
 log = logging.getLogger(__name__)
@@ -64,15 +65,6 @@ CREDENTIAL_CODES = frozenset(
 )
 
 
-def ordinal(number: int) -> str:
-    """1st, 2nd, 3rd, 4th, ..., 11th, 12th, 13th, ..., 21st."""
-    if 10 <= number % 100 <= 20:
-        suffix = "th"
-    else:
-        suffix = {1: "st", 2: "nd", 3: "rd"}.get(number % 10, "th")
-    return f"{number}{suffix}"
-
-
 def retry_seconds_from_env() -> float:
     """The retry deadline from $SYNTHPREF_STORAGE_RETRY_SECONDS, else the default."""
     value = os.environ.get(RETRY_SECONDS_ENV, "").strip()
@@ -102,8 +94,7 @@ class RetryPolicy:
 
     def delay(self, tries: int, rng: random.Random) -> float:
         """Seconds to wait after the `tries`-th failed try in a row."""
-        ceiling = min(self.max_delay_s, self.base_delay_s * 2.0 ** (tries - 1))
-        return ceiling * (0.5 + 0.5 * rng.random())
+        return backoff_delay(tries, self.base_delay_s, self.max_delay_s, rng)
 
 
 @dataclass(frozen=True)

@@ -11,8 +11,8 @@ import pytest
 from synthpref.annotate.estimate import request_tokens, text_tokens
 from synthpref.annotate.ledger import FileLedger, Phase
 from synthpref.annotate.outcomes import sort_results
-from synthpref.backends.openai_chat import backoff_delay
 from synthpref.layout import judge_ledger, judge_resubmit
+from synthpref.retrying import backoff_delay
 
 
 def out(custom_id: str, status: int = 200, error: dict[str, Any] | None = None) -> str:

@@ -28,7 +28,6 @@ from synthpref.storage_retry import (
     Retrier,
     RetryPolicy,
     classify,
-    ordinal,
     retry_seconds_from_env,
 )
 
@@ -104,26 +103,6 @@ def test_not_transient(error: Exception, message: str) -> None:
 
 def test_bugs_are_not_storage_problems() -> None:
     assert classify(KeyError("x"), URI, "bucket") is None
-
-
-@pytest.mark.parametrize(
-    ("number", "text"),
-    [
-        (1, "1st"),
-        (2, "2nd"),
-        (3, "3rd"),
-        (4, "4th"),
-        (11, "11th"),
-        (12, "12th"),
-        (13, "13th"),
-        (21, "21st"),
-        (22, "22nd"),
-        (101, "101st"),
-        (111, "111th"),
-    ],
-)
-def test_ordinal(number: int, text: str) -> None:
-    assert ordinal(number) == text
 
 
 def test_delays_double_with_jitter_up_to_the_cap() -> None:

@@ -28,9 +28,10 @@ from typing import Any, Final, TypeVar
 
 import openai
 
-from synthpref.backends.openai_chat import backoff_delay, retry_after_seconds, transport_cause
+from synthpref.backends.openai_chat import retry_after_seconds, transport_cause
 from synthpref.backends.retrylog import RetryLog
 from synthpref.errors import SynthprefError
+from synthpref.retrying import backoff_delay
 from synthpref.spec import OpenAIEndpoint
 
 log = logging.getLogger(__name__)

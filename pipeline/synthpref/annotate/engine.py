@@ -55,8 +55,8 @@ from synthpref.annotate.client import ApiRequestError, BatchClient, FatalApiErro
 from synthpref.annotate.estimate import request_tokens
 from synthpref.annotate.ledger import ApiErrorRecord, FileLedger, Phase, Submission
 from synthpref.annotate.outcomes import MISSING, SortedResults, failure_line, sort_results
-from synthpref.backends.retrylog import seconds
 from synthpref.errors import InputsNotReadyError, SynthprefError
+from synthpref.retrying import seconds
 from synthpref.spec import PreferenceRunSpec
 from synthpref.stages.judge import committed_request_files
 from synthpref.stages.prepare import shard_count

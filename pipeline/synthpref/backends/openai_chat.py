@@ -34,6 +34,7 @@ import openai
 from synthpref.backends.base import ChatRequest, ChatResult, EndpointUnavailableError
 from synthpref.backends.retrylog import RetryLog
 from synthpref.errors import SynthprefError
+from synthpref.retrying import backoff_delay
 from synthpref.spec import ModelSpec, OpenAIEndpoint
 
 log = logging.getLogger(__name__)
@@ -69,17 +70,6 @@ def retry_after_seconds(headers: Any) -> float | None:
         if parsed is None:
             return None
         return max(0.0, parsed.timestamp() - time.time())
-
-
-def backoff_delay(
-    attempt: int, base_s: float, max_s: float, rng: random.Random, retry_after: float | None
-) -> float:
-    """Seconds to wait before retry number `attempt` (1-based): the server's retry-after when it
-    gives one (capped at `max_s`), else exponential backoff with jitter in [50%, 100%]."""
-    if retry_after is not None:
-        return min(retry_after, max_s)
-    ceiling = min(max_s, base_s * 2.0 ** (attempt - 1))
-    return ceiling * (0.5 + 0.5 * rng.random())
 
 
 def transport_cause(error: openai.APIConnectionError) -> str:

@@ -17,19 +17,7 @@ import logging
 import time
 from collections.abc import Callable
 
-
-def ordinal(number: int) -> str:
-    """1st, 2nd, 3rd, 4th, ..., 11th, 12th, 13th, 21st."""
-    if 10 <= number % 100 <= 20:
-        suffix = "th"
-    else:
-        suffix = {1: "st", 2: "nd", 3: "rd"}.get(number % 10, "th")
-    return f"{number}{suffix}"
-
-
-def seconds(value: float) -> str:
-    """A delay for humans: `20 s`, `4.5 s`, `0.05 s`."""
-    return f"{value:.2g} s" if value < 10 else f"{value:.0f} s"
+from synthpref.retrying import ordinal, seconds
 
 
 class RetryLog:

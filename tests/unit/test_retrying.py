@@ -1,4 +1,5 @@
-"""The throttled WARNING lines about an endpoint that keeps failing (backends.retrylog)."""
+"""Retry wording and the throttled WARNING lines about an endpoint that keeps failing
+(retrying, backends.retrylog)."""
 
 from __future__ import annotations
 
@@ -6,7 +7,8 @@ import logging
 
 import pytest
 
-from synthpref.backends.retrylog import RetryLog, ordinal, seconds
+from synthpref.backends.retrylog import RetryLog
+from synthpref.retrying import ordinal, seconds
 
 
 @pytest.mark.parametrize(
