@@ -581,25 +581,23 @@ class Annotator:
             failed=dict.fromkeys(ids, reason),
             failure_lines={i: failure_line(i, reason, message) for i in ids},
         )
+        self._end_file(record, results, Phase.FAILED)
+        record.error = message
+        self._save(record)
+
+    def _end_file(self, record: FileLedger, results: SortedResults, phase: Phase) -> None:
+        """Write `results` as the current attempt's final ones and end the file in `phase`."""
         current = record.current or Submission(attempt=record.attempt, input_key=record.input_key)
         self._write_results(record, current, results, final=True)
         record.history.append(current)
         record.current = None
         record.failed = dict(Counter(record.failed) + Counter(results.failed.values()))
-        record.phase = Phase.FAILED
-        record.error = message
-        self._save(record)
+        record.phase = phase
 
     def _finish_unsubmitted(self, record: FileLedger, report: StepReport) -> None:
         """A cancelled run: report the current attempt's requests as failed ('cancelled')."""
         ids = [str(line["custom_id"]) for line in self._input_lines(record.input_key)]
-        results = sort_results(ids, [], [], "cancelled")
-        current = record.current or Submission(attempt=record.attempt, input_key=record.input_key)
-        self._write_results(record, current, results, final=True)
-        record.history.append(current)
-        record.current = None
-        record.failed = dict(Counter(record.failed) + Counter(results.failed.values()))
-        record.phase = Phase.CANCELLED
+        self._end_file(record, sort_results(ids, [], [], "cancelled"), Phase.CANCELLED)
         self._save(record)
         report.actions.append(f"{record.request_key}: cancelled before submission")
 
