@@ -133,6 +133,7 @@ def test_worker_defaults_are_the_operators() -> None:
     assert workers["gpuNodeSelector"] == defaults.gpu_node_selector
     assert workers["gpuTolerations"] == defaults.gpu_tolerations
     assert workers["env"] == defaults.extra_env
+    assert workers["runAsUser"] == defaults.worker_user_id
 
 
 def test_security_defaults_are_the_operators() -> None:

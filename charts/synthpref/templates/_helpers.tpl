@@ -84,6 +84,7 @@ The operator settings as the JSON of SYNTHPREF_OPERATOR_SETTINGS (camelCase keys
   "gpuNodeSelector" ($w.gpuNodeSelector | default (dict))
   "gpuTolerations" ($w.gpuTolerations | default (list))
   "extraEnv" ($w.env | default (dict))
+  "workerUserId" $w.runAsUser
   "allowedEndpoints" ($s.allowedEndpoints | default (list))
   "allowedImagePrefixes" ($s.allowedImagePrefixes | default (list))
   "allowedServiceAccounts" ($s.allowedServiceAccounts | default (list))
