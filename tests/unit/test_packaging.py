@@ -7,7 +7,10 @@ import subprocess
 import sys
 import sysconfig
 import zipfile
+from importlib.metadata import entry_points
 from pathlib import Path
+
+import click
 
 import synthpref
 import synthpref_operator
@@ -46,6 +49,26 @@ def test_wheel_contents(tmp_path: Path) -> None:
     assert "synthpref/templates.py" in names and "synthpref/py.typed" in names
     assert "synthpref_operator/devcluster/kubelet.py" in names
     entry_points = next(n for n in names if n.endswith("entry_points.txt"))
-    assert (
-        "synthpref = synthpref.cli:entrypoint" in zipfile.ZipFile(wheel).read(entry_points).decode()
-    )
+    declared = zipfile.ZipFile(wheel).read(entry_points).decode()
+    assert "synthpref = synthpref.cli:entrypoint" in declared
+    assert "[synthpref.commands]\noperator = synthpref_operator.cli:operator_command" in declared
+    assert "[synthpref.dev_commands]\ncluster = synthpref_operator.devcluster" in declared
+
+
+def test_the_pipeline_reaches_the_operator_only_through_entry_points() -> None:
+    """The import contract sees imports; a module named in a string would slip past it."""
+    for source in (ROOT / "pipeline" / "synthpref").rglob("*.py"):
+        text = source.read_text(encoding="utf-8")
+        assert '"synthpref_operator' not in text and "'synthpref_operator" not in text, source
+    names = {
+        entry.name: entry.value
+        for group in ("synthpref.commands", "synthpref.dev_commands")
+        for entry in entry_points(group=group)
+    }
+    assert names == {
+        "operator": "synthpref_operator.cli:operator_command",
+        "cluster": "synthpref_operator.devcluster.cli:cluster_group",
+    }
+    from synthpref.cli import main
+
+    assert main.get_command(click.Context(main), "operator") is not None
