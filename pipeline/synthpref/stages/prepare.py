@@ -1,9 +1,10 @@
 """The `prepare` stage: read prompt files, give prompts stable ids, drop duplicates, shard.
 
 Input: JSONL files of {"text": ..., **metadata} (a file, a directory, a glob, or an s3:// prefix).
-Output: committed prompt shards of `shard_size` rows and `prompts/manifest.json`, written last,
-whose presence means the stage is done. Rerunning skips shards already committed; files are read
-in sorted order so shard contents are the same on every run.
+Output: committed prompt shards of `shard_size` rows and `prompts/manifest.json`, written last;
+the stage is done when the manifest and every shard's commit marker exist (`stages.inputs`).
+Rerunning skips shards already committed and cuts a shard whose marker is missing again; files
+are read in sorted order so shard contents are the same on every run.
 """
 
 from __future__ import annotations
