@@ -5,12 +5,10 @@ non-UTF-8 prompt bytes are malformed lines (named by file, line and byte offset)
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
 
-import pytest
 import yaml
 
 from synthpref.spec import MalformedPolicy
@@ -54,18 +52,13 @@ def test_storage_path_that_is_a_file(tmp_path: Path) -> None:
     assert message == f"storage {run}: {tmp_path / 'store'} exists and is not a directory"
 
 
-@pytest.mark.skipif(os.geteuid() == 0, reason="root ignores file permissions")
 def test_storage_that_is_not_writable(tmp_path: Path) -> None:
-    store = tmp_path / "store"
-    store.mkdir()
-    store.chmod(0o555)
-    try:
-        message = cli_error(tmp_path, str(tmp_path / "missing-prompts"), str(store))
-    finally:
-        store.chmod(0o755)
-    assert message.startswith(f"storage {store}: cannot write {store}/")
-    assert message.endswith(": permission denied")
-    assert list(store.iterdir()) == []
+    # /sys takes no new entries from anyone, root included (a chmod would not stop root).
+    store = Path("/sys/synthpref-test-store")
+    message = cli_error(tmp_path, str(tmp_path / "missing-prompts"), str(store))
+    assert message.startswith(f"storage {store}: cannot write {store}/"), message
+    assert message.endswith((": permission denied", ": read-only file system")), message
+    assert not store.exists()
 
 
 def test_non_utf8_prompt_fails_naming_file_line_and_byte_offset(tmp_path: Path) -> None:
