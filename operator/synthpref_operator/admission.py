@@ -5,10 +5,11 @@ namespace and send it to a URL of their choice, or start any image with any Secr
 cert-manager and external-secrets do, a run may use only what an operator admin allowed
 (`OperatorSettings`, rendered from the chart's values; see README "Security"):
 
-- an endpoint that receives an API key (`judge.openai.baseUrl`, `models[].openai.baseUrl` of
-  openai-backend models) must match `allowed_endpoints` by scheme, host, port and path prefix
-  on a segment boundary; an unset baseUrl (the operator's / workers' own configuration) is
-  always allowed;
+- an endpoint that receives credentials (`judge.openai.baseUrl`, `models[].openai.baseUrl` of
+  openai-backend models: an API key; `storage.endpointUrl`: requests signed with S3
+  credentials) must match `allowed_endpoints` by scheme, host, port and path prefix on a
+  segment boundary; an unset URL (the operator's / workers' own configuration) is always
+  allowed;
 - a worker image (`workers.image`, `workers.cpuImage`) must be one of the operator's own worker
   images or start with one of `allowed_image_prefixes`;
 - `workers.serviceAccountName` must be in `allowed_service_accounts`;
@@ -98,15 +99,21 @@ def endpoint_allowed(url: str, allowed: Sequence[str]) -> bool:
     return False
 
 
-def credential_endpoints(spec: PreferenceRunSpec) -> list[tuple[str, str]]:
-    """(field path, URL) of every base URL the run sets that would receive an API key."""
-    found: list[tuple[str, str]] = []
+def credential_endpoints(spec: PreferenceRunSpec) -> list[tuple[str, str, str]]:
+    """(field path, URL, what it would receive) of every endpoint the run sets that would
+    receive credentials: an API key, or requests signed with S3 credentials (the Secrets the
+    spec names, or the operator's and workers' own)."""
+    found: list[tuple[str, str, str]] = []
     if spec.judge.backend is JudgeBackend.OPENAI and spec.judge.openai.base_url is not None:
-        found.append(("spec.judge.openai.baseUrl", spec.judge.openai.base_url))
+        found.append(("spec.judge.openai.baseUrl", spec.judge.openai.base_url, "an API key"))
     for index, model in enumerate(spec.models):
         endpoint = model.openai
         if model.backend is GenerationBackend.OPENAI and endpoint and endpoint.base_url:
-            found.append((f"spec.models[{index}].openai.baseUrl", endpoint.base_url))
+            path = f"spec.models[{index}].openai.baseUrl"
+            found.append((path, endpoint.base_url, "an API key"))
+    storage = spec.storage
+    if storage.endpoint_url is not None and storage.uri.startswith("s3://"):
+        found.append(("spec.storage.endpointUrl", storage.endpoint_url, "S3 credentials"))
     return found
 
 
@@ -211,13 +218,13 @@ def _listing(values: Sequence[str]) -> str:
 def spec_problems(spec: PreferenceRunSpec, settings: OperatorSettings) -> list[Problem]:
     """Endpoints, images and the ServiceAccount the run names that are not allowed."""
     problems: list[Problem] = []
-    for path, url in credential_endpoints(spec):
+    for path, url, what in credential_endpoints(spec):
         if not endpoint_allowed(url, settings.allowed_endpoints):
             problems.append(
                 Problem(
                     Reason.ENDPOINT_NOT_ALLOWED,
                     path,
-                    f"{path} {url!r} would receive an API key but is not an allowed endpoint "
+                    f"{path} {url!r} would receive {what} but is not an allowed endpoint "
                     f"(allowed: {_listing(settings.allowed_endpoints)}); leave it unset for "
                     "the operator's own endpoint, or an admin adds it to the chart value "
                     "security.allowedEndpoints",

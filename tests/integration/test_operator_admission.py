@@ -195,7 +195,7 @@ def test_delete_while_batches_cannot_be_cancelled(
     env.server.batch_script = lambda info: BatchScript(in_progress_s=1e9)
     moved_url = env.server.base_url.replace("127.0.0.1", "localhost")
     names = {"stuck": env.server.base_url, "skipped": env.server.base_url, "moved": moved_url}
-    first = env.operator(allowed_endpoints=[env.server.base_url, moved_url])
+    first = env.operator(allowed_endpoints=[env.server.base_url, env.s3_endpoint, moved_url])
     try:
         for name, url in names.items():
             env.apply(small_run(env, name, url))

@@ -130,7 +130,10 @@ def operator_process(env: Env, log: Path) -> subprocess.Popen[bytes]:
     command = [sys.executable, "-m", "synthpref", "operator", "run", "-n", env.namespace]
     command += ["--kubeconfig", str(env.kubeconfig), "--image", "local", "--cpu-image", "local"]
     command += ["--interval", "1"]
-    command += ["--settings-json", json.dumps({"allowedEndpoints": [env.server.base_url]})]
+    command += [
+        "--settings-json",
+        json.dumps({"allowedEndpoints": [env.server.base_url, env.s3_endpoint]}),
+    ]
     with log.open("ab") as out:
         return subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT)
 

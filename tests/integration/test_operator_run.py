@@ -57,7 +57,7 @@ class Env:
         defaults: dict[str, Any] = {
             "image": "local",
             "cpu_image": "local",
-            "allowed_endpoints": [self.server.base_url],
+            "allowed_endpoints": [self.server.base_url, self.s3_endpoint],
         }
         return OperatorSettings(**(defaults | overrides))
 

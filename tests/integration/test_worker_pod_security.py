@@ -118,7 +118,7 @@ def test_run_succeeds_in_a_restricted_namespace(env: base.Env) -> None:
             secret, env.namespace, {"metadata": {"labels": ALLOW_RUNS_LABEL}}
         )
     settings = OperatorSettings(
-        image="local", cpu_image="local", allowed_endpoints=[env.server.base_url]
+        image="local", cpu_image="local", allowed_endpoints=[env.server.base_url, env.s3_endpoint]
     )
     config = OperatorConfig(
         namespaces=[env.namespace], kubeconfig=str(env.kubeconfig), settings=settings, interval=1.0

@@ -235,6 +235,20 @@ def test_endpoint_problems() -> None:
     ]
 
 
+@pytest.mark.parametrize("credentials", [True, False])
+def test_an_s3_endpoint_gets_signed_requests_so_it_must_be_allowed(credentials: bool) -> None:
+    storage: dict[str, Any] = {"uri": "s3://bucket/run", "endpointUrl": "http://minio.evil:9000"}
+    if credentials:  # the Secrets the spec names; without them, the operator's own
+        storage["credentials"] = {"accessKeyId": key("s3"), "secretAccessKey": key("s3")}
+    problems = spec_problems(full_spec(storage=storage), OperatorSettings())
+    assert reasons(problems) == [("EndpointNotAllowed", "spec.storage.endpointUrl")]
+    assert "'http://minio.evil:9000' would receive S3 credentials" in problems[0].message
+    allowed = OperatorSettings(allowed_endpoints=[*OPENAI, "http://minio.evil:9000"])
+    assert spec_problems(full_spec(storage=storage), allowed) == []
+    unset = {k: v for k, v in storage.items() if k != "endpointUrl"}  # the operator's own
+    assert spec_problems(full_spec(storage=unset), OperatorSettings()) == []
+
+
 def test_image_and_service_account_problems() -> None:
     spec = full_spec(
         workers={
