@@ -24,7 +24,8 @@ LOSS_CAUSES: Mapping[str, str] = {
     "failed_answers": "answers lost to per-row errors",
     "prompts_lacking_answers": "prompts without enough answers",
     "requests_failed": "judge requests failed after all attempts",
-    "unparseable_ratings": "ratings not parseable",
+    "unparseable_ratings": "ratings not parseable (or missing, or out of range)",
+    "not_applicable_ratings": "ratings the judge gave as N/A (left out of the mean)",
     "prompts_without_pair": "prompts without a pair (ties, margin, too few ratings)",
 }
 
@@ -43,13 +44,16 @@ def losses(summary: Mapping[str, Any], model_shards_failed: int = 0) -> dict[str
     """Lost items by cause (only causes with a loss), from a run summary."""
     mix = summary.get("mix") or {}
     prepare = summary.get("prepare") or {}
+    ratings = summary.get("rating_failures") or {}
+    not_applicable = int(ratings.get("not_applicable", 0))
     counts = {
         "malformed_prompt_lines": int(prepare.get("malformed", 0)),
         "model_shards_failed": model_shards_failed,
         "failed_answers": int(mix.get("unusable_answers", 0)),
         "prompts_lacking_answers": _total(mix.get("prompts_lacking")),
         "requests_failed": _total(summary.get("request_failures")),
-        "unparseable_ratings": _total(summary.get("rating_failures")),
+        "unparseable_ratings": _total(ratings) - not_applicable,
+        "not_applicable_ratings": not_applicable,
         "prompts_without_pair": _total(summary.get("prompts_dropped")),
     }
     return {cause: n for cause, n in counts.items() if n}

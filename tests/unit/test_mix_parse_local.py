@@ -275,7 +275,8 @@ def test_mix_then_parse_accounts_for_everything(tmp_path: Path, structured: bool
         "failed_answers": 3,
         "prompts_lacking_answers": 1,
         "requests_failed": 3,
-        "unparseable_ratings": 21,
+        "unparseable_ratings": 20,
+        "not_applicable_ratings": 1,
         "prompts_without_pair": 2,
     }
     assert summary["outcome"]["accepted"] is False

@@ -47,7 +47,8 @@ def test_every_cause_is_counted_and_named() -> None:
         "failed_answers": 3,
         "prompts_lacking_answers": 2,
         "requests_failed": 3,
-        "unparseable_ratings": 5,
+        "unparseable_ratings": 4,
+        "not_applicable_ratings": 1,
         "prompts_without_pair": 1,
     }
     text = describe_losses(counted)
