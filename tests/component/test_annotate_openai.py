@@ -197,6 +197,23 @@ def dataset(storage: Storage) -> list[dict[str, Any]]:
     return [row.model_dump() for key in keys for row in read_rows(storage, key, PreferenceRow)]
 
 
+def expected_dataset(
+    spec: PreferenceRunSpec, storage: LocalStorage, tmp_path: Path
+) -> list[dict[str, Any]]:
+    """The dataset the server's default reply to every request makes (`reference_dataset`)."""
+    replies = {r["custom_id"]: expected_reply(r["body"]) for r in request_lines(storage)}
+    return reference_dataset(spec, storage, tmp_path, replies)
+
+
+def assert_parse_gives_the_reference(
+    spec: PreferenceRunSpec, storage: LocalStorage, tmp_path: Path
+) -> None:
+    """Every request has exactly one result line, and parse makes the reference dataset."""
+    assert_each_request_once(storage)
+    run_parse(spec, storage)
+    assert dataset(storage) == expected_dataset(spec, storage, tmp_path)
+
+
 def result_lines(storage: Storage) -> list[BatchResultLine]:
     keys = [k for k in storage.list("results/") if k.endswith(".jsonl")]
     assert all(storage.committed(k) is not None for k in keys)
@@ -240,9 +257,7 @@ def test_happy_path_end_to_end_into_parse(
 
     parsed = run_parse(spec, storage)
     assert parsed.request_failures == {} and parsed.rating_failures == {}
-    expected = reference_dataset(
-        spec, storage, tmp_path, {r["custom_id"]: expected_reply(r["body"]) for r in requests}
-    )
+    expected = expected_dataset(spec, storage, tmp_path)
     assert expected and dataset(storage) == expected
 
 
@@ -274,12 +289,7 @@ def test_expired_batches_keep_partial_output_and_resubmit_only_the_rest(
         everything = {json.loads(t)["custom_id"] for t in storage.read_lines(key)}
         assert len(first) == 3 and again == everything - first
     assert set(server.processed.values()) == {1}  # no request ran twice
-    assert_each_request_once(storage)
-    run_parse(spec, storage)
-    expected = reference_dataset(
-        spec, storage, tmp_path, {r["custom_id"]: expected_reply(r["body"]) for r in requests}
-    )
-    assert dataset(storage) == expected
+    assert_parse_gives_the_reference(spec, storage, tmp_path)
 
 
 def test_error_lines_are_resubmitted_then_reported(
@@ -514,16 +524,11 @@ def test_larger_run_with_every_fault_at_once_matches_the_reference(
     assert server.max_queued_tokens["judge-1"] <= cap
     assert summary.token_limit_retries > 0
     assert set(server.processed.values()) <= {1, 2}  # done at most once after a timeout
-    assert_each_request_once(storage)
-    run_parse(spec, storage)
-    expected = reference_dataset(
-        spec, storage, tmp_path, {r["custom_id"]: expected_reply(r["body"]) for r in requests}
-    )
-    assert dataset(storage) == expected
+    assert_parse_gives_the_reference(spec, storage, tmp_path)
     print(  # the figures for the issue's closing note (pytest -s)
         f"\nrequests={summary.requests} files={summary.files} batches={summary.batches} "
         f"resubmitted={summary.resubmitted} token_limit_retries={summary.token_limit_retries} "
-        f"dataset_rows={len(expected)}"
+        f"dataset_rows={len(dataset(storage))}"
     )
 
 
@@ -661,9 +666,7 @@ def test_local_run_with_the_openai_judge_produces_the_scripted_dataset(
 
     requests = request_lines(storage)
     assert result.summary["judge"]["done"] == len(requests) == PROMPTS * 4
-    expected = reference_dataset(
-        spec, storage, tmp_path, {r["custom_id"]: expected_reply(r["body"]) for r in requests}
-    )
+    expected = expected_dataset(spec, storage, tmp_path)
     assert result.pairs == len(expected) > 0
     assert dataset(storage) == expected
 
@@ -746,13 +749,7 @@ def test_input_file_deleted_before_batch_create_is_uploaded_again(
     uploads = [f.filename for f in server.files.values() if f.purpose == "batch"]
     assert len(uploads) == len(request_files(storage)) + 1
     assert sum(name.endswith("-attempt-01-s02.jsonl") for name in uploads) == 1
-    requests = request_lines(storage)
-    assert_each_request_once(storage)
-    run_parse(spec, storage)
-    expected = reference_dataset(
-        spec, storage, tmp_path, {r["custom_id"]: expected_reply(r["body"]) for r in requests}
-    )
-    assert dataset(storage) == expected
+    assert_parse_gives_the_reference(spec, storage, tmp_path)
 
 
 @pytest.mark.parametrize(
@@ -903,12 +900,7 @@ def test_an_outage_past_the_deadline_gives_up_keeping_results_and_a_rerun_comple
 
     requests = request_lines(storage)
     assert summary.done == summary.requests == len(requests) and summary.failed == 0
-    assert_each_request_once(storage)
-    run_parse(spec, storage)
-    expected = reference_dataset(
-        spec, storage, tmp_path, {r["custom_id"]: expected_reply(r["body"]) for r in requests}
-    )
-    assert dataset(storage) == expected
+    assert_parse_gives_the_reference(spec, storage, tmp_path)
 
 
 def test_cli_annotate_run_gives_up_on_an_unreachable_judge_with_one_error_line(
