@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import io
 import json
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from enum import StrEnum
 
@@ -40,6 +40,7 @@ from synthpref.stages.mix import MixSummary
 from synthpref.stages.prepare import shard_count
 from synthpref.stages.shards import ShardSummary, run_shards
 from synthpref.storage import Storage
+from synthpref.timing import TIMING_KEY, Stopwatch
 
 
 class RequestFailure(StrEnum):
@@ -76,7 +77,8 @@ class ParseSummary(ShardSummary):
 Reply = str | RequestFailure
 
 
-def _reply(line: BatchResultLine) -> Reply:
+def reply_of(line: BatchResultLine) -> Reply:
+    """The reply text of a result line, or why it has none."""
     if line.error is not None or line.response is None:
         return RequestFailure.ERROR
     if line.response.status_code != 200:
@@ -100,8 +102,14 @@ def result_files(storage: Storage, shard: int) -> list[str]:
     ]
 
 
-def read_replies(storage: Storage, shard: int, summary: ParseSummary) -> dict[str, Reply]:
-    """custom_id → the reply (or why there is none) for every result line of the shard."""
+def read_replies(
+    storage: Storage,
+    shard: int,
+    summary: ParseSummary,
+    on_line: Callable[[BatchResultLine], None] | None = None,
+) -> dict[str, Reply]:
+    """custom_id → the reply (or why there is none) for every result line of the shard;
+    `on_line` sees every line of this shard (the report counts the judge's usage with it)."""
     replies: dict[str, Reply] = {}
     for key in result_files(storage, shard):
         for line in read_rows(storage, key, BatchResultLine):
@@ -113,7 +121,9 @@ def read_replies(storage: Storage, shard: int, summary: ParseSummary) -> dict[st
             if request.shard != shard:
                 summary.unknown_results += 1
                 continue
-            reply = _reply(line)
+            if on_line is not None:
+                on_line(line)
+            reply = reply_of(line)
             if isinstance(reply, RequestFailure) and isinstance(replies.get(line.custom_id), str):
                 continue  # an earlier attempt succeeded; a later failure does not undo it
             replies[line.custom_id] = reply
@@ -161,13 +171,17 @@ def parse_row(
     return [preference_row(row, pair, scores) for pair in outcome.pairs]
 
 
-def parquet_bytes(rows: list[PreferenceRow]) -> bytes:
-    """The rows as a Parquet file; `metadata` is stored as JSON text (its shape varies)."""
+def parquet_bytes(rows: list[PreferenceRow], aspects: Sequence[str]) -> bytes:
+    """The rows as a Parquet file; `metadata` is stored as JSON text (its shape varies).
+
+    Aspect ratings are a struct with one nullable field per aspect (null: no valid rating),
+    not a map: loaders such as Hugging Face `datasets` have no feature type for Arrow maps.
+    """
     import pyarrow as pa
     import pyarrow.parquet as pq
 
     message = pa.struct([("role", pa.string()), ("content", pa.string())])
-    ratings = pa.map_(pa.string(), pa.float64())
+    ratings = pa.struct([(aspect, pa.float64()) for aspect in aspects])
     schema = pa.schema(
         [
             ("prompt_id", pa.string()),
@@ -186,8 +200,8 @@ def parquet_bytes(rows: list[PreferenceRow]) -> bytes:
     records = []
     for row in rows:
         record = row.model_dump()
-        record["chosen_aspect_ratings"] = list(record["chosen_aspect_ratings"].items())
-        record["rejected_aspect_ratings"] = list(record["rejected_aspect_ratings"].items())
+        for side in ("chosen_aspect_ratings", "rejected_aspect_ratings"):
+            record[side] = {aspect: record[side].get(aspect) for aspect in aspects}
         record["metadata"] = json.dumps(record["metadata"], sort_keys=True)
         records.append(record)
     table = pa.Table.from_pylist(records, schema=schema)
@@ -203,6 +217,7 @@ def dataset_key(spec: PreferenceRunSpec, shard: int) -> str:
 
 def parse_shard(spec: PreferenceRunSpec, storage: Storage, shard: int) -> ParseSummary:
     """Parse one shard and commit its dataset part; returns the shard's summary."""
+    stopwatch = Stopwatch()
     mix_key = layout.mix_shard(shard)
     require_judged(storage, [shard])
     summary = ParseSummary(shards_done=1)
@@ -214,9 +229,9 @@ def parse_shard(spec: PreferenceRunSpec, storage: Storage, shard: int) -> ParseS
     summary.unknown_results += len(replies)
     storage.write_json(layout.parse_summary(shard), asdict(summary))
     key = dataset_key(spec, shard)
-    info = {"summary": asdict(summary)}
+    info = {"summary": asdict(summary), TIMING_KEY: stopwatch.record()}
     if spec.output.format is OutputFormat.PARQUET:
-        storage.write_bytes(key, parquet_bytes(rows))
+        storage.write_bytes(key, parquet_bytes(rows, spec.mix.aspects))
         storage.commit(key, {"rows": len(rows), **info})
     else:
         write_rows(storage, key, rows, info)
