@@ -223,6 +223,30 @@ def parse(run_file: str | None, worker: int | None, workers: int) -> None:
     echo_summary(
         run_parse(manifest.spec, storage, worker=resolve_worker(worker, workers), workers=workers)
     )
+    if storage.exists(layout.SUMMARY):  # the last worker to finish: the run is done
+        finish_report(manifest, storage)
+
+
+def finish_report(manifest: PreferenceRunManifest, storage: Storage) -> None:
+    """The report step at the end of a run: print where the report is and its warnings, or
+    raise its one-line error (the dataset stays; `synthpref report` redoes only the report)."""
+    from synthpref.report.writer import ReportError, report_or_error
+
+    result = report_or_error(manifest, storage)
+    if isinstance(result, ReportError):
+        raise result
+    click.echo(f"report: {result.uri}")
+    for warning in result.warnings:
+        click.echo(f"warning: {warning['message']}", err=True)
+
+
+@main.command()
+@RUN_ARGUMENT
+def report(run_file: str | None) -> None:
+    """Write the run report (report/index.html, report/report.json), dataset/provenance.json and
+    the dataset card dataset/README.md of a finished run."""
+    manifest, storage = load(run_file)
+    finish_report(manifest, storage)
 
 
 @main.command()
@@ -233,20 +257,30 @@ def run(run_file: str | None, local: bool, no_progress: bool) -> None:
     """Run the whole pipeline locally: prepare → generate → mix → judge → parse."""
     from synthpref.local_run import run_local
     from synthpref.outcome import AcceptanceError, describe_losses
+    from synthpref.report.writer import ReportError, report_or_error
 
     manifest, storage = load(run_file)
     result = run_local(manifest, storage, progress=not no_progress)
     echo_summary(result.summary)
     click.echo(f"dataset: {result.dataset_uri} ({result.pairs} pairs)")
+    report_result = report_or_error(manifest, storage)
+    if not isinstance(report_result, ReportError):
+        click.echo(f"report: {report_result.uri}")
+        for warning in report_result.warnings:
+            click.echo(f"warning: {warning['message']}", err=True)
     assessment = result.assessment
     if assessment.losses:
         click.echo(f"data loss: {describe_losses(assessment.losses)}", err=True)
     if not assessment.accepted:
+        report_note = f"; {report_result}" if isinstance(report_result, ReportError) else ""
         raise AcceptanceError(
             "the run finished but failed its acceptance check: "
             + assessment.message(result.dataset_uri)
             + " (the dataset is kept; lower spec.acceptance to accept it)"
+            + report_note
         )
+    if isinstance(report_result, ReportError):
+        raise report_result
 
 
 def error_line(error: BaseException) -> str:
