@@ -217,22 +217,30 @@ def judge(run_file: str | None, worker: int | None, workers: int) -> None:
 @worker_options
 def parse(run_file: str | None, worker: int | None, workers: int) -> None:
     """Parse judge ratings, binarize into pairs, write the dataset and its summary."""
+    from synthpref.report.writer import report_or_error
     from synthpref.stages.parse import run_parse
 
     manifest, storage = load(run_file)
-    echo_summary(
-        run_parse(manifest.spec, storage, worker=resolve_worker(worker, workers), workers=workers)
+    reports: list[Any] = []  # the last worker to finish writes the report, then the summary
+    summary = run_parse(
+        manifest.spec,
+        storage,
+        worker=resolve_worker(worker, workers),
+        workers=workers,
+        before_summary=lambda document: reports.append(
+            report_or_error(manifest, storage, summary=document)
+        ),
     )
-    if storage.exists(layout.SUMMARY):  # the last worker to finish: the run is done
-        finish_report(manifest, storage)
+    echo_summary(summary)
+    if reports:
+        show_report(reports[-1])
 
 
-def finish_report(manifest: PreferenceRunManifest, storage: Storage) -> None:
-    """The report step at the end of a run: print where the report is and its warnings, or
-    raise its one-line error (the dataset stays; `synthpref report` redoes only the report)."""
-    from synthpref.report.writer import ReportError, report_or_error
+def show_report(result: Any) -> None:
+    """Print where the report is and its warnings, or raise its one-line error (the dataset
+    stays; `synthpref report RUN.yaml` redoes only the report)."""
+    from synthpref.report.writer import ReportError
 
-    result = report_or_error(manifest, storage)
     if isinstance(result, ReportError):
         raise result
     click.echo(f"report: {result.uri}")
@@ -245,8 +253,10 @@ def finish_report(manifest: PreferenceRunManifest, storage: Storage) -> None:
 def report(run_file: str | None) -> None:
     """Write the run report (report/index.html, report/report.json), dataset/provenance.json and
     the dataset card dataset/README.md of a finished run."""
+    from synthpref.report.writer import report_or_error
+
     manifest, storage = load(run_file)
-    finish_report(manifest, storage)
+    show_report(report_or_error(manifest, storage))
 
 
 @main.command()
@@ -257,17 +267,15 @@ def run(run_file: str | None, local: bool, no_progress: bool) -> None:
     """Run the whole pipeline locally: prepare → generate → mix → judge → parse."""
     from synthpref.local_run import run_local
     from synthpref.outcome import AcceptanceError, describe_losses
-    from synthpref.report.writer import ReportError, report_or_error
+    from synthpref.report.writer import ReportError
 
     manifest, storage = load(run_file)
     result = run_local(manifest, storage, progress=not no_progress)
     echo_summary(result.summary)
     click.echo(f"dataset: {result.dataset_uri} ({result.pairs} pairs)")
-    report_result = report_or_error(manifest, storage)
-    if not isinstance(report_result, ReportError):
-        click.echo(f"report: {report_result.uri}")
-        for warning in report_result.warnings:
-            click.echo(f"warning: {warning['message']}", err=True)
+    report_result = result.report
+    if report_result is not None and not isinstance(report_result, ReportError):
+        show_report(report_result)
     assessment = result.assessment
     if assessment.losses:
         click.echo(f"data loss: {describe_losses(assessment.losses)}", err=True)

@@ -7,7 +7,8 @@ figure of it, so each number on the page is in the JSON too.
 A figure is `{"id", "title", "kind", "caption", "data"}` where `kind` says how `data` is drawn:
 
 - `bars`: `categories`, `series` [{`name`, `values`, optional `errors`}], `xlabel`, `ylabel`,
-  `horizontal`, `stacked`, `percent`, optional `reference` (a dashed line at that value);
+  `horizontal`, `stacked`, `percent`, optional `reference` (a dashed line at that value) and
+  `limits` (of the value axis);
 - `histogram`: `edges` (bin i is [edges[i], edges[i+1]), the last one open), `series`
   [{`name`, `counts`}], `xlabel`, `ylabel`;
 - `heatmap`: `rows`, `columns`, `values` (None: no data), `percent`, `xlabel`, `ylabel`;
@@ -31,6 +32,7 @@ from synthpref.spec import PreferenceRunSpec
 Figure = dict[str, Any]
 Table = dict[str, Any]
 Z95 = 1.959964
+RATING_LIMITS = [0.8, 5.2]  # the value axis of mean ratings (1..5)
 
 
 def _figure(figure_id: str, title: str, kind: str, caption: str, **data: Any) -> Figure:
@@ -436,6 +438,7 @@ def judge_section(stats: RunStats, warnings: Sequence[Finding]) -> dict[str, Any
             stacked=False,
             percent=False,
             reference=_round(mean),
+            limits=RATING_LIMITS,
         ),
         _figure(
             "pair_order",
@@ -507,6 +510,7 @@ def judge_section(stats: RunStats, warnings: Sequence[Finding]) -> dict[str, Any
             stacked=False,
             percent=False,
             reference=_round(mean),
+            limits=RATING_LIMITS,
         ),
         _figure(
             "judge_failures",

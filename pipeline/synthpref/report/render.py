@@ -84,6 +84,9 @@ def _bars(fig: Figure, data: Mapping[str, Any]) -> None:
     value_axis = ax.xaxis if horizontal else ax.yaxis
     if data.get("percent"):
         value_axis.set_major_formatter(PercentFormatter(1.0))
+    limits = data.get("limits")
+    if limits is not None:
+        (ax.set_xlim if horizontal else ax.set_ylim)(*limits)
     reference = data.get("reference")
     if reference is not None:
         line = ax.axvline if horizontal else ax.axhline

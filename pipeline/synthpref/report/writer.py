@@ -1,8 +1,9 @@
 """The report step: a finished run's report, provenance and dataset card, written to its storage.
 
-Called by `synthpref report RUN.yaml`, at the end of `synthpref run --local`, and on a cluster
-by the parse Job's worker that finds the run summary written (the last one to finish). Reads
-the run (`report.collect`, streaming), then writes
+Called by `synthpref report RUN.yaml` and, as the last step of every run, by the parse stage
+just before it writes the run summary (`stages.parse.run_parse(before_summary=...)`: in `synthpref
+run --local`, and on a cluster in the parse Job's last worker), so the report exists once the
+run counts as done. Reads the run (`report.collect`, streaming), then writes
 
 - `dataset/provenance.json` (`report.provenance`) and `dataset/README.md` (`report.card`);
 - `report/report.json` (`report.document`) and `report/index.html` (`report.page`, figures
@@ -20,7 +21,7 @@ import hashlib
 import json
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -89,19 +90,25 @@ def write_report(
     manifest: PreferenceRunManifest,
     storage: Storage,
     *,
+    summary: Mapping[str, Any] | None = None,
     clock: Callable[[], float] = time.time,
 ) -> ReportResult:
-    """Write the run's provenance, dataset card and report; raises when the run is not done."""
+    """Write the run's provenance, dataset card and report; raises when the run is not done.
+
+    `summary`: the run summary about to be written (the parse stage's last step); by default
+    the one in storage.
+    """
     from synthpref.report.page import page
     from synthpref.report.render import svg
 
     spec = manifest.spec
-    if not storage.exists(layout.SUMMARY):
-        raise InputsNotReadyError(
-            f"{storage.url(layout.SUMMARY)}: not found: the run has not finished its parse "
-            "stage; run it (or the whole run) first"
-        )
-    summary = storage.read_json(layout.SUMMARY)
+    if summary is None:
+        if not storage.exists(layout.SUMMARY):
+            raise InputsNotReadyError(
+                f"{storage.url(layout.SUMMARY)}: not found: the run has not finished its parse "
+                "stage; run it (or the whole run) first"
+            )
+        summary = storage.read_json(layout.SUMMARY)
     stats = collect(spec, storage)
     started, finished = _times(stats)
     times = {"started": iso(started), "finished": iso(finished), "report_written": iso(clock())}

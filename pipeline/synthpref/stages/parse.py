@@ -26,6 +26,7 @@ import json
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from enum import StrEnum
+from typing import Any
 
 from synthpref import layout
 from synthpref.binarize import binarize_prompt, preference_row, score_answers, to_candidate_order
@@ -246,11 +247,22 @@ def merge_summaries(summaries: Iterable[ParseSummary]) -> ParseSummary:
     return total
 
 
-def write_run_summary(spec: PreferenceRunSpec, storage: Storage, shards: int) -> bool:
+# Called with the run summary just before it is written (the run report step).
+BeforeSummary = Callable[[dict[str, Any]], None]
+
+
+def write_run_summary(
+    spec: PreferenceRunSpec,
+    storage: Storage,
+    shards: int,
+    before_summary: BeforeSummary | None = None,
+) -> bool:
     """Merge every shard's summary into `dataset/summary.json` once all shards are done.
 
     Returns False (and writes nothing) while some shard is not committed yet, so any worker
-    may call it and the last one to finish writes the summary.
+    may call it and the last one to finish writes the summary. `before_summary` runs with the
+    summary first: whatever it writes (the run report) exists once the summary, which marks the
+    run done, does.
     """
     parse_done, mix_done = [], []
     for shard in range(shards):
@@ -278,6 +290,8 @@ def write_run_summary(spec: PreferenceRunSpec, storage: Storage, shards: int) ->
     )
     assessment = assess(document, spec.acceptance)
     document.update(losses=assessment.losses, outcome=assessment.to_dict())
+    if before_summary is not None:
+        before_summary(document)
     storage.write_json(layout.SUMMARY, document)
     return True
 
@@ -290,10 +304,11 @@ def run_parse(
     worker: int = 0,
     workers: int = 1,
     on_shard: Callable[[int], None] | None = None,
+    before_summary: BeforeSummary | None = None,
 ) -> ParseSummary:
     """Parse `shards` (default: this worker's share), skipping done ones; then, when every
-    shard of the run is done, write the run summary. The returned summary also counts shards
-    committed by an earlier run."""
+    shard of the run is done, write the run summary (calling `before_summary` with it first).
+    The returned summary also counts shards committed by an earlier run."""
     total_shards = shard_count(storage)
     if shards is None:
         shards = layout.shards_for_worker(total_shards, worker, workers)
@@ -310,5 +325,5 @@ def run_parse(
         total=ParseSummary(),
         on_shard=on_shard,
     )
-    write_run_summary(spec, storage, total_shards)
+    write_run_summary(spec, storage, total_shards, before_summary)
     return total
