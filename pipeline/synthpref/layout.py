@@ -98,6 +98,12 @@ def dataset_shard(index: int, extension: str = "jsonl") -> str:
     return f"dataset/part-{index:05d}.{extension}"
 
 
+def dataset_parts_pattern(extension: str = "jsonl") -> str:
+    """Every dataset part (`dataset_shard`), as a glob relative to `dataset/` (the dataset
+    card's `configs` and loading snippet use it)."""
+    return f"part-*.{extension}"
+
+
 def parse_summary(index: int) -> str:
     return f"dataset/summaries/{_shard(index)}.json"
 

@@ -14,6 +14,7 @@ from typing import Any
 
 import yaml
 
+from synthpref.layout import dataset_parts_pattern
 from synthpref.spec import OutputFormat, PreferenceRunManifest
 
 # Hugging Face's size categories, by number of rows.
@@ -51,7 +52,7 @@ def size_category(rows: int) -> str:
 
 def data_glob(output: OutputFormat) -> str:
     """The data files' pattern, relative to the dataset folder."""
-    return f"part-*.{'parquet' if output is OutputFormat.PARQUET else 'jsonl'}"
+    return dataset_parts_pattern("parquet" if output is OutputFormat.PARQUET else "jsonl")
 
 
 def load_snippet(dataset_uri: str, output: OutputFormat) -> str:
