@@ -19,7 +19,7 @@ import click
 import yaml
 
 from synthpref import layout
-from synthpref.errors import SynthprefError
+from synthpref.errors import InputsNotReadyError, SynthprefError
 from synthpref.logs import configure_from_env, set_default_context
 from synthpref.spec import PreferenceRunManifest, SpecError, load_run, parse_manifest
 from synthpref.storage import Storage, open_storage
@@ -256,6 +256,11 @@ def report(run_file: str | None) -> None:
     from synthpref.report.writer import report_or_error
 
     manifest, storage = load(run_file)
+    if not storage.exists(layout.SUMMARY):
+        raise InputsNotReadyError(
+            f"{storage.url(layout.SUMMARY)}: not found: the run has not finished its parse "
+            "stage; run it (or the whole run) first"
+        )
     show_report(report_or_error(manifest, storage))
 
 

@@ -327,6 +327,21 @@ def test_the_dataset_loads_with_hugging_face_datasets(
     )
 
 
+def test_a_run_that_has_not_finished_has_no_report_yet(
+    mixed: Path, server: OpenAIServer, tmp_path: Path
+) -> None:
+    manifest = run_manifest(mixed, server)
+    run_file = tmp_path / "run.yaml"
+    run_file.write_text(yaml.safe_dump(manifest.model_dump(mode="json", by_alias=True)))
+    result = synthpref("report", str(run_file), env={KEY_ENV: DEFAULT_API_KEY})
+    assert result.returncode == 1
+    assert one_error(result) == (
+        f"{mixed / 'store' / layout.SUMMARY}: not found: the run has not finished its parse "
+        "stage; run it (or the whole run) first"
+    )
+    assert not (mixed / "store" / "report").exists()
+
+
 def test_a_report_error_is_one_line_and_the_dataset_stays(
     judged: Callable[[str], Judged], tmp_path: Path
 ) -> None:
