@@ -119,6 +119,7 @@ def run_generate(
         from synthpref.backends.factory import backend_for_model
 
         backend_factory = backend_for_model
+    loading: Stopwatch | None = Stopwatch()  # the first shard's time includes loading the model
     backend = backend_factory(model)
     record_once(
         storage,
@@ -134,7 +135,7 @@ def run_generate(
     try:
         for shard in pending:
             started = time.monotonic()
-            stopwatch = Stopwatch()
+            stopwatch, loading = loading or Stopwatch(), None
             prompts = list(read_rows(storage, layout.prompt_shard(shard), PromptRow))
             try:
                 results = backend.complete([chat_request(model, p) for p in prompts])

@@ -141,6 +141,7 @@ def run_judge(
         from synthpref.backends.factory import backend_for_judge
 
         backend_factory = backend_for_judge
+    loading: Stopwatch | None = Stopwatch()  # the first file's time includes loading the model
     backend = backend_factory(spec.judge)
     record = {"backend": spec.judge.backend.value, **describe_model(spec.judge.model, None)}
     record_once(storage, layout.JUDGE_RECORD, record)
@@ -148,7 +149,7 @@ def run_judge(
         for shard, pending in work:
             for key in pending:
                 started = time.monotonic()
-                stopwatch = Stopwatch()
+                stopwatch, loading = loading or Stopwatch(), None
                 lines = list(read_rows(storage, key, BatchRequestLine))
                 results = backend.complete([chat_request_from_line(x, spec.judge) for x in lines])
                 rows = [result_line(r, spec.judge.model) for r in results]
