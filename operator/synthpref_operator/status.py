@@ -165,6 +165,15 @@ class RunResult(StatusModel):
     accepted: bool = Field(
         default=True, description="Whether the run met spec.acceptance (false: Failed)."
     )
+    report_uri: str | None = Field(
+        default=None,
+        description="The run report (report/index.html: plots of the data and the judge's "
+        "biases), once the last parse worker wrote it.",
+    )
+    report_error: str | None = Field(
+        default=None,
+        description="Why the run report could not be written (the dataset is not affected).",
+    )
 
 
 class RunStatus(StatusModel):

@@ -19,7 +19,7 @@ import click
 import yaml
 
 from synthpref import layout
-from synthpref.errors import SynthprefError
+from synthpref.errors import InputsNotReadyError, SynthprefError
 from synthpref.logs import configure_from_env, set_default_context
 from synthpref.spec import PreferenceRunManifest, SpecError, load_run, parse_manifest
 from synthpref.storage import Storage, open_storage
@@ -217,12 +217,51 @@ def judge(run_file: str | None, worker: int | None, workers: int) -> None:
 @worker_options
 def parse(run_file: str | None, worker: int | None, workers: int) -> None:
     """Parse judge ratings, binarize into pairs, write the dataset and its summary."""
+    from synthpref.report.writer import report_or_error
     from synthpref.stages.parse import run_parse
 
     manifest, storage = load(run_file)
-    echo_summary(
-        run_parse(manifest.spec, storage, worker=resolve_worker(worker, workers), workers=workers)
+    reports: list[Any] = []  # the last worker to finish writes the report, then the summary
+    summary = run_parse(
+        manifest.spec,
+        storage,
+        worker=resolve_worker(worker, workers),
+        workers=workers,
+        before_summary=lambda document: reports.append(
+            report_or_error(manifest, storage, summary=document)
+        ),
     )
+    echo_summary(summary)
+    if reports:
+        show_report(reports[-1])
+
+
+def show_report(result: Any) -> None:
+    """Print where the report is and its warnings, or raise its one-line error (the dataset
+    stays; `synthpref report RUN.yaml` redoes only the report)."""
+    from synthpref.report.writer import ReportError
+
+    if isinstance(result, ReportError):
+        raise result
+    click.echo(f"report: {result.uri}")
+    for warning in result.warnings:
+        click.echo(f"warning: {warning['message']}", err=True)
+
+
+@main.command()
+@RUN_ARGUMENT
+def report(run_file: str | None) -> None:
+    """Write the run report (report/index.html, report/report.json), dataset/provenance.json and
+    the dataset card dataset/README.md of a finished run."""
+    from synthpref.report.writer import report_or_error
+
+    manifest, storage = load(run_file)
+    if not storage.exists(layout.SUMMARY):
+        raise InputsNotReadyError(
+            f"{storage.url(layout.SUMMARY)}: not found: the run has not finished its parse "
+            "stage; run it (or the whole run) first"
+        )
+    show_report(report_or_error(manifest, storage))
 
 
 @main.command()
@@ -233,20 +272,28 @@ def run(run_file: str | None, local: bool, no_progress: bool) -> None:
     """Run the whole pipeline locally: prepare → generate → mix → judge → parse."""
     from synthpref.local_run import run_local
     from synthpref.outcome import AcceptanceError, describe_losses
+    from synthpref.report.writer import ReportError
 
     manifest, storage = load(run_file)
     result = run_local(manifest, storage, progress=not no_progress)
     echo_summary(result.summary)
     click.echo(f"dataset: {result.dataset_uri} ({result.pairs} pairs)")
+    report_result = result.report
+    if report_result is not None and not isinstance(report_result, ReportError):
+        show_report(report_result)
     assessment = result.assessment
     if assessment.losses:
         click.echo(f"data loss: {describe_losses(assessment.losses)}", err=True)
     if not assessment.accepted:
+        report_note = f"; {report_result}" if isinstance(report_result, ReportError) else ""
         raise AcceptanceError(
             "the run finished but failed its acceptance check: "
             + assessment.message(result.dataset_uri)
             + " (the dataset is kept; lower spec.acceptance to accept it)"
+            + report_note
         )
+    if isinstance(report_result, ReportError):
+        raise report_result
 
 
 def error_line(error: BaseException) -> str:

@@ -14,6 +14,18 @@ PROMPTS_MANIFEST = "prompts/manifest.json"
 MIX_MANIFEST = "mix/manifest.json"
 SUMMARY = "dataset/summary.json"
 
+# What the run report step writes once the dataset is done (`synthpref.report`): the report
+# itself, the error that stopped it (absent after a report was written), and beside the dataset
+# its provenance and Hugging Face dataset card.
+REPORT_HTML = "report/index.html"
+REPORT_JSON = "report/report.json"
+REPORT_ERROR = "report/error.json"
+PROVENANCE = "dataset/provenance.json"
+DATASET_CARD = "dataset/README.md"
+# What a generation or judge worker loaded (path, revision, weight-file hashes, packages),
+# written once by the first worker of that model (`synthpref.model_record`).
+JUDGE_RECORD = "provenance/judge.json"
+
 
 def _shard(index: int) -> str:
     return f"shard-{index:05d}"
@@ -77,8 +89,19 @@ def judge_resubmit(request_key: str, attempt: int) -> str:
     return f"{JUDGE_RESUBMIT_PREFIX}{_request_stem(request_key)}-attempt-{attempt:02d}.jsonl"
 
 
+def model_record(model: str) -> str:
+    """What the generation workers of `model` loaded (see `JUDGE_RECORD`)."""
+    return f"provenance/models/{model}.json"
+
+
 def dataset_shard(index: int, extension: str = "jsonl") -> str:
     return f"dataset/part-{index:05d}.{extension}"
+
+
+def dataset_parts_pattern(extension: str = "jsonl") -> str:
+    """Every dataset part (`dataset_shard`), as a glob relative to `dataset/` (the dataset
+    card's `configs` and loading snippet use it)."""
+    return f"part-*.{extension}"
 
 
 def parse_summary(index: int) -> str:

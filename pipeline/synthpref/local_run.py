@@ -2,8 +2,10 @@
 
 The same stage functions the cluster Jobs run, called one after the other as a single worker.
 Every stage skips what is already committed, so an interrupted local run resumes where it
-stopped when started again. The result carries the run's assessment against
-`spec.acceptance` (`outcome.assess`), which the CLI turns into its exit code.
+stopped when started again. Its last step is the run report (`synthpref.report`), written by
+the parse stage just before the run summary, whatever the outcome. The result carries the run's
+assessment against `spec.acceptance` (`outcome.assess`), which the CLI turns into its exit
+code.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from tqdm import tqdm
 
 from synthpref import layout
 from synthpref.outcome import Assessment, assess
+from synthpref.report.writer import ReportError, ReportResult, report_or_error
 from synthpref.spec import JudgeBackend, PreferenceRunManifest
 from synthpref.storage import Storage
 
@@ -29,6 +32,7 @@ class LocalRunResult:
     dataset_uri: str
     pairs: int
     assessment: Assessment
+    report: ReportResult | ReportError | None = None  # None: `report` was off
 
 
 @contextmanager
@@ -43,9 +47,14 @@ def stage_bar(name: str, total: int | None, enabled: bool) -> Iterator[Callable[
 
 
 def run_local(
-    manifest: PreferenceRunManifest, storage: Storage, *, progress: bool = True
+    manifest: PreferenceRunManifest,
+    storage: Storage,
+    *,
+    progress: bool = True,
+    report: bool = True,
 ) -> LocalRunResult:
-    """Run prepare → generate (each model) → mix → judge → parse; return the run summary."""
+    """Run prepare → generate (each model) → mix → judge → parse (the run report, when
+    `report`, written just before the run summary); return the run summary."""
     from synthpref.stages.generate import run_generate
     from synthpref.stages.judge import run_judge
     from synthpref.stages.mix import run_mix
@@ -92,9 +101,16 @@ def run_local(
             )
     timed("judge", started)
 
+    reports: list[ReportResult | ReportError] = []
+
+    def write_report(document: dict[str, Any]) -> None:
+        reports.append(report_or_error(manifest, storage, summary=document))
+
     started = time.monotonic()
     with stage_bar("parse", shards, progress) as tick:
-        parsed = run_parse(spec, storage, on_shard=tick)
+        parsed = run_parse(
+            spec, storage, on_shard=tick, before_summary=write_report if report else None
+        )
     timed("parse", started)
     summary["parse"] = storage.read_json(layout.SUMMARY)
     summary["seconds"] = timings
@@ -103,4 +119,5 @@ def run_local(
         dataset_uri=storage.url("dataset/"),
         pairs=int(summary["parse"].get("pairs", getattr(parsed, "pairs", 0))),
         assessment=assess(summary["parse"], spec.acceptance),
+        report=reports[-1] if reports else None,
     )

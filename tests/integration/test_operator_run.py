@@ -231,6 +231,11 @@ def test_run_to_succeeded_with_dataset_in_s3(env: Env) -> None:
     rows = [r for s in range(3) for r in read_rows(storage, layout.dataset_shard(s), PreferenceRow)]
     assert status["result"]["pairs"] == summary["pairs"] == len(rows) > 0
     assert status["result"]["datasetUri"] == f"{env.s3_uri}/dataset/"
+    # The parse Job's last worker wrote the report before the summary that ends the run.
+    assert status["result"]["reportUri"] == f"{env.s3_uri}/report/index.html"
+    assert "reportError" not in status["result"]
+    for key in (layout.REPORT_HTML, layout.REPORT_JSON, layout.PROVENANCE, layout.DATASET_CARD):
+        assert storage.exists(key), key
     assert status["progress"] == "22/22"  # 1 + 3 shards x (4 models + mix + judge + parse)
     assert status["stages"]["judge"]["requestsDone"] == PROMPTS * 4
     assert {c["type"]: c["status"] for c in status["conditions"]}["Succeeded"] == "True"

@@ -408,3 +408,26 @@ def test_parquet_output(tmp_path: Path) -> None:
     assert json.loads(first["metadata"])["n"] in range(PROMPTS)
     assert dict(first["chosen_aspect_ratings"]).keys() == set(spec.mix.aspects)
     assert storage.read_json(layout.SUMMARY)["format"] == "parquet"
+
+
+def test_the_last_worker_runs_the_report_step_just_before_the_summary(tmp_path: Path) -> None:
+    spec, storage = build(tmp_path, structured=True)
+    write_generations(storage, {})
+    run_mix(spec, storage)
+    judge_all(storage, 3, lambda custom_id, r: None)
+    seen: list[tuple[bool, dict[str, Any]]] = []
+
+    def before(document: dict[str, Any]) -> None:
+        seen.append((storage.exists(layout.SUMMARY), document))
+
+    # Two workers: the first leaves a shard undone, so only the second writes the summary.
+    run_parse(spec, storage, worker=0, workers=2, before_summary=before)
+    assert seen == [] and not storage.exists(layout.SUMMARY)
+    run_parse(spec, storage, worker=1, workers=2, before_summary=before)
+    assert len(seen) == 1
+    existed, document = seen[0]
+    assert not existed  # what the step writes exists before the summary that ends the run
+    assert storage.read_json(layout.SUMMARY) == document
+    # Each shard's commit marker says when it was parsed (the report's time per stage).
+    info = storage.committed(layout.dataset_shard(0))
+    assert info is not None and info["timing"]["seconds"] >= 0

@@ -1,12 +1,17 @@
-"""How the observer reads a failed pod's ending, and how the planner's failure message uses it."""
+"""How the observer reads a failed pod's ending, and the run's report once the run is done."""
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import pytest
 
-from synthpref_operator.observe import pod_failure
+from synthpref import layout
+from synthpref.spec import PreferenceRunSpec
+from synthpref.storage import LocalStorage
+from synthpref_operator.observe import observe_artifacts, pod_failure
+from tests.builders import spec_dict
 
 
 def pod(phase: str, index: str = "2", terminated: dict[str, Any] | None = None) -> dict[str, Any]:
@@ -32,3 +37,21 @@ def pod(phase: str, index: str = "2", terminated: dict[str, Any] | None = None) 
 )
 def test_pod_failure(given: dict[str, Any], expected: str | None) -> None:
     assert pod_failure(given) == expected
+
+
+def test_the_report_is_observed_once_the_run_is_done(tmp_path: Path) -> None:
+    storage = LocalStorage(tmp_path)
+    spec = PreferenceRunSpec.model_validate(spec_dict())
+    storage.write_json(layout.PROMPTS_MANIFEST, {"shards": 1, "prompts": 2})
+    storage.write_bytes(layout.REPORT_HTML, b"<html></html>")
+    # The summary marks the run done; before it, a report (of an earlier try) is not reported.
+    assert observe_artifacts(spec, storage).report_uri is None
+    storage.write_json(layout.SUMMARY, {"pairs": 1})
+    artifacts = observe_artifacts(spec, storage)
+    assert artifacts.report_uri == storage.url(layout.REPORT_HTML)
+    assert artifacts.report_error is None
+    storage.write_json(layout.REPORT_ERROR, {"error": "run r: the run report could not be written"})
+    assert (
+        observe_artifacts(spec, storage).report_error
+        == "run r: the run report could not be written"
+    )

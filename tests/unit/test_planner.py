@@ -166,6 +166,21 @@ def test_success_reports_the_result_and_completion_time() -> None:
     assert succeeded is not None and succeeded.status is ConditionStatus.TRUE
 
 
+def test_the_result_names_the_report_or_why_it_is_missing() -> None:
+    _, status = plan(spec(), observe(PARSED), T1)
+    assert status.result is not None and status.result.report_uri is None
+    written = replace(PARSED, report_uri="s3://bucket/run/report/index.html")
+    _, status = plan(spec(), observe(written), T1)
+    assert status.result is not None
+    assert status.result.report_uri == "s3://bucket/run/report/index.html"
+    assert status.phase is Phase.SUCCEEDED
+    failed = replace(PARSED, report_error="run r: the run report could not be written (...)")
+    _, status = plan(spec(), observe(failed), T1)
+    assert status.phase is Phase.SUCCEEDED  # a report error never fails a finished run
+    assert status.result is not None and status.result.report_error == failed.report_error
+    assert status.model_dump(by_alias=True)["result"]["reportError"] == failed.report_error
+
+
 def test_progress_and_per_model_counts() -> None:
     artifacts = replace(PREPARED, generated={"m0": 3, "m1": 1})
     _, status = plan(spec(), observe(artifacts, gen_jobs()), T0)

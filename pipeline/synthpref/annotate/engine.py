@@ -61,6 +61,7 @@ from synthpref.spec import PreferenceRunSpec
 from synthpref.stages.judge import committed_request_files
 from synthpref.stages.prepare import shard_count
 from synthpref.storage import Storage
+from synthpref.timing import TIMING_KEY, span
 
 log = logging.getLogger(__name__)
 
@@ -493,6 +494,7 @@ class Annotator:
         self, record: FileLedger, current: Submission, results: SortedResults, *, final: bool
     ) -> None:
         key = layout.result_for_request(record.request_key, record.attempt)
+        started = current.created_at if current.created_at is not None else self.clock()
         lines = list(results.ok.values())
         if final:
             lines += [results.failure_lines[c] for c in sorted(results.failed)]
@@ -508,6 +510,8 @@ class Annotator:
                 "failed": len(results.failed) if final else 0,
                 "resubmitted": 0 if final else len(results.failed),
                 "unknown": results.unknown,
+                # From batch creation to this fetch, by this Annotator's clock.
+                TIMING_KEY: span(started, self.clock() - started),
             },
         )
         current.result_key = key

@@ -27,11 +27,13 @@ from synthpref.backends.base import (
 )
 from synthpref.errors import ShardFailedError
 from synthpref.jsonl import read_rows, write_rows
+from synthpref.model_record import describe_model, record_once
 from synthpref.rows import GenerationRow, PromptRow
 from synthpref.seeding import stable_seed
-from synthpref.spec import ModelSpec, PreferenceRunSpec
+from synthpref.spec import GenerationBackend, ModelSpec, PreferenceRunSpec
 from synthpref.stages.prepare import shard_count
 from synthpref.storage import Storage
+from synthpref.timing import TIMING_KEY, Stopwatch
 
 # How many distinct row errors an ErrorBudgetExceededError quotes.
 CAUSES_QUOTED = 3
@@ -117,10 +119,23 @@ def run_generate(
         from synthpref.backends.factory import backend_for_model
 
         backend_factory = backend_for_model
+    loading: Stopwatch | None = Stopwatch()  # the first shard's time includes loading the model
     backend = backend_factory(model)
+    record_once(
+        storage,
+        layout.model_record(model.name),
+        {
+            "name": model.name,
+            "backend": model.backend.value,
+            **describe_model(
+                model.path, model.revision, api_model=model.backend is GenerationBackend.OPENAI
+            ),
+        },
+    )
     try:
         for shard in pending:
             started = time.monotonic()
+            stopwatch, loading = loading or Stopwatch(), None
             prompts = list(read_rows(storage, layout.prompt_shard(shard), PromptRow))
             try:
                 results = backend.complete([chat_request(model, p) for p in prompts])
@@ -139,7 +154,7 @@ def run_generate(
                 storage,
                 layout.generation_shard(model.name, shard),
                 rows,
-                {"errors": errors, "completion_tokens": tokens},
+                {"errors": errors, "completion_tokens": tokens, TIMING_KEY: stopwatch.record()},
             )
             summary.seconds += time.monotonic() - started
             summary.shards_done += 1

@@ -17,12 +17,14 @@ from typing import Any
 from synthpref import layout
 from synthpref.backends.base import ChatBackend, ChatRequest, ChatResult
 from synthpref.jsonl import read_rows, write_rows
+from synthpref.model_record import describe_model, record_once
 from synthpref.rows import BatchError, BatchRequestLine, BatchResponse, BatchResultLine
 from synthpref.seeding import stable_seed
 from synthpref.spec import JudgeSpec, PreferenceRunSpec
 from synthpref.stages.inputs import request_files, require_mix
 from synthpref.stages.prepare import shard_count
 from synthpref.storage import Storage
+from synthpref.timing import TIMING_KEY, Stopwatch
 
 
 @dataclass
@@ -139,16 +141,21 @@ def run_judge(
         from synthpref.backends.factory import backend_for_judge
 
         backend_factory = backend_for_judge
+    loading: Stopwatch | None = Stopwatch()  # the first file's time includes loading the model
     backend = backend_factory(spec.judge)
+    record = {"backend": spec.judge.backend.value, **describe_model(spec.judge.model, None)}
+    record_once(storage, layout.JUDGE_RECORD, record)
     try:
         for shard, pending in work:
             for key in pending:
                 started = time.monotonic()
+                stopwatch, loading = loading or Stopwatch(), None
                 lines = list(read_rows(storage, key, BatchRequestLine))
                 results = backend.complete([chat_request_from_line(x, spec.judge) for x in lines])
                 rows = [result_line(r, spec.judge.model) for r in results]
                 errors = sum(r.error is not None for r in results)
-                write_rows(storage, layout.result_for_request(key), rows, {"errors": errors})
+                info = {"errors": errors, TIMING_KEY: stopwatch.record()}
+                write_rows(storage, layout.result_for_request(key), rows, info)
                 summary.seconds += time.monotonic() - started
                 summary.request_files += 1
                 summary.requests += len(rows)

@@ -30,6 +30,7 @@ from synthpref.stages.inputs import require_generations, uncommitted
 from synthpref.stages.prepare import shard_count
 from synthpref.stages.shards import ShardSummary, run_shards
 from synthpref.storage import COMMIT_SUFFIX, Storage
+from synthpref.timing import TIMING_KEY, Stopwatch
 
 
 class MixInputError(SynthprefError, ValueError):
@@ -142,6 +143,7 @@ def _write_requests(
 
 def mix_shard(spec: PreferenceRunSpec, storage: Storage, shard: int) -> MixSummary:
     """Mix one shard and commit it; returns its summary (also stored in the commit marker)."""
+    stopwatch = Stopwatch()
     prompts = list(read_rows(storage, layout.prompt_shard(shard), PromptRow))
     ids = {p.id for p in prompts}
     generations, unusable, orphans = _generations(spec, storage, shard, ids)
@@ -150,7 +152,7 @@ def mix_shard(spec: PreferenceRunSpec, storage: Storage, shard: int) -> MixSumma
     del generations
     summary.requests, files = _write_requests(spec, storage, shard, rows)
     summary.request_files = len(files)
-    info = {"summary": asdict(summary), "request_files": files}
+    info = {"summary": asdict(summary), "request_files": files, TIMING_KEY: stopwatch.record()}
     write_rows(storage, layout.mix_shard(shard), rows, info)
     return summary
 

@@ -23,9 +23,10 @@ from __future__ import annotations
 
 import io
 import json
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from enum import StrEnum
+from typing import Any
 
 from synthpref import layout
 from synthpref.binarize import binarize_prompt, preference_row, score_answers, to_candidate_order
@@ -40,6 +41,7 @@ from synthpref.stages.mix import MixSummary
 from synthpref.stages.prepare import shard_count
 from synthpref.stages.shards import ShardSummary, run_shards
 from synthpref.storage import Storage
+from synthpref.timing import TIMING_KEY, Stopwatch
 
 
 class RequestFailure(StrEnum):
@@ -76,7 +78,8 @@ class ParseSummary(ShardSummary):
 Reply = str | RequestFailure
 
 
-def _reply(line: BatchResultLine) -> Reply:
+def reply_of(line: BatchResultLine) -> Reply:
+    """The reply text of a result line, or why it has none."""
     if line.error is not None or line.response is None:
         return RequestFailure.ERROR
     if line.response.status_code != 200:
@@ -100,8 +103,14 @@ def result_files(storage: Storage, shard: int) -> list[str]:
     ]
 
 
-def read_replies(storage: Storage, shard: int, summary: ParseSummary) -> dict[str, Reply]:
-    """custom_id → the reply (or why there is none) for every result line of the shard."""
+def read_replies(
+    storage: Storage,
+    shard: int,
+    summary: ParseSummary,
+    on_line: Callable[[BatchResultLine], None] | None = None,
+) -> dict[str, Reply]:
+    """custom_id → the reply (or why there is none) for every result line of the shard;
+    `on_line` sees every line of this shard (the report counts the judge's usage with it)."""
     replies: dict[str, Reply] = {}
     for key in result_files(storage, shard):
         for line in read_rows(storage, key, BatchResultLine):
@@ -113,7 +122,9 @@ def read_replies(storage: Storage, shard: int, summary: ParseSummary) -> dict[st
             if request.shard != shard:
                 summary.unknown_results += 1
                 continue
-            reply = _reply(line)
+            if on_line is not None:
+                on_line(line)
+            reply = reply_of(line)
             if isinstance(reply, RequestFailure) and isinstance(replies.get(line.custom_id), str):
                 continue  # an earlier attempt succeeded; a later failure does not undo it
             replies[line.custom_id] = reply
@@ -161,13 +172,17 @@ def parse_row(
     return [preference_row(row, pair, scores) for pair in outcome.pairs]
 
 
-def parquet_bytes(rows: list[PreferenceRow]) -> bytes:
-    """The rows as a Parquet file; `metadata` is stored as JSON text (its shape varies)."""
+def parquet_bytes(rows: list[PreferenceRow], aspects: Sequence[str]) -> bytes:
+    """The rows as a Parquet file; `metadata` is stored as JSON text (its shape varies).
+
+    Aspect ratings are a struct with one nullable field per aspect (null: no valid rating),
+    not a map: loaders such as Hugging Face `datasets` have no feature type for Arrow maps.
+    """
     import pyarrow as pa
     import pyarrow.parquet as pq
 
     message = pa.struct([("role", pa.string()), ("content", pa.string())])
-    ratings = pa.map_(pa.string(), pa.float64())
+    ratings = pa.struct([(aspect, pa.float64()) for aspect in aspects])
     schema = pa.schema(
         [
             ("prompt_id", pa.string()),
@@ -186,8 +201,8 @@ def parquet_bytes(rows: list[PreferenceRow]) -> bytes:
     records = []
     for row in rows:
         record = row.model_dump()
-        record["chosen_aspect_ratings"] = list(record["chosen_aspect_ratings"].items())
-        record["rejected_aspect_ratings"] = list(record["rejected_aspect_ratings"].items())
+        for side in ("chosen_aspect_ratings", "rejected_aspect_ratings"):
+            record[side] = {aspect: record[side].get(aspect) for aspect in aspects}
         record["metadata"] = json.dumps(record["metadata"], sort_keys=True)
         records.append(record)
     table = pa.Table.from_pylist(records, schema=schema)
@@ -203,6 +218,7 @@ def dataset_key(spec: PreferenceRunSpec, shard: int) -> str:
 
 def parse_shard(spec: PreferenceRunSpec, storage: Storage, shard: int) -> ParseSummary:
     """Parse one shard and commit its dataset part; returns the shard's summary."""
+    stopwatch = Stopwatch()
     mix_key = layout.mix_shard(shard)
     require_judged(storage, [shard])
     summary = ParseSummary(shards_done=1)
@@ -214,9 +230,9 @@ def parse_shard(spec: PreferenceRunSpec, storage: Storage, shard: int) -> ParseS
     summary.unknown_results += len(replies)
     storage.write_json(layout.parse_summary(shard), asdict(summary))
     key = dataset_key(spec, shard)
-    info = {"summary": asdict(summary)}
+    info = {"summary": asdict(summary), TIMING_KEY: stopwatch.record()}
     if spec.output.format is OutputFormat.PARQUET:
-        storage.write_bytes(key, parquet_bytes(rows))
+        storage.write_bytes(key, parquet_bytes(rows, spec.mix.aspects))
         storage.commit(key, {"rows": len(rows), **info})
     else:
         write_rows(storage, key, rows, info)
@@ -231,11 +247,22 @@ def merge_summaries(summaries: Iterable[ParseSummary]) -> ParseSummary:
     return total
 
 
-def write_run_summary(spec: PreferenceRunSpec, storage: Storage, shards: int) -> bool:
+# Called with the run summary just before it is written (the run report step).
+BeforeSummary = Callable[[dict[str, Any]], None]
+
+
+def write_run_summary(
+    spec: PreferenceRunSpec,
+    storage: Storage,
+    shards: int,
+    before_summary: BeforeSummary | None = None,
+) -> bool:
     """Merge every shard's summary into `dataset/summary.json` once all shards are done.
 
     Returns False (and writes nothing) while some shard is not committed yet, so any worker
-    may call it and the last one to finish writes the summary.
+    may call it and the last one to finish writes the summary. `before_summary` runs with the
+    summary first: whatever it writes (the run report) exists once the summary, which marks the
+    run done, does.
     """
     parse_done, mix_done = [], []
     for shard in range(shards):
@@ -263,6 +290,8 @@ def write_run_summary(spec: PreferenceRunSpec, storage: Storage, shards: int) ->
     )
     assessment = assess(document, spec.acceptance)
     document.update(losses=assessment.losses, outcome=assessment.to_dict())
+    if before_summary is not None:
+        before_summary(document)
     storage.write_json(layout.SUMMARY, document)
     return True
 
@@ -275,10 +304,11 @@ def run_parse(
     worker: int = 0,
     workers: int = 1,
     on_shard: Callable[[int], None] | None = None,
+    before_summary: BeforeSummary | None = None,
 ) -> ParseSummary:
     """Parse `shards` (default: this worker's share), skipping done ones; then, when every
-    shard of the run is done, write the run summary. The returned summary also counts shards
-    committed by an earlier run."""
+    shard of the run is done, write the run summary (calling `before_summary` with it first).
+    The returned summary also counts shards committed by an earlier run."""
     total_shards = shard_count(storage)
     if shards is None:
         shards = layout.shards_for_worker(total_shards, worker, workers)
@@ -295,5 +325,5 @@ def run_parse(
         total=ParseSummary(),
         on_shard=on_shard,
     )
-    write_run_summary(spec, storage, total_shards)
+    write_run_summary(spec, storage, total_shards, before_summary)
     return total

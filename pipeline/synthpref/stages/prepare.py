@@ -25,6 +25,7 @@ from synthpref.rows import PromptRow
 from synthpref.spec import MalformedPolicy, PreferenceRunSpec
 from synthpref.stages.inputs import describe, missing_prompt_shards, prompt_shards
 from synthpref.storage import LocalStorage, NotUtf8Error, S3Storage, Storage, s3_client
+from synthpref.timing import Stopwatch
 
 MAX_REPORTED_MALFORMED = 50
 
@@ -43,6 +44,7 @@ class PrepareSummary:
     malformed: int = 0
     malformed_examples: list[str] = field(default_factory=list)
     files: list[str] = field(default_factory=list)
+    timing: dict[str, float] = field(default_factory=dict)  # when it ran (`synthpref.timing`)
 
 
 def prompt_id(text: str) -> str:
@@ -136,6 +138,7 @@ def run_prepare(
         )
         # Until every shard is back, nothing may look prepared.
         storage.delete(layout.PROMPTS_MANIFEST)
+    stopwatch = Stopwatch()
     source = spec.prompts
     files = list_prompt_files(source.uri, spec.storage.endpoint_url, spec.storage.region)
     if not files:
@@ -171,6 +174,7 @@ def run_prepare(
             f"{summary.prompts} in {summary.shards} now), so the missing shards cannot be "
             "repaired; use a new storage.uri for the new prompts"
         )
+    summary.timing = stopwatch.record()
     storage.write_json(layout.PROMPTS_MANIFEST, asdict(summary))
     return summary
 
