@@ -174,6 +174,11 @@ class VllmChatBackend:
             self.max_model_len,
         )
 
+    @property
+    def llm(self) -> Any:
+        """The engine's `vllm.LLM` (scripts/bench_generate.py runs plain vLLM on it)."""
+        return self._llm
+
     @classmethod
     def from_model_spec(cls, spec: ModelSpec) -> VllmChatBackend:
         """The engine for one answering model (gpus 0 means CPU: one worker)."""
