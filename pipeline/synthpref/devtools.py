@@ -1,4 +1,4 @@
-"""`synthpref dev ...`: developer tools (tiny offline models, the local Kubernetes cluster).
+"""`synthpref dev ...`: developer tools (offline models, the local Kubernetes cluster).
 
 The cluster commands live with the operator (synthpref_operator.devcluster), which adds them
 through the `synthpref.dev_commands` entry-point group: the pipeline never imports the operator.
@@ -15,7 +15,10 @@ DEV_COMMANDS_ENTRY_POINTS = "synthpref.dev_commands"
 
 @click.group(
     cls=LazyGroup,
-    lazy={"tiny-models": "synthpref.tinymodels:tiny_models_command"},
+    lazy={
+        "models": "synthpref.realmodel:models_command",
+        "tiny-models": "synthpref.tinymodels:tiny_models_command",
+    },
     plugins=DEV_COMMANDS_ENTRY_POINTS,
 )
 def dev() -> None:

@@ -26,6 +26,7 @@ from pydantic import (
 from pydantic.alias_generators import to_camel
 
 from synthpref.errors import SynthprefError
+from synthpref.templates import structured_reply_max_tokens
 
 API_GROUP = "synthpref.dev"
 API_VERSION = "v1alpha1"
@@ -316,6 +317,13 @@ class ModelSpec(SpecModel):
     chat_template: str | None = Field(
         default=None, description="Jinja chat template overriding the tokenizer's."
     )
+    system_prompt: str | None = Field(
+        default=None,
+        min_length=1,
+        max_length=20_000,
+        description="A system message sent before every prompt (one model path can so play "
+        "several models); without it the chat template's default system message, if any.",
+    )
     engine_args: dict[str, Any] = Field(
         default_factory=dict, description="Extra vLLM engine arguments (e.g. dtype, quantization)."
     )
@@ -420,7 +428,8 @@ class JudgeSpec(SpecModel):
         default=None,
         ge=1,
         description="vLLM judge only: cap each rationale's length in the structured-output "
-        "schema (maxLength), so a weak judge cannot ramble past maxTokens.",
+        "schema (maxLength), so a weak judge cannot ramble past maxTokens; maxTokens must then "
+        "cover the longest reply (counted as one token per character of its compact JSON).",
     )
     temperature: float = Field(default=0.0, ge=0.0, le=2.0, description="Judge temperature.")
     max_tokens: int = Field(default=1024, ge=16, le=65_536, description="Judge max reply tokens.")
@@ -682,7 +691,30 @@ class PreferenceRunSpec(SpecModel):
             raise ValueError(
                 f"mix.responsesPerPrompt: needs {needed} distinct models, spec has {len(names)}"
             )
+        self._judge_replies_fit(needed)
         return self
+
+    def _judge_replies_fit(self, answers: int) -> None:
+        """A vLLM judge's structured reply with bounded rationales must fit judge.maxTokens:
+        one cut off is invalid JSON, a lost rating."""
+        judge = self.judge
+        if (
+            judge.backend is not JudgeBackend.VLLM
+            or not judge.structured_output
+            or judge.rationale_max_chars is None
+        ):
+            return
+        longest = max(
+            structured_reply_max_tokens(answers, aspect, judge.rationale_max_chars)
+            for aspect in self.mix.aspects
+        )
+        if judge.max_tokens < longest:
+            raise ValueError(
+                f"judge.maxTokens: {judge.max_tokens} may cut off a structured reply: with "
+                f"{answers} answers per request and rationaleMaxChars {judge.rationale_max_chars} "
+                f"a reply can take {longest} tokens (about one per character); raise maxTokens "
+                "to at least that or lower rationaleMaxChars"
+            )
 
     def model(self, name: str) -> ModelSpec:
         for model in self.models:

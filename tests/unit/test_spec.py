@@ -94,3 +94,21 @@ def test_multi_document_file_picks_the_run(tmp_path: Path) -> None:
     secret = {"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "k"}}
     path.write_text(yaml.safe_dump_all([secret, manifest_dict(name="second")]))
     assert load_run(path).metadata.name == "second"
+
+
+def vllm_judge_spec(max_tokens: int, **judge: Any) -> dict[str, Any]:
+    settings = {"backend": "vllm", "model": "/models/j", "rationaleMaxChars": 40}
+    return spec_dict(judge={**settings, **judge, "maxTokens": max_tokens})
+
+
+def test_judge_max_tokens_must_cover_the_longest_structured_reply() -> None:
+    """4 answers with N/A ratings and 40-character rationales: 305 characters of JSON plus the
+    end of turn (templates.structured_reply_max_tokens)."""
+    assert parse_manifest(manifest_dict(vllm_judge_spec(306))).spec.judge.max_tokens == 306
+    with pytest.raises(SpecError) as caught:
+        parse_manifest(manifest_dict(vllm_judge_spec(305)))
+    assert "judge.maxTokens: 305 may cut off a structured reply" in str(caught.value)
+    assert "a reply can take 306 tokens" in str(caught.value)
+    # Free-text replies, unbounded rationales and the OpenAI judge are not sized by this rule.
+    for judge in ({"structuredOutput": False}, {"rationaleMaxChars": None}, {"backend": "openai"}):
+        parse_manifest(manifest_dict(vllm_judge_spec(100, **judge)))

