@@ -1,7 +1,8 @@
-"""judge.budget against the OpenAI-compatible test server: a local run (`run_local`, what
-`synthpref run --local` calls) that reaches its spending cap stops with BudgetExhaustedError
-before any batch that could take it over the cap, and a rerun with the cap raised finishes
-with the dataset an uncapped run makes."""
+"""judge.budget and `synthpref estimate` against the OpenAI-compatible test server: a local
+run (`run_local`, what `synthpref run --local` calls) that reaches its spending cap stops with
+BudgetExhaustedError before any batch that could take it over the cap, and a rerun with the cap
+raised finishes with the dataset an uncapped run makes; the estimate of a mixed run counts its
+request files and measured answers."""
 
 from __future__ import annotations
 
@@ -29,6 +30,8 @@ from tests.component.test_annotate_openai import (
     dataset,
     expected_dataset,
     request_files,
+    request_lines,
+    run_until_mix,
 )
 from tests.support.openai_server import DEFAULT_API_KEY, OpenAIServer
 
@@ -136,3 +139,39 @@ def test_a_capped_local_run_holds_at_the_cap_and_a_raised_cap_finishes_it(
     assert result.summary["judge"]["cost_usd"] == pytest.approx(
         PRICE.cost(billed(server).input, billed(server).output)
     )
+
+
+def test_estimate_of_a_mixed_run_counts_its_request_files_and_answers(
+    tmp_path: Path, server: OpenAIServer
+) -> None:
+    from click.testing import CliRunner
+
+    from synthpref.annotate.estimate import file_tokens
+    from synthpref.cli import main
+
+    spec = capped(tmp_path, server, None)
+    storage = LocalStorage(tmp_path / "store")
+    run_file = tmp_path / "run.yaml"
+    run_file.write_text(manifest(spec).model_dump_json(by_alias=True))  # JSON is YAML
+
+    def estimate() -> dict[str, Any]:
+        result = CliRunner().invoke(main, ["estimate", str(run_file), "--json"])
+        assert result.exit_code == 0, result.output
+        document: dict[str, Any] = json.loads(result.output)
+        return document
+
+    before = estimate()
+    assert before["judge"]["basis"] == "prompts"
+    assert [m["measured_mean"] for m in before["models"]] == [None] * 4
+    run_until_mix(spec, storage)
+    after = estimate()
+
+    lines = request_lines(storage)
+    assert after["judge"]["basis"] == "requests"
+    assert after["judge"]["requests"] == len(lines) == before["judge"]["requests"]
+    assert after["judge"]["input_tokens"] == file_tokens(line["body"] for line in lines)
+    assert all(m["measured_mean"] > 0 for m in after["models"])
+    assert after["judge"]["cost_usd"] == pytest.approx(
+        PRICE.cost(after["judge"]["input_tokens"], after["judge"]["output_tokens"])
+    )
+    assert "$2 in / $8 out per 1M tokens" in after["judge"]["price"]
