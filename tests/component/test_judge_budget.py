@@ -64,11 +64,14 @@ def manifest(spec: PreferenceRunSpec) -> PreferenceRunManifest:
     )
 
 
-def billed(server: OpenAIServer) -> Tokens:
-    """What the server answered in all its batches' output files, by their usage."""
+def billed(server: OpenAIServer, run: str | None = None) -> Tokens:
+    """What the server answered in its batches' output files (those of `run`, by the batch
+    metadata, when given), by their usage."""
     used = Tokens()
     for batch in server.batches.values():
         if batch.output_file_id is None:
+            continue
+        if run is not None and (batch.metadata or {}).get("synthpref_run") != run:
             continue
         for text in server.files[batch.output_file_id].data.decode().splitlines():
             body = BatchResultLine.model_validate_json(text).response
@@ -122,6 +125,17 @@ def test_a_capped_local_run_holds_at_the_cap_and_a_raised_cap_finishes_it(
             bound,
             cap_usd,
         )
+
+    # `annotate status` says so too, without calling the API.
+    from click.testing import CliRunner
+
+    from synthpref.cli import main
+
+    run_file = tmp_path / "run.yaml"
+    run_file.write_text(manifest(spec).model_dump_json(by_alias=True))  # JSON is YAML
+    shown = CliRunner().invoke(main, ["annotate", "status", str(run_file)])
+    assert shown.exit_code == 0, shown.output
+    assert json.loads(shown.output)["budget_hold"].startswith("judge budget reached: spent $")
 
     # A rerun with the same cap stops again without submitting anything.
     with pytest.raises(BudgetExhaustedError):
