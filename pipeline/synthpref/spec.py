@@ -439,6 +439,17 @@ class JudgePricing(SpecModel):
 class JudgeBudget(SpecModel):
     """A cap on what the OpenAI judge may spend; a spec edit may raise it at any time."""
 
+    model_config = ConfigDict(
+        json_schema_extra={
+            "x-kubernetes-validations": [
+                {
+                    "rule": "has(self.maxUsd) || has(self.maxTokens)",
+                    "message": "judge.budget: give maxUsd, maxTokens or both",
+                }
+            ]
+        }
+    )
+
     max_usd: float | None = Field(
         default=None,
         gt=0,
