@@ -18,7 +18,7 @@ from synthpref.storage import S3Storage, s3_client
 from tests.component.test_judge_budget import billed
 from tests.integration import test_operator_run as base
 
-pytestmark = [pytest.mark.cluster, pytest.mark.timeout(420)]
+pytestmark = [pytest.mark.cluster, pytest.mark.timeout(600)]
 
 env = base.env  # the fixture: control plane, test kubelet, S3, the OpenAI test server
 MAX_TOKENS = 1024  # judge.maxTokens (the default)
@@ -74,7 +74,7 @@ def test_the_cap_holds_the_run_and_a_raised_cap_resumes_it(env: base.Env) -> Non
         env.apply(free_spec)  # the uncapped twin, alongside
         # A cap below any request file: held as soon as the judge starts, nothing submitted.
         env.apply(with_budget(env, "capped", 1))
-        run = wait_for(env, "capped", held, "held")
+        run = wait_for(env, "capped", held, "held", timeout=300)
         assert ours(env, "capped") == []
         status = run["status"]
         assert status["phase"] == "Annotating" and status["message"].startswith("held: ")
