@@ -126,6 +126,14 @@ def test_a_capped_local_run_holds_at_the_cap_and_a_raised_cap_finishes_it(
             cap_usd,
         )
 
+    # The operator's observer sees the same hold (and what was spent) from the ledgers alone.
+    from synthpref_operator.observe import observe_judge
+
+    observed, _ = observe_judge(spec, storage, RUN)
+    assert observed.budget_hold is not None
+    assert observed.budget_hold.endswith("raise spec.judge.budget to resume")
+    assert observed.progress.cost_usd == pytest.approx(PRICE.cost(used.input, used.output))
+
     # `annotate status` says so too, without calling the API.
     from click.testing import CliRunner
 
