@@ -5,8 +5,9 @@ the annotate engine) and by the operator's status. Pure: no I/O.
 
 Prices are list prices in US dollars per million tokens (input, output) and the Batch API's
 discount on both (0.5: half price). Source: OpenAI's pricing page
-(https://platform.openai.com/docs/pricing), as published on 2025-08-07; prices change, so a
-spec may give its own with `judge.pricing`, which wins over the table. Cached-input prices are
+(https://platform.openai.com/docs/pricing, standard tier), transcribed by hand as listed on
+2025-08-07 (the gpt-5 launch); prices change, so check them, and a spec may give its own with
+`judge.pricing`, which wins over the table. Cached-input prices are
 ignored (the Batch API bills judge prompts as ordinary input), so an estimate errs high.
 
 A dated snapshot name (`gpt-4o-2024-08-06`) is looked up as is first, then by its family
