@@ -126,6 +126,7 @@ def crd() -> dict[str, Any]:
         {"name": "Pairs", "type": "integer", "jsonPath": ".status.result.pairs"},
         {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},
         {"name": "Judge", "type": "string", "jsonPath": ".spec.judge.backend", "priority": 1},
+        {"name": "Cost", "type": "string", "jsonPath": ".status.cost", "priority": 1},
         {"name": "Message", "type": "string", "jsonPath": ".status.message", "priority": 1},
     ]
     return {

@@ -14,6 +14,7 @@ from dataclasses import replace
 from typing import Any
 
 from synthpref import layout
+from synthpref.errors import SynthprefError
 from synthpref.spec import PreferenceRunSpec
 from synthpref.storage import COMMIT_SUFFIX, S3Storage, Storage, open_storage, s3_client
 from synthpref.storage_retry import RetryPolicy
@@ -26,7 +27,7 @@ from synthpref_operator.names import (
     run_selector,
 )
 from synthpref_operator.planner import Artifacts, JobState, JudgeLedger
-from synthpref_operator.status import JudgeProgress
+from synthpref_operator.status import CostEstimate, JudgeProgress
 
 COMPLETION_INDEX = "batch.kubernetes.io/job-completion-index"
 JOB_NAME_LABEL = "batch.kubernetes.io/job-name"
@@ -200,8 +201,36 @@ def observe_judge(spec: PreferenceRunSpec, storage: Storage, run: str) -> tuple[
         batches_by_status=dict(summary.phases),
         input_tokens=sum(r.input_tokens for r in records),
         tokens_used=summary.tokens_used,
+        input_tokens_used=summary.input_tokens_used,
+        output_tokens_used=summary.output_tokens_used,
+        cost_usd=summary.cost_usd,
     )
-    return JudgeLedger(progress=progress), sum(1 for ok in by_shard.values() if ok)
+    hold = annotator.budget_hold()
+    held = None
+    if hold is not None and not hold.in_flight:
+        held = hold.message("raise spec.judge.budget to resume")
+    ledger = JudgeLedger(progress=progress, budget_hold=held)
+    return ledger, sum(1 for ok in by_shard.values() if ok)
+
+
+def observe_estimate(spec: PreferenceRunSpec) -> CostEstimate:
+    """The judge's cost estimate from the run's prompts (`synthpref estimate` without the run's
+    storage); when the prompts cannot be read, an estimate that says why."""
+    from synthpref.estimate_inputs import estimate_from
+
+    try:
+        judge = estimate_from(spec, None).judge
+    except (SynthprefError, OSError) as error:
+        return CostEstimate(basis="prompts", error=str(error))
+    assert judge is not None
+    return CostEstimate(
+        basis=judge.basis,
+        requests=judge.requests,
+        input_tokens=judge.tokens.input,
+        output_tokens=judge.tokens.output,
+        cost_usd=judge.cost_usd,
+        price=judge.price.describe() if judge.price is not None else None,
+    )
 
 
 def secret_value(core_api: Any, namespace: str, name: str, key: str) -> str:

@@ -22,10 +22,11 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from synthpref.budget import usd
 from synthpref.layout import shards_for_worker
 from synthpref.outcome import assess, describe_losses, losses
 from synthpref.spec import GenerationBackend, JudgeBackend, PreferenceRunSpec
@@ -35,6 +36,7 @@ from synthpref_operator.status import (
     Condition,
     ConditionStatus,
     ConditionType,
+    CostEstimate,
     JudgeProgress,
     ModelProgress,
     Phase,
@@ -98,6 +100,9 @@ class JudgeLedger:
     progress: JudgeProgress = field(default_factory=JudgeProgress)
     error: str | None = None
     outage: JudgeOutage | None = None
+    # Set when spec.judge.budget holds back request files and no batch is in flight any more:
+    # what was spent, the cap and what waits (`synthpref.budget.BudgetHold.message`).
+    budget_hold: str | None = None
 
 
 @dataclass(frozen=True)
@@ -110,6 +115,8 @@ class Observed:
     jobs: Mapping[str, JobState] = field(default_factory=dict)
     artifacts: Artifacts = field(default_factory=Artifacts)
     judge: JudgeLedger | None = None
+    # The judge's cost estimate from the prompts, when this pass computed one (at admission).
+    estimate: CostEstimate | None = None
 
 
 # ------------------------------------------------------------------ actions
@@ -329,6 +336,37 @@ def _judge_progress(judge: JudgeLedger | None) -> JudgeProgress | None:
     )
 
 
+def _estimate(spec: PreferenceRunSpec, observed: Observed) -> CostEstimate | None:
+    """The judge's estimate: from the prompts (computed at admission) until the request files
+    exist, then from them once (later attempts change the ledgers' counts, not the estimate)."""
+    estimate = observed.estimate or observed.status.estimate
+    judge = observed.judge
+    if judge is None or not judge.progress.requests:
+        return estimate
+    if estimate is not None and estimate.basis == "requests":
+        return estimate
+    price = spec.judge.price()
+    requests = judge.progress.requests
+    tokens_in, tokens_out = judge.progress.input_tokens, requests * spec.judge.max_tokens
+    return CostEstimate(
+        basis="requests",
+        requests=requests,
+        input_tokens=tokens_in,
+        output_tokens=tokens_out,
+        cost_usd=price.cost(tokens_in, tokens_out) if price is not None else None,
+        price=price.describe() if price is not None else None,
+    )
+
+
+def cost_text(estimate: CostEstimate | None, judge: JudgeProgress | None, judged: bool) -> str:
+    """The COST column: the actual cost once the judge is done, else ~the estimate."""
+    if judged and judge is not None and judge.cost_usd is not None:
+        return usd(judge.cost_usd)
+    if estimate is not None and estimate.cost_usd is not None:
+        return "~" + usd(estimate.cost_usd)
+    return ""
+
+
 def outage_text(outage: JudgeOutage) -> str:
     """What the run's message says while the judge endpoint fails."""
     return (
@@ -463,7 +501,11 @@ def plan(spec: PreferenceRunSpec, observed: Observed, now: str) -> tuple[list[Ac
             condition(ConditionType.DATA_LOSS, True, Reason.DATA_LOST, describe_losses(lost))
         else:
             condition(ConditionType.DATA_LOSS, False, Reason.NO_DATA_LOSS, "nothing lost so far")
+        estimate = _estimate(spec, observed)
+        judged = art.shards is not None and art.judged >= art.shards
         status = RunStatus(
+            estimate=estimate,
+            cost=cost_text(estimate, observed.judge.progress if observed.judge else None, judged),
             phase=phase,
             message=message,
             progress=progress_text(spec, art),
@@ -549,6 +591,9 @@ def plan(spec: PreferenceRunSpec, observed: Observed, now: str) -> tuple[list[Ac
     condition(ConditionType.SUSPENDED, False, Reason.RESUMED if resumed else Reason.NOT_SUSPENDED)
     actions += [SuspendJob(j.name, False) for j in live if j.suspended_by_run]
 
+    budget_events = _budget_condition(spec, observed, condition)
+    actions += budget_events
+
     shards = art.shards or 0
     for name, model in _stage_jobs(spec, run, current):
         if (
@@ -574,7 +619,30 @@ def plan(spec: PreferenceRunSpec, observed: Observed, now: str) -> tuple[list[Ac
     phase = _STAGE_PHASE[current]
     if current is Stage.PREPARE and job_name(run, Stage.PREPARE) not in observed.jobs:
         phase = Phase.PENDING
-    return finish(phase, _stage_message(spec, art, current, observed), actions)
+    message = _stage_message(spec, art, current, observed)
+    hold = observed.judge.budget_hold if observed.judge is not None else None
+    if current is Stage.JUDGE and hold is not None:
+        message = f"held: {hold}"
+    return finish(phase, message, actions)
+
+
+def _budget_condition(
+    spec: PreferenceRunSpec,
+    observed: Observed,
+    condition: Callable[[ConditionType, bool, Reason, str], None],
+) -> list[Action]:
+    """BudgetExhausted: True while the cap holds the judge back (one Event as it begins),
+    False once a raised cap lets it go on; absent for runs that never had a budget."""
+    hold = observed.judge.budget_hold if observed.judge is not None else None
+    was = observed.status.condition(ConditionType.BUDGET_EXHAUSTED)
+    if hold is not None:
+        condition(ConditionType.BUDGET_EXHAUSTED, True, Reason.BUDGET_EXHAUSTED, hold)
+        if was is None or was.status is not ConditionStatus.TRUE:
+            return [Event("Warning", Reason.BUDGET_EXHAUSTED.value, hold)]
+        return []
+    if spec.judge.budget is not None or was is not None:
+        condition(ConditionType.BUDGET_EXHAUSTED, False, Reason.WITHIN_BUDGET, "")
+    return []
 
 
 def _reassess(prev: RunStatus, generation: int) -> bool:

@@ -38,6 +38,7 @@ from synthpref_operator.metrics import OperatorMetrics
 from synthpref_operator.names import ANNOTATION_SKIP_BATCH_CANCEL
 from synthpref_operator.observe import (
     observe_artifacts,
+    observe_estimate,
     observe_jobs,
     observe_judge,
     observe_secrets,
@@ -169,7 +170,9 @@ class Reconciler:
         ):
             judge, judged = observe_judge(spec, storage, name)
             artifacts = replace(artifacts, judged=judged)
-        observed = Observed(name, generation, admitted, jobs, artifacts, judge)
+        # Once, when the run is admitted: what the judge is expected to cost (reads the prompts).
+        estimate = observe_estimate(spec) if previous.estimate is None else None
+        observed = Observed(name, generation, admitted, jobs, artifacts, judge, estimate)
         actions, status = plan(spec, observed, now)
         events: list[Event] = []
         for action in actions:

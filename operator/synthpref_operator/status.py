@@ -45,6 +45,8 @@ class ConditionType(StrEnum):
     DATA_LOSS = "DataLoss"
     FAILED = "Failed"
     SUCCEEDED = "Succeeded"
+    # The judge's spending cap (spec.judge.budget) holds back request files.
+    BUDGET_EXHAUSTED = "BudgetExhausted"
     # Whether the run may use what it names (endpoints, images, ServiceAccount, Secrets).
     ADMITTED = "Admitted"
 
@@ -69,6 +71,8 @@ class Reason(StrEnum):
     NO_DATA_LOSS = "NoDataLoss"
     ACCEPTANCE_FAILED = "AcceptanceFailed"
     JUDGE_UNREACHABLE = "JudgeUnreachable"
+    BUDGET_EXHAUSTED = "BudgetExhausted"
+    WITHIN_BUDGET = "WithinBudget"
     ADMITTED = "Admitted"
     ENDPOINT_NOT_ALLOWED = "EndpointNotAllowed"
     SECRET_NOT_ALLOWED = "SecretNotAllowed"
@@ -125,6 +129,19 @@ class JudgeProgress(StatusModel):
     tokens_used: int = Field(
         default=0, ge=0, description="Tokens used (usage.total_tokens of fetched results)."
     )
+    input_tokens_used: int = Field(
+        default=0, ge=0, description="Input tokens used (usage.prompt_tokens of fetched results)."
+    )
+    output_tokens_used: int = Field(
+        default=0,
+        ge=0,
+        description="Output tokens used (usage.completion_tokens of fetched results).",
+    )
+    cost_usd: float | None = Field(
+        default=None,
+        ge=0,
+        description="US dollars of the tokens used, at Batch API prices (unset without a price).",
+    )
     endpoint_failing_since: str | None = Field(
         default=None,
         description="Since when (RFC 3339) every call to the judge endpoint has failed; unset "
@@ -132,6 +149,30 @@ class JudgeProgress(StatusModel):
     )
     last_error: str | None = Field(
         default=None, description="The judge endpoint's last error while it fails."
+    )
+
+
+class CostEstimate(StatusModel):
+    """What the judge is expected to cost (`synthpref estimate`), computed when the run is
+    admitted (from its prompts) and again once the request files exist (from them)."""
+
+    basis: str = Field(
+        description="prompts (rendered from the prompts and answer lengths) or requests (the "
+        "request files)."
+    )
+    requests: int = Field(default=0, ge=0, description="Judge requests.")
+    input_tokens: int = Field(default=0, ge=0, description="Estimated judge input tokens.")
+    output_tokens: int = Field(
+        default=0, ge=0, description="Most judge output tokens (judge.maxTokens per request)."
+    )
+    cost_usd: float | None = Field(
+        default=None,
+        ge=0,
+        description="Most US dollars at Batch API prices (unset without a price).",
+    )
+    price: str | None = Field(default=None, description="The price it used, and its source.")
+    error: str | None = Field(
+        default=None, description="Why there is no estimate from the prompts (unreadable)."
     )
 
 
@@ -203,6 +244,14 @@ class RunStatus(StatusModel):
         default_factory=dict,
         description="Items lost so far, by cause (model shards failed, judge requests failed "
         "after all attempts, unparseable ratings, prompts without enough answers...).",
+    )
+    estimate: CostEstimate | None = Field(
+        default=None, description="The judge's expected cost (see `synthpref estimate`)."
+    )
+    cost: str = Field(
+        default="",
+        description="The judge's cost for the COST column: ~$N (estimated) until the judge is "
+        "done, then $N (actual, from the results' usage).",
     )
     locked_spec: dict[str, str] = Field(
         default_factory=dict,

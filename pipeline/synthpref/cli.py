@@ -265,6 +265,39 @@ def report(run_file: str | None) -> None:
 
 
 @main.command()
+@click.argument("run_file", metavar="RUN.yaml", type=click.Path(dir_okay=False, exists=True))
+@click.option(
+    "--prompts",
+    "prompts_uri",
+    metavar="URI",
+    help="Estimate for these prompt files instead of spec.prompts.uri; the run's storage is "
+    "then not read.",
+)
+@click.option("--json", "as_json", is_flag=True, help="Print the estimate as JSON.")
+def estimate(run_file: str, prompts_uri: str | None, as_json: bool) -> None:
+    """What the run will cost: prompts, answer tokens per model, judge requests, tokens and US
+    dollars at Batch API prices. No GPU, no API call; reads the prompts and, when it exists,
+    what the run's storage already holds (answers, judge request files)."""
+    from synthpref.estimate_inputs import estimate_from
+    from synthpref.run_estimate import as_document, render
+
+    try:
+        manifest = load_run(run_file)
+    except SpecError as error:
+        raise click.ClickException(str(error)) from None
+    spec = manifest.spec
+    storage = None
+    if prompts_uri is None:
+        settings = spec.storage
+        storage = open_storage(settings.uri, settings.endpoint_url, settings.region)
+    result = estimate_from(spec, storage, prompts_uri)
+    if as_json:
+        click.echo(json.dumps(as_document(result), indent=2))
+    else:
+        click.echo(render(result))
+
+
+@main.command()
 @RUN_ARGUMENT
 @click.option("--local", is_flag=True, required=True, help="Run every stage here, in order.")
 @click.option("--no-progress", is_flag=True, help="No progress bars (e.g. in CI logs).")

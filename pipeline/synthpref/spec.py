@@ -26,6 +26,7 @@ from pydantic import (
 from pydantic.alias_generators import to_camel
 
 from synthpref.errors import SynthprefError
+from synthpref.pricing import Price, price_for
 from synthpref.templates import structured_reply_max_tokens
 
 API_GROUP = "synthpref.dev"
@@ -410,6 +411,65 @@ class JudgeBackend(StrEnum):
     VLLM = "vllm"
 
 
+class JudgePricing(SpecModel):
+    """The judge model's prices, overriding synthpref's price table (`synthpref.pricing`)."""
+
+    input_per_million_usd: float = Field(
+        ge=0, description="List price in US dollars per million input (prompt) tokens."
+    )
+    output_per_million_usd: float = Field(
+        ge=0, description="List price in US dollars per million output (completion) tokens."
+    )
+    batch_discount: float = Field(
+        default=0.5,
+        ge=0,
+        le=1,
+        description="Fraction the Batch API takes off both prices (0.5: half price).",
+    )
+
+    def price(self) -> Price:
+        return Price(
+            self.input_per_million_usd,
+            self.output_per_million_usd,
+            self.batch_discount,
+            source="spec.judge.pricing",
+        )
+
+
+class JudgeBudget(SpecModel):
+    """A cap on what the OpenAI judge may spend; a spec edit may raise it at any time."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "x-kubernetes-validations": [
+                {
+                    "rule": "has(self.maxUsd) || has(self.maxTokens)",
+                    "message": "judge.budget: give maxUsd, maxTokens or both",
+                }
+            ]
+        }
+    )
+
+    max_usd: float | None = Field(
+        default=None,
+        gt=0,
+        description="Most US dollars the judge may spend (Batch API prices of judge.pricing or "
+        "the price table): actual usage of fetched results plus an upper-bound estimate of the "
+        "batches in flight (their estimated input tokens and maxTokens per request).",
+    )
+    max_tokens: int | None = Field(
+        default=None,
+        ge=1,
+        description="Most tokens (input + output) the judge may use, counted the same way.",
+    )
+
+    @model_validator(mode="after")
+    def _some_cap(self) -> JudgeBudget:
+        if self.max_usd is None and self.max_tokens is None:
+            raise ValueError("give maxUsd, maxTokens or both")
+        return self
+
+
 class JudgeSpec(SpecModel):
     """The judge that rates answers."""
 
@@ -447,6 +507,16 @@ class JudgeSpec(SpecModel):
     queued_token_budget: int | None = Field(
         default=None, ge=1, description="Max estimated tokens queued in batches at once."
     )
+    pricing: JudgePricing | None = Field(
+        default=None,
+        description="The judge model's prices for estimates and judge.budget; default: "
+        "synthpref's table of known OpenAI models (see `synthpref estimate`).",
+    )
+    budget: JudgeBudget | None = Field(
+        default=None,
+        description="openai judge: a cap on spending; no batch is submitted that could take the "
+        "run over it, and at the cap the run holds (BudgetExhausted) until the cap is raised.",
+    )
     poll_interval_seconds: float = Field(
         default=60.0, gt=0, description="Seconds between batch status polls."
     )
@@ -463,6 +533,24 @@ class JudgeSpec(SpecModel):
         description="CPU and memory of a vLLM judge's pod, merged key by key with the defaults "
         "of a vLLM model with judge.gpus GPUs.",
     )
+
+    def price(self) -> Price | None:
+        """judge.pricing, else the price table's entry for judge.model (None: unknown)."""
+        return price_for(self.model, self.pricing.price() if self.pricing else None)
+
+    @model_validator(mode="after")
+    def _budget_is_priced(self) -> JudgeSpec:
+        budget = self.budget
+        if budget is None:
+            return self
+        if self.backend is not JudgeBackend.OPENAI:
+            raise ValueError("budget: applies to the openai judge only (a vLLM judge is unbilled)")
+        if budget.max_usd is not None and self.price() is None:
+            raise ValueError(
+                f"budget.maxUsd: no price known for judge model {self.model!r}; give "
+                "judge.pricing (inputPerMillionUsd, outputPerMillionUsd) or use budget.maxTokens"
+            )
+        return self
 
 
 class BinarizationStrategy(StrEnum):

@@ -562,7 +562,9 @@ def run_child_until_killed(
     spec_file.write_text(spec.model_dump_json(by_alias=True))
     script = tmp_path / "child.py"
     script.write_text(CHILD)
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    # ROOT for `tests`, before any PYTHONPATH the run has (a worktree's own sources).
+    paths = (str(ROOT), os.environ.get("PYTHONPATH", ""))
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in paths if p)}
     child = subprocess.Popen(
         [sys.executable, str(script), str(spec_file), str(storage.root), RUN], env=env
     )

@@ -30,6 +30,8 @@ def test_tokens_sum_usage_over_answered_lines() -> None:
     ]
     result = sort_results(["a", "b", "c", "d"], output, errors)
     assert result.tokens == 15 + 7 + 100 + 3
+    # The parts the judge's budget prices, where the line gives them.
+    assert (result.prompt_tokens, result.completion_tokens) == (10, 5)
     assert set(result.ok) == {"a", "b"}
 
 

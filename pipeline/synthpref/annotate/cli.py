@@ -45,6 +45,8 @@ def _echo(engine: Annotator, extra: dict[str, Any] | None = None) -> None:
         phase: sorted(r.request_key for r in engine.ledgers() if r.phase.value == phase)
         for phase in sorted(Counter(r.phase.value for r in engine.ledgers()))
     }
+    hold = engine.budget_hold()
+    document["budget_hold"] = hold.message("raise judge.budget to resume") if hold else None
     document.update(extra or {})
     click.echo(json.dumps(document, indent=2, sort_keys=True))
 

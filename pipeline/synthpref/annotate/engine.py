@@ -20,7 +20,11 @@ the last attempt's file, so `parse` reports them).
 
 Limits: an optional budget of estimated queued tokens (files wait to be uploaded while the
 budget is taken; a file larger than the budget goes alone), and at most
-`max_creations_per_hour` batch creations (2,000 for the Batch API) in any hour.
+`max_creations_per_hour` batch creations (2,000 for the Batch API) in any hour. With
+`judge.budget`, a file is submitted only when it cannot take the run over the spending cap
+(`synthpref.budget`); files that could wait, `budget_hold()` says so, and `run_until_done` stops
+with `BudgetExhaustedError` once nothing is in flight any more (a rerun with a raised cap
+resumes; the operator holds the run instead).
 
 API errors never escape a step. A 4xx answer (`ApiRequestError`) on upload, batch create,
 retrieve or download is recorded on the file's ledger (`api_errors`) and repaired: the upload is
@@ -55,6 +59,7 @@ from synthpref.annotate.client import ApiRequestError, BatchClient, FatalApiErro
 from synthpref.annotate.estimate import request_tokens
 from synthpref.annotate.ledger import ApiErrorRecord, FileLedger, Phase, Submission
 from synthpref.annotate.outcomes import MISSING, SortedResults, failure_line, sort_results
+from synthpref.budget import BudgetHold, Cap, Spending, Tokens, upper_bound
 from synthpref.errors import InputsNotReadyError, SynthprefError
 from synthpref.retrying import seconds
 from synthpref.spec import PreferenceRunSpec
@@ -78,6 +83,11 @@ MAX_REPAIRS_PER_ATTEMPT = 3
 
 class FatalAnnotateError(SynthprefError, RuntimeError):
     """The judge cannot go on (bad key, unknown model); the message names the cause."""
+
+
+class BudgetExhaustedError(SynthprefError, RuntimeError):
+    """The judge's spending cap (judge.budget) stops further batches; everything fetched is
+    kept, and a rerun with a raised cap resumes."""
 
 
 class JudgeUnavailableError(SynthprefError, RuntimeError):
@@ -126,6 +136,9 @@ class AnnotateSummary:
     resubmitted: int = 0
     token_limit_retries: int = 0
     tokens_used: int = 0
+    input_tokens_used: int = 0
+    output_tokens_used: int = 0
+    cost_usd: float | None = None  # of the tokens used, at Batch API prices (None: no price)
     phases: dict[str, int] = field(default_factory=dict)
     cancelled: bool = False
 
@@ -162,6 +175,7 @@ class Annotator:
         self._ledgers: dict[str, FileLedger] | None = None
         self._tag = _store_tag(storage)
         self._in_flight = 0
+        self._spending = Spending()
         self._recent_creations = 0
         # The endpoint's outage, in this Annotator's clock; a caller that builds a fresh
         # Annotator per step (the operator) passes the `failing_since` it last saw.
@@ -253,6 +267,44 @@ class Annotator:
     def _tokens_in_flight(self) -> int:
         return sum(r.input_tokens for r in self.ledgers() if r.holds_tokens())
 
+    # ---- the spending cap (judge.budget)
+
+    def cap(self) -> Cap | None:
+        budget = self.judge.budget
+        if budget is None:
+            return None
+        return Cap(budget.max_usd, budget.max_tokens, self.judge.price())
+
+    def _bound(self, record: FileLedger) -> Tokens:
+        """The most the file's current attempt may use once submitted."""
+        return upper_bound(record.input_tokens, record.input_requests, self.judge.max_tokens)
+
+    def spending(self) -> Spending:
+        """Actual usage of fetched results and the bound of every batch in flight."""
+        spent = in_flight = Tokens()
+        for record in self.ledgers():
+            spent += record.used()
+            if record.holds_tokens():
+                in_flight += self._bound(record)
+        return Spending(spent, in_flight)
+
+    def budget_hold(self) -> BudgetHold | None:
+        """The files the cap holds back now (pending files whose batch does not fit), if any.
+        Reads the ledgers only: the operator's observer calls it without an API client."""
+        cap = self.cap()
+        if cap is None or self.cancelled():
+            return None
+        spending = self.spending()
+        held = [
+            self._bound(r)
+            for r in self.ledgers()
+            if r.phase is Phase.PENDING and not spending.may_submit(cap, self._bound(r))
+        ]
+        if not held:
+            return None
+        pending = sum(r.input_requests for r in self.ledgers() if r.phase is Phase.PENDING)
+        return BudgetHold(cap, spending, pending, min(held, key=lambda t: t.total))
+
     def _creations_last_hour(self, now: float) -> int:
         return sum(
             1
@@ -276,6 +328,7 @@ class Annotator:
         cancelled = self.cancelled()
         # Counted once per step and kept up to date by _upload/_create (not once per file).
         self._in_flight = self._tokens_in_flight()
+        self._spending = self.spending()
         self._recent_creations = self._creations_last_hour(self.clock())
         for record in self.ledgers():
             if record.phase in ledgers.TERMINAL_PHASES:
@@ -317,6 +370,8 @@ class Annotator:
                 report.waiting.append(f"{record.request_key}: waiting to retry")
             elif not self._budget_allows(record):
                 report.waiting.append(f"{record.request_key}: queued-token budget is taken")
+            elif not self._spending.may_submit(self.cap(), self._bound(record)):
+                report.waiting.append(f"{record.request_key}: judge budget (judge.budget) reached")
             else:
                 self._upload(record, report)
         elif record.phase is Phase.UPLOADED:
@@ -332,6 +387,7 @@ class Annotator:
             self._poll(record, report)
         elif record.phase is Phase.ENDED:
             self._fetch(record, report, cancelled)
+            self._spending = self.spending()  # its bound became its actual usage
 
     def _budget_allows(self, record: FileLedger) -> bool:
         budget = self.judge.queued_token_budget
@@ -356,6 +412,8 @@ class Annotator:
         record.phase = Phase.UPLOADED
         self._save(record)
         self._in_flight += record.input_tokens
+        spending = self._spending
+        self._spending = Spending(spending.spent, spending.in_flight + self._bound(record))
         report.actions.append(f"{record.request_key}: uploaded {uploaded.id}")
 
     def _find_batch(self, record: FileLedger) -> Any | None:
@@ -468,6 +526,8 @@ class Annotator:
         self._write_results(record, current, results, final=not resubmit)
         record.done += len(results.ok)
         record.tokens_used += results.tokens
+        record.input_tokens_used += results.prompt_tokens
+        record.output_tokens_used += results.completion_tokens
         record.history.append(current)
         record.current = None
         if resubmit:
@@ -633,6 +693,12 @@ class Annotator:
             unavailable = self.unavailable_error()
             if unavailable is not None:
                 raise unavailable
+            hold = None if report.progressed else self.budget_hold()
+            if hold is not None and not hold.in_flight:
+                raise BudgetExhaustedError(
+                    f"{self.storage.uri}: "
+                    + hold.message("raise judge.budget in the run's spec and rerun to resume")
+                )
             if report.failing_since is not None:
                 log.warning(
                     "judge endpoint %s failing for %s (last error: %s); next step in %s, "
@@ -717,7 +783,13 @@ class Annotator:
             result.resubmitted += record.resubmitted
             result.token_limit_retries += record.token_limit_retries
             result.tokens_used += record.tokens_used
+            used = record.used()
+            result.input_tokens_used += used.input
+            result.output_tokens_used += used.output
             phases[record.phase.value] += 1
+        price = self.judge.price()
+        if price is not None:
+            result.cost_usd = price.cost(result.input_tokens_used, result.output_tokens_used)
         result.failed = sum(reasons.values())
         result.failed_by_reason = dict(sorted(reasons.items()))
         result.phases = dict(sorted(phases.items()))

@@ -24,6 +24,7 @@ from enum import StrEnum
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from synthpref.budget import Tokens
 from synthpref.layout import judge_ledger
 from synthpref.storage import Storage
 
@@ -101,6 +102,8 @@ class FileLedger(BaseModel):
     resubmitted: int = 0
     token_limit_retries: int = 0
     tokens_used: int = 0  # usage.total_tokens the service reported on fetched results
+    input_tokens_used: int = 0  # its usage.prompt_tokens part
+    output_tokens_used: int = 0  # its usage.completion_tokens part
     error: str | None = None
     repairs: int = 0  # API errors repaired in the current attempt (bounded)
     api_errors: list[ApiErrorRecord] = Field(default_factory=list)
@@ -111,6 +114,12 @@ class FileLedger(BaseModel):
 
     def submissions(self) -> list[Submission]:
         return [*self.history, *([self.current] if self.current else [])]
+
+    def used(self) -> Tokens:
+        """The usage of fetched results; what a ledger of an older version counted only in
+        total is counted as output (the dearer kind)."""
+        rest = max(0, self.tokens_used - self.input_tokens_used - self.output_tokens_used)
+        return Tokens(self.input_tokens_used, self.output_tokens_used + rest)
 
     def holds_tokens(self) -> bool:
         """Whether this file's estimate counts against the queued-token budget now."""

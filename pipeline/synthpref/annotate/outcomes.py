@@ -4,7 +4,8 @@ Called by the annotate engine when it fetches a batch. Pure. A request is done w
 line has a 200 response (whatever the reply says: an unparseable reply is `parse`'s to count);
 it failed when its line is on the error file, has a non-2xx response or an `error` object
 (`batch_expired`, `request_timeout`, ...), or when no line names it at all (missing). `tokens`
-sums the `usage.total_tokens` the service reported on every line it answered.
+sums the `usage.total_tokens` the service reported on every line it answered
+(`prompt_tokens` and `completion_tokens` its parts, which the judge's budget prices).
 """
 
 from __future__ import annotations
@@ -27,6 +28,8 @@ class SortedResults:
     failure_lines: dict[str, str] = field(default_factory=dict)  # custom_id -> line to report
     unknown: int = 0  # lines that are not JSON, or name no request of the input
     tokens: int = 0  # usage.total_tokens over the lines with a response (what was billed)
+    prompt_tokens: int = 0  # usage.prompt_tokens over the same lines
+    completion_tokens: int = 0  # usage.completion_tokens over the same lines
 
 
 def _reason(line: BatchResultLine) -> str | None:
@@ -43,11 +46,12 @@ def _reason(line: BatchResultLine) -> str | None:
     return None
 
 
-def _total_tokens(line: BatchResultLine) -> int:
+def _usage(line: BatchResultLine, name: str) -> int:
+    """One `usage` count of a line (0 when absent or not a positive integer)."""
     body = line.response.body if line.response is not None else None
     usage = body.get("usage") if isinstance(body, dict) else None
-    total = usage.get("total_tokens") if isinstance(usage, dict) else None
-    return total if isinstance(total, int) and not isinstance(total, bool) and total > 0 else 0
+    count = usage.get(name) if isinstance(usage, dict) else None
+    return count if isinstance(count, int) and not isinstance(count, bool) and count > 0 else 0
 
 
 def failure_line(custom_id: str, reason: str, message: str) -> str:
@@ -75,7 +79,9 @@ def sort_results(
         except (ValidationError, json.JSONDecodeError):
             result.unknown += 1
             continue
-        result.tokens += _total_tokens(line)
+        result.tokens += _usage(line, "total_tokens")
+        result.prompt_tokens += _usage(line, "prompt_tokens")
+        result.completion_tokens += _usage(line, "completion_tokens")
         custom_id = line.custom_id
         if custom_id not in expected:
             result.unknown += 1
