@@ -17,7 +17,7 @@ Rounds are interleaved (plain first in odd rounds, the stage first in even ones)
 warm-up of each; tokens/s is completion tokens over wall time, and the ratio compares the
 medians (goal: the stage at >= 0.95x plain vLLM). Peak RSS: of this process (the stage's
 worker, holding the engine client) and of the process tree with vLLM's engine process, sampled
-while the stage runs.
+during one more, untimed stage run (the sampling thread would slow a timed one).
 """
 
 from __future__ import annotations
@@ -218,13 +218,15 @@ def main() -> None:
                         plain.append(tokens / seconds)
                     else:
                         storage = fresh_store(spec, root)
-                        with tree.active():
-                            tokens, seconds = timed(run_stage, backend, spec, storage)
+                        tokens, seconds = timed(run_stage, backend, spec, storage)
                         stage.append(tokens / seconds)
                     line.append(
                         f"{side} {tokens / seconds:6.1f} tok/s ({tokens} tokens, {seconds:.2f} s)"
                     )
                 print(f"round {round_}: " + "; ".join(line), flush=True)
+            # Memory in a run of its own: the sampling thread would slow a timed stage run.
+            with tree.active():
+                run_stage(backend, spec, fresh_store(spec, root))
         finally:
             backend.close()
         ratio = statistics.median(stage) / statistics.median(plain)
