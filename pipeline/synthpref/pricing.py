@@ -8,7 +8,7 @@ discount on both (0.5: half price). Source: OpenAI's pricing page
 (https://platform.openai.com/docs/pricing, standard tier), as listed on 2025-08-07 (the gpt-5
 launch), typed in by hand: the page itself cannot be fetched from where this was written. On
 2026-12-01 the figures agreed with copies of the page on third-party price guides (gpt-4o,
--mini, gpt-4.1 family, gpt-5 family, o3, o3-mini). Prices change, so check them; a spec may give
+-mini, gpt-4.1 family, gpt-5 family, o3). Prices change, so check them; a spec may give
 its own with `judge.pricing`, which wins over the table. Cached-input prices are
 ignored (the Batch API bills judge prompts as ordinary input), so an estimate errs high.
 
