@@ -38,6 +38,7 @@ NO_POD = ("--set", "replicaCount=0")
 NAMESPACED_RULES = {
     ("synthpref.dev", "preferenceruns"): {"get", "list", "watch", "patch"},
     ("synthpref.dev", "preferenceruns/status"): {"get", "update", "patch"},
+    ("synthpref.dev", "modelcatalogs"): {"get", "list", "watch"},
     ("batch", "jobs"): {"get", "list", "watch", "create", "patch"},
     ("", "pods"): {"get", "list"},
     ("", "events"): {"create"},
