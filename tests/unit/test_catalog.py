@@ -16,7 +16,7 @@ from synthpref.catalog import (
     load_catalog,
     resolve_models,
 )
-from synthpref.spec import GenerationBackend, PreferenceRunSpec
+from synthpref.spec import GenerationBackend, PreferenceRunSpec, load_run
 
 ROOT = Path(__file__).resolve().parents[2]
 TULU3 = ROOT / "examples" / "catalogs" / "tulu3.yaml"
@@ -163,3 +163,13 @@ def test_tulu3_catalog_is_the_scripts_list() -> None:
             seed=model.sampling.seed,
             engine_args=model.engine_args,
         )
+
+
+def test_catalog_run_example_resolves_and_is_in_the_readme() -> None:
+    example = ROOT / "examples" / "catalog-run.yaml"
+    run = load_run(example)
+    resolved = resolve_models(run.spec, load_catalog(TULU3, "tulu3"))
+    assert [m.name for m in resolved.models][-1] == "my-sft"
+    assert len(resolved.models) == 7
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    assert example.read_text(encoding="utf-8") in readme
