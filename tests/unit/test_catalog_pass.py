@@ -8,6 +8,7 @@ import pytest
 
 from synthpref.spec import PreferenceRunSpec
 from synthpref_operator.catalogs import CatalogFacts, catalog_pass
+from synthpref_operator.planner import Artifacts, Observed, plan
 from synthpref_operator.status import CatalogStatus, Reason, RunStatus
 
 
@@ -95,3 +96,13 @@ def test_frozen_models_that_no_longer_fit_the_spec_hold_the_run() -> None:
     outcome = catalog_pass(run_spec(), status, catalog(1, "a"), "ns")
     assert outcome.spec is None and outcome.problem is not None
     assert outcome.problem.reason is Reason.CATALOG_INVALID
+
+
+def test_the_planner_keeps_the_frozen_models_in_every_status() -> None:
+    taken = catalog_pass(run_spec(), RunStatus(), catalog(1, "a", "b"), "ns")
+    resolved = catalog_pass(run_spec(), taken.status, catalog(1, "a", "b"), "ns").spec
+    assert resolved is not None
+    for artifacts in (Artifacts(), Artifacts(shards=2, prompts=4)):
+        observed = Observed("run", 1, taken.status, artifacts=artifacts)
+        _, status = plan(resolved, observed, "2026-01-01T00:00:00Z")
+        assert status.catalog == taken.status.catalog
