@@ -178,10 +178,11 @@ def crd() -> dict[str, Any]:
 
 def catalog_crd() -> dict[str, Any]:
     """The ModelCatalog CRD as a dict (no status: the operator only reads catalogs)."""
+    # A column shows one value (the API server's table takes a JSONPath's first result), so
+    # the names of the models are not a column: `kubectl get mcat NAME -o yaml` lists them.
     columns: list[dict[str, Any]] = [
-        {"name": "Models", "type": "string", "jsonPath": ".spec.models[*].name"},
+        {"name": "Description", "type": "string", "jsonPath": ".spec.description"},
         {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},
-        {"name": "Description", "type": "string", "jsonPath": ".spec.description", "priority": 1},
     ]
     return _definition(
         CATALOG_KIND,

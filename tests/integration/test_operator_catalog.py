@@ -158,5 +158,5 @@ def test_run_takes_models_from_catalog_once(env: Env) -> None:
     assert len(admission.events(env, "cat", "CatalogResolved")) == 1
     assert len(admission.events(env, "cat", "CatalogChanged")) == 1
     table = env.kubectl("get", "mcat", "-n", env.namespace).stdout.splitlines()
-    assert table[0].split() == ["NAME", "MODELS", "AGE"]
-    assert table[1].split()[:2] == ["pool", "alpha,beta,delta"]
+    assert table[0].split() == ["NAME", "DESCRIPTION", "AGE"]
+    assert table[1].split()[:3] == ["pool", "test", "models"]

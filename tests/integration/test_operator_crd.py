@@ -87,8 +87,8 @@ def test_server_defaults_match_the_models(crd: None, kubectl: Kubectl, namespace
         ({"mix": {"onPolicyModel": "m0"}, "duplicate": True}, "spec.models: names must be unique"),
         ({"mix": {"responsesPerPrompt": 5}}, "needs that many distinct models"),
         ({"storage": {"uri": "s", "secretKey": "x"}}, 'unknown field "spec.storage.secretKey"'),
-        ({"models": []}, "give at least one model, or take them from spec.modelCatalog"),
-        ({"models": [], "modelCatalog": {"name": "Bad_Name"}}, "spec.modelCatalog.name"),
+        ({"models": 0}, "give at least one model, or take them from spec.modelCatalog"),
+        ({"models": 0, "modelCatalog": {"name": "Bad_Name"}}, "spec.modelCatalog.name"),
     ],
 )
 def test_bad_objects_are_rejected_with_their_message(

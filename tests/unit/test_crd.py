@@ -108,11 +108,7 @@ def test_structural_rewrites_unions_and_consts() -> None:
 def test_catalog_crd_columns_names_and_rules() -> None:
     definition = catalog_crd()
     columns = {c["name"]: c["jsonPath"] for c in version(definition)["additionalPrinterColumns"]}
-    assert columns == {
-        "Models": ".spec.models[*].name",
-        "Age": ".metadata.creationTimestamp",
-        "Description": ".spec.description",
-    }
+    assert columns == {"Description": ".spec.description", "Age": ".metadata.creationTimestamp"}
     assert definition["spec"]["names"]["shortNames"] == ["mcat"]
     assert "subresources" not in version(definition)
     spec = version(definition)["schema"]["openAPIV3Schema"]["properties"]["spec"]
