@@ -13,7 +13,7 @@ from pathlib import Path
 
 import click
 
-from synthpref_operator.crd import CRD_PATHS, crd_yaml
+from synthpref_operator.crd import CHECKED_IN, catalog_crd_yaml, crd_yaml
 from synthpref_operator.settings import SETTINGS_ENV
 
 
@@ -37,31 +37,39 @@ def operator_command() -> None:
     type=click.Path(dir_okay=False),
     help="Exit 1 when this file differs from the generated CRD (repeatable).",
 )
-@click.option("--sync", is_flag=True, help=f"Write every checked-in copy: {', '.join(CRD_PATHS)}.")
+@click.option("--sync", is_flag=True, help=f"Write every checked-in copy: {', '.join(CHECKED_IN)}.")
 @click.option("--verify", is_flag=True, help="Like --check for every checked-in copy.")
+@click.option(
+    "--kind",
+    type=click.Choice(["PreferenceRun", "ModelCatalog"]),
+    default="PreferenceRun",
+    show_default=True,
+    help="The CRD that --write, --check and printing use.",
+)
 def crd_command(
-    write_to: tuple[str, ...], check_files: tuple[str, ...], sync: bool, verify: bool
+    write_to: tuple[str, ...], check_files: tuple[str, ...], sync: bool, verify: bool, kind: str
 ) -> None:
-    """Print the PreferenceRun CRD generated from the spec and status models."""
-    text = crd_yaml()
-    write_to += CRD_PATHS if sync else ()
-    check_files += CRD_PATHS if verify else ()
-    if check_files:
+    """Print the PreferenceRun (or ModelCatalog) CRD generated from the pydantic models."""
+    text = (crd_yaml if kind == "PreferenceRun" else catalog_crd_yaml)()
+    files = {path: text for path in (check_files or write_to)}
+    if sync or verify:
+        files.update({path: make() for path, make in CHECKED_IN.items()})
+    if check_files or verify:
         stale = [
             f
-            for f in check_files
-            if not Path(f).exists() or Path(f).read_text(encoding="utf-8") != text
+            for f, wanted in files.items()
+            if not Path(f).exists() or Path(f).read_text(encoding="utf-8") != wanted
         ]
         for f in stale:
             click.echo(f"{f} is stale: run `synthpref operator crd --sync`", err=True)
         if stale:
             sys.exit(1)
         return
-    for path in write_to:
+    for path, wanted in files.items():
         Path(path).parent.mkdir(parents=True, exist_ok=True)
-        Path(path).write_text(text, encoding="utf-8")
+        Path(path).write_text(wanted, encoding="utf-8")
         click.echo(f"wrote {path}")
-    if not write_to:
+    if not files:
         click.echo(text, nl=False)
 
 

@@ -1,8 +1,8 @@
-"""The PreferenceRun CustomResourceDefinition, generated from the pydantic spec and status models.
+"""The CustomResourceDefinitions (PreferenceRun, ModelCatalog), generated from the pydantic models.
 
-`synthpref operator crd --sync` (see `cli.py`) writes the checked-in copies (`CRD_PATHS`: the
+`synthpref operator crd --sync` (see `cli.py`) writes the checked-in copies (`CHECKED_IN`: the
 single source in `crds/` and the Helm chart's `charts/synthpref/crds/`); a unit test fails when
-either differs from `crd_yaml()`. Pure: models in, YAML out.
+any differs from what the models give. Pure: models in, YAML out.
 
 Pydantic's JSON schema is turned into a Kubernetes *structural* schema: `$ref`s inlined,
 `Optional[X]` becomes X (absent means unset), `const` becomes a one-value enum, numeric
@@ -13,6 +13,7 @@ CEL rules come from the models' `json_schema_extra` (`x-kubernetes-validations`)
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import yaml
@@ -20,6 +21,7 @@ from pydantic import BaseModel
 from pydantic.json_schema import GenerateJsonSchema, NoDefault
 from pydantic_core import core_schema
 
+from synthpref.catalog import CATALOG_KIND, ModelCatalogSpec
 from synthpref.spec import API_GROUP, API_VERSION, KIND, PreferenceRunSpec
 from synthpref_operator.status import RunStatus
 
@@ -30,6 +32,11 @@ CRD_NAME = f"{PLURAL}.{API_GROUP}"
 CRD_PATH = f"crds/{CRD_NAME}.yaml"
 CHART_CRD_PATH = f"charts/synthpref/crds/{CRD_NAME}.yaml"
 CRD_PATHS = (CRD_PATH, CHART_CRD_PATH)  # relative to the repository root
+CATALOG_PLURAL = "modelcatalogs"
+CATALOG_SHORT_NAMES = ["mcat"]
+CATALOG_CRD_NAME = f"{CATALOG_PLURAL}.{API_GROUP}"
+CATALOG_CRD_PATH = f"crds/{CATALOG_CRD_NAME}.yaml"
+CATALOG_CRD_PATHS = (CATALOG_CRD_PATH, f"charts/synthpref/crds/{CATALOG_CRD_NAME}.yaml")
 
 _DROP_KEYS = frozenset({"title", "$defs", "additionalProperties"})
 
@@ -100,27 +107,56 @@ def model_schema(model: type[BaseModel]) -> dict[str, Any]:
     return result
 
 
-def crd() -> dict[str, Any]:
-    """The whole CRD as a dict."""
-    spec_schema = model_schema(PreferenceRunSpec)
-    status_schema = model_schema(RunStatus)
-    status_schema["description"] = "Observed state, written by the operator."
+def _definition(
+    kind: str,
+    plural: str,
+    short_names: list[str],
+    description: str,
+    properties: dict[str, Any],
+    columns: list[dict[str, Any]],
+    status: bool,
+) -> dict[str, Any]:
     root = {
         "type": "object",
-        "description": (
-            "A PreferenceRun makes a preference dataset: prompts are answered by several models, "
-            "the answers rated by a judge, and the ratings binarized into chosen/rejected pairs."
-        ),
+        "description": description,
         "required": ["spec"],
         "properties": {
             "apiVersion": {"type": "string", "description": "API version of this object."},
             "kind": {"type": "string", "description": "Kind of this object."},
             "metadata": {"type": "object"},
-            "spec": spec_schema,
-            "status": status_schema,
+            **properties,
         },
     }
-    columns = [
+    version: dict[str, Any] = {"name": API_VERSION, "served": True, "storage": True}
+    if status:
+        version["subresources"] = {"status": {}}
+    version["additionalPrinterColumns"] = columns
+    version["schema"] = {"openAPIV3Schema": root}
+    return {
+        "apiVersion": "apiextensions.k8s.io/v1",
+        "kind": "CustomResourceDefinition",
+        "metadata": {"name": f"{plural}.{API_GROUP}"},
+        "spec": {
+            "group": API_GROUP,
+            "scope": "Namespaced",
+            "names": {
+                "kind": kind,
+                "listKind": f"{kind}List",
+                "plural": plural,
+                "singular": kind.lower(),
+                "shortNames": short_names,
+                "categories": ["synthpref"],
+            },
+            "versions": [version],
+        },
+    }
+
+
+def crd() -> dict[str, Any]:
+    """The PreferenceRun CRD as a dict."""
+    status_schema = model_schema(RunStatus)
+    status_schema["description"] = "Observed state, written by the operator."
+    columns: list[dict[str, Any]] = [
         {"name": "Phase", "type": "string", "jsonPath": ".status.phase"},
         {"name": "Progress", "type": "string", "jsonPath": ".status.progress"},
         {"name": "Pairs", "type": "integer", "jsonPath": ".status.result.pairs"},
@@ -129,33 +165,36 @@ def crd() -> dict[str, Any]:
         {"name": "Cost", "type": "string", "jsonPath": ".status.cost", "priority": 1},
         {"name": "Message", "type": "string", "jsonPath": ".status.message", "priority": 1},
     ]
-    return {
-        "apiVersion": "apiextensions.k8s.io/v1",
-        "kind": "CustomResourceDefinition",
-        "metadata": {"name": CRD_NAME},
-        "spec": {
-            "group": API_GROUP,
-            "scope": "Namespaced",
-            "names": {
-                "kind": KIND,
-                "listKind": f"{KIND}List",
-                "plural": PLURAL,
-                "singular": SINGULAR,
-                "shortNames": SHORT_NAMES,
-                "categories": ["synthpref"],
-            },
-            "versions": [
-                {
-                    "name": API_VERSION,
-                    "served": True,
-                    "storage": True,
-                    "subresources": {"status": {}},
-                    "additionalPrinterColumns": columns,
-                    "schema": {"openAPIV3Schema": root},
-                }
-            ],
-        },
-    }
+    return _definition(
+        KIND,
+        PLURAL,
+        SHORT_NAMES,
+        "A PreferenceRun makes a preference dataset: prompts are answered by several models, "
+        "the answers rated by a judge, and the ratings binarized into chosen/rejected pairs.",
+        {"spec": model_schema(PreferenceRunSpec), "status": status_schema},
+        columns,
+        status=True,
+    )
+
+
+def catalog_crd() -> dict[str, Any]:
+    """The ModelCatalog CRD as a dict (no status: the operator only reads catalogs)."""
+    # A column shows one value (the API server's table takes a JSONPath's first result), so
+    # the names of the models are not a column: `kubectl get mcat NAME -o yaml` lists them.
+    columns: list[dict[str, Any]] = [
+        {"name": "Description", "type": "string", "jsonPath": ".spec.description"},
+        {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},
+    ]
+    return _definition(
+        CATALOG_KIND,
+        CATALOG_PLURAL,
+        CATALOG_SHORT_NAMES,
+        "A ModelCatalog lists answering models, each with the settings of a PreferenceRun's "
+        "spec.models[] entry; runs in its namespace pick from it by name (spec.modelCatalog).",
+        {"spec": model_schema(ModelCatalogSpec)},
+        columns,
+        status=False,
+    )
 
 
 HEADER = (
@@ -164,6 +203,22 @@ HEADER = (
 )
 
 
+def _yaml(definition: dict[str, Any]) -> str:
+    return HEADER + yaml.safe_dump(definition, sort_keys=False, width=100, allow_unicode=True)
+
+
 def crd_yaml() -> str:
-    """The CRD as the YAML text checked in at `CRD_PATH`."""
-    return HEADER + yaml.safe_dump(crd(), sort_keys=False, width=100, allow_unicode=True)
+    """The PreferenceRun CRD as the YAML text checked in at `CRD_PATH`."""
+    return _yaml(crd())
+
+
+def catalog_crd_yaml() -> str:
+    """The ModelCatalog CRD as the YAML text checked in at `CATALOG_CRD_PATH`."""
+    return _yaml(catalog_crd())
+
+
+# Every checked-in CRD file and the text it must hold.
+CHECKED_IN: dict[str, Callable[[], str]] = {
+    **dict.fromkeys(CRD_PATHS, crd_yaml),
+    **dict.fromkeys(CATALOG_CRD_PATHS, catalog_crd_yaml),
+}

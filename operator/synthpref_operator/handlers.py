@@ -4,8 +4,10 @@
 (`interval`) that both call `Reconciler.request`, and a delete handler (behind a finalizer)
 that cancels in-flight judge batches per `spec.deletionPolicy`, keeping the finalizer and
 retrying with backoff while they cannot be cancelled (see `deletion.py`); for the operator's
-Jobs: an event handler that reconciles the owning run. Handlers are sync, so kopf runs them in
-worker threads and the event loop never blocks. kopf keeps its own bookkeeping in
+Jobs: an event handler that reconciles the owning run; for ModelCatalogs: an event handler that
+reconciles the runs naming the catalog (a held run resolves, a started one gets its
+`CatalogChanged` Event). Handlers are sync, so kopf runs them in worker threads and the event
+loop never blocks. kopf keeps its own bookkeeping in
 `synthpref.dev` annotations; the run's status is written only by the reconcile pass.
 `OperatorThread` runs the kopf operator in a thread: `synthpref operator run` (see
 `service.py`) and the tests both use it.
@@ -24,7 +26,7 @@ import kopf
 
 from synthpref.logs import run_context
 from synthpref.spec import API_GROUP, API_VERSION
-from synthpref_operator.crd import PLURAL
+from synthpref_operator.crd import CATALOG_PLURAL, PLURAL
 from synthpref_operator.metrics import OperatorMetrics
 from synthpref_operator.names import FINALIZER, LABEL_MANAGED_BY, LABEL_RUN, MANAGED_BY
 from synthpref_operator.reconcile import Reconciler
@@ -135,6 +137,13 @@ def build_registry(config: OperatorConfig) -> kopf.OperatorRegistry:
     ) -> None:
         run = labels.get(LABEL_RUN)
         if run and namespace and type != "DELETED":
+            reconciler.request(namespace, run)
+
+    @kopf.on.event(API_GROUP, API_VERSION, CATALOG_PLURAL, registry=registry)
+    def catalog_changed(*, name: str, namespace: str | None, type: str, **_: Any) -> None:
+        if type == "DELETED" or not namespace:
+            return
+        for run in reconciler.runs_using_catalog(namespace, name):
             reconciler.request(namespace, run)
 
     @kopf.on.delete(API_GROUP, API_VERSION, PLURAL, registry=registry)

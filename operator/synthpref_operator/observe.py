@@ -15,10 +15,12 @@ from typing import Any
 
 from synthpref import layout
 from synthpref.errors import SynthprefError
-from synthpref.spec import PreferenceRunSpec
+from synthpref.spec import API_GROUP, API_VERSION, PreferenceRunSpec
 from synthpref.storage import COMMIT_SUFFIX, S3Storage, Storage, open_storage, s3_client
 from synthpref.storage_retry import RetryPolicy
 from synthpref_operator.admission import SecretFacts
+from synthpref_operator.catalogs import CatalogFacts
+from synthpref_operator.crd import CATALOG_PLURAL
 from synthpref_operator.names import (
     ANNOTATION_SUSPENDED_BY_RUN,
     LABEL_MODEL,
@@ -300,3 +302,19 @@ def observe_secrets(core_api: Any, namespace: str, names: list[str]) -> dict[str
         metadata = json.loads(reply.data).get("metadata") or {}
         found[name] = SecretFacts(found=True, labels=dict(metadata.get("labels") or {}))
     return found
+
+
+def observe_catalog(custom_api: Any, namespace: str, name: str) -> CatalogFacts:
+    """The ModelCatalog a run names (`catalogs.catalog_pass`): its generation and spec."""
+    from kubernetes.client import ApiException
+
+    try:
+        catalog = custom_api.get_namespaced_custom_object(
+            API_GROUP, API_VERSION, namespace, CATALOG_PLURAL, name
+        )
+    except ApiException as error:
+        if error.status == 404:
+            return CatalogFacts(found=False)
+        return CatalogFacts(found=False, error=f"HTTP {error.status}")
+    generation = int((catalog.get("metadata") or {}).get("generation") or 0)
+    return CatalogFacts(found=True, generation=generation, document=catalog.get("spec") or {})

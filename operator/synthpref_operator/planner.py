@@ -517,6 +517,7 @@ def plan(spec: PreferenceRunSpec, observed: Observed, now: str) -> tuple[list[Ac
             result=result,
             locked_spec=locks,
             losses=lost,
+            catalog=prev.catalog,
         )
         if phase is not prev.phase:
             kind = "Warning" if phase is Phase.FAILED else "Normal"

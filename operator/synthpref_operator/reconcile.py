@@ -13,12 +13,15 @@ import logging
 import threading
 import time
 from dataclasses import dataclass, replace
-from typing import Any
+from typing import Any, cast
 
 from pydantic import ValidationError
 
+from synthpref.catalog import with_models
 from synthpref.logs import run_context
 from synthpref.spec import (
+    API_GROUP,
+    API_VERSION,
     DeletionPolicy,
     JudgeBackend,
     PreferenceRunSpec,
@@ -33,11 +36,14 @@ from synthpref_operator.admission import (
     touching,
 )
 from synthpref_operator.apply import Applier
+from synthpref_operator.catalogs import catalog_pass
+from synthpref_operator.crd import PLURAL
 from synthpref_operator.deletion import CancelOutcome, DeletionStep, deletion_step
 from synthpref_operator.metrics import OperatorMetrics
 from synthpref_operator.names import ANNOTATION_SKIP_BATCH_CANCEL
 from synthpref_operator.observe import (
     observe_artifacts,
+    observe_catalog,
     observe_estimate,
     observe_jobs,
     observe_judge,
@@ -151,6 +157,18 @@ class Reconciler:
             status = self._invalid(previous, generation, now, error, name)
             self._write(run, previous, status, [Event("Warning", "SpecInvalid", status.message)])
             return status
+        if spec.model_catalog is not None:
+            facts = observe_catalog(self.applier.custom, namespace, spec.model_catalog.name)
+            taken = catalog_pass(spec, previous, facts, namespace)
+            if taken.spec is None or taken.events:
+                # Held, just frozen, or the catalog was edited: this pass ends with that status
+                # write; its event brings the next pass, which uses the frozen models.
+                status, notes = taken.status, taken.events
+                if taken.problem is not None:
+                    status, notes = admission_status(previous, [taken.problem], generation, now)
+                self._write(run, previous, status, notes)
+                return status
+            spec = taken.spec
         if previous.phase in TERMINAL_PHASES and previous.observed_generation == generation:
             return previous  # nothing to do until the spec changes (see planner._reassess)
         # Before any Secret value is read, storage opened, the judge called or a Job created.
@@ -238,6 +256,20 @@ class Reconciler:
         names = secrets_to_observe(spec, settings)
         secrets = observe_secrets(self.applier.core, namespace, names)
         return admission_problems(spec, settings, namespace, secrets)
+
+    def runs_using_catalog(self, namespace: str, catalog: str) -> list[str]:
+        """Names of the runs in `namespace` whose spec.modelCatalog names `catalog`."""
+        listing = cast(
+            dict[str, Any],
+            self.applier.custom.list_namespaced_custom_object(
+                API_GROUP, API_VERSION, namespace, PLURAL
+            ),
+        )
+        return [
+            run["metadata"]["name"]
+            for run in listing.get("items") or []
+            if ((run.get("spec") or {}).get("modelCatalog") or {}).get("name") == catalog
+        ]
 
     # ---- the OpenAI judge
 
@@ -342,6 +374,11 @@ class Reconciler:
             spec = PreferenceRunSpec.model_validate(spec_document)
         except ValidationError:
             return CancelOutcome(True, "the spec is invalid, so the run never started")
+        if spec.model_catalog is not None:
+            frozen = RunStatus.model_validate(status_document or {}).catalog
+            if frozen is None:
+                return CancelOutcome(True, "the run never took its models, so it never started")
+            spec = with_models(spec, frozen.models)
         if spec.judge.backend is not JudgeBackend.OPENAI:
             return CancelOutcome(True, "no judge batches (vllm judge)")
         if spec.deletion_policy is DeletionPolicy.LEAVE:

@@ -12,6 +12,8 @@ from enum import StrEnum
 from pydantic import BaseModel, ConfigDict, Field
 from pydantic.alias_generators import to_camel
 
+from synthpref.spec import ModelSpec
+
 
 class StatusModel(BaseModel):
     """Base for the status models: camelCase on the wire, unknown fields ignored on read."""
@@ -79,6 +81,8 @@ class Reason(StrEnum):
     SECRET_NOT_FOUND = "SecretNotFound"
     IMAGE_NOT_ALLOWED = "ImageNotAllowed"
     SERVICE_ACCOUNT_NOT_ALLOWED = "ServiceAccountNotAllowed"
+    CATALOG_NOT_FOUND = "CatalogNotFound"
+    CATALOG_INVALID = "CatalogInvalid"
 
 
 class ConditionStatus(StrEnum):
@@ -217,6 +221,30 @@ class RunResult(StatusModel):
     )
 
 
+class CatalogStatus(StatusModel):
+    """The models the run took from its ModelCatalog (spec.modelCatalog), frozen when the run
+    was admitted: every stage uses these, whatever the catalog says later."""
+
+    name: str = Field(description="The ModelCatalog (spec.modelCatalog.name).")
+    generation: int = Field(
+        default=0, ge=0, description="The catalog's metadata.generation the models came from."
+    )
+    seen_generation: int = Field(
+        default=0,
+        ge=0,
+        description="The catalog's newest generation seen; an edit after the models were taken "
+        "moves it, with an Event, and changes nothing else.",
+    )
+    models: list[ModelSpec] = Field(
+        default_factory=list,
+        description="The run's whole model list: the catalog's picked entries, then the inline "
+        "spec.models.",
+    )
+
+    def names(self) -> list[str]:
+        return [m.name for m in self.models]
+
+
 class RunStatus(StatusModel):
     """The observed state of a PreferenceRun."""
 
@@ -257,6 +285,9 @@ class RunStatus(StatusModel):
         default_factory=dict,
         description="Fingerprints of the spec sections (mix, judge, binarization) that cannot "
         "change any more because a stage using them has started.",
+    )
+    catalog: CatalogStatus | None = Field(
+        default=None, description="The models taken from spec.modelCatalog (frozen)."
     )
 
     def condition(self, kind: ConditionType) -> Condition | None:

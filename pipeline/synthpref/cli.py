@@ -71,9 +71,22 @@ class LazyGroup(click.Group):
 MANIFEST_ENV = "SYNTHPREF_RUN_MANIFEST"
 
 
+_CATALOG_KEY = "synthpref.catalog"  # where --catalog leaves its value (click context meta)
+
+
 def load(run_file: str | None) -> tuple[PreferenceRunManifest, Storage]:
+    """The run manifest (`load_manifest`) and the run's storage, checked to be writable."""
+    manifest = load_manifest(run_file)
+    storage_spec = manifest.spec.storage
+    storage = open_storage(storage_spec.uri, storage_spec.endpoint_url, storage_spec.region)
+    storage.check_writable()  # fail before any work, not after the first shard
+    return manifest, storage
+
+
+def load_manifest(run_file: str | None) -> PreferenceRunManifest:
     """The run manifest from RUN.yaml or, when omitted (in a Job), from $SYNTHPREF_RUN_MANIFEST,
-    and the run's storage, checked to be writable."""
+    with the models of its spec.modelCatalog resolved from `--catalog FILE` (a Job's manifest
+    comes resolved by the operator)."""
     try:
         if run_file is not None:
             manifest = load_run(run_file)
@@ -84,11 +97,38 @@ def load(run_file: str | None) -> tuple[PreferenceRunManifest, Storage]:
             raise click.UsageError(f"give RUN.yaml or set {MANIFEST_ENV}")
     except SpecError as error:
         raise click.ClickException(str(error)) from None
+    context = click.get_current_context(silent=True)
+    catalog_file = context.meta.get(_CATALOG_KEY) if context is not None else None
+    manifest = with_catalog(manifest, run_file or f"${MANIFEST_ENV}", catalog_file)
     set_default_context(manifest.metadata.namespace, manifest.metadata.name)
-    storage_spec = manifest.spec.storage
-    storage = open_storage(storage_spec.uri, storage_spec.endpoint_url, storage_spec.region)
-    storage.check_writable()  # fail before any work, not after the first shard
-    return manifest, storage
+    return manifest
+
+
+def with_catalog(
+    manifest: PreferenceRunManifest, source: str, catalog_file: str | None
+) -> PreferenceRunManifest:
+    """The manifest with spec.modelCatalog resolved from the ModelCatalog in `catalog_file`."""
+    from synthpref.catalog import CatalogError, load_catalog, resolve_models
+
+    ref = manifest.spec.model_catalog
+    if ref is None:
+        if catalog_file is not None:
+            raise CatalogError(
+                f"--catalog {catalog_file}: {source} takes no models from a catalog "
+                "(no spec.modelCatalog); leave --catalog out"
+            )
+        return manifest
+    if catalog_file is None:
+        raise CatalogError(
+            f"{source}: spec.modelCatalog takes models from ModelCatalog {ref.name!r}: give "
+            "the file that defines it with --catalog FILE (e.g. examples/catalogs/tulu3.yaml)"
+        )
+    catalog = load_catalog(catalog_file, ref.name)
+    try:
+        spec = resolve_models(manifest.spec, catalog)
+    except CatalogError as error:
+        raise CatalogError(f"{source} with --catalog {catalog_file}: {error}") from None
+    return manifest.model_copy(update={"spec": spec})
 
 
 def echo_summary(summary: Any) -> None:
@@ -120,9 +160,24 @@ def resolve_worker(worker: int | None, workers: int) -> int:
     return index
 
 
-RUN_ARGUMENT = click.argument(
-    "run_file", metavar="[RUN.yaml]", required=False, type=click.Path(dir_okay=False)
-)
+def _remember_catalog(context: click.Context, _: click.Parameter, value: str | None) -> None:
+    if value is not None:
+        context.meta[_CATALOG_KEY] = value
+
+
+def RUN_ARGUMENT(function: Callable[..., Any]) -> Callable[..., Any]:  # noqa: N802
+    """RUN.yaml, and `--catalog FILE` for a run whose spec.modelCatalog names a ModelCatalog
+    (kept in the context for `load`, so every command that reads a run takes it alike)."""
+    function = click.option(
+        "--catalog",
+        type=click.Path(dir_okay=False),
+        expose_value=False,
+        callback=_remember_catalog,
+        help="YAML file with the ModelCatalog the run's spec.modelCatalog names.",
+    )(function)
+    return click.argument(
+        "run_file", metavar="[RUN.yaml]", required=False, type=click.Path(dir_okay=False)
+    )(function)
 
 
 COMMANDS_ENTRY_POINTS = "synthpref.commands"
@@ -265,7 +320,7 @@ def report(run_file: str | None) -> None:
 
 
 @main.command()
-@click.argument("run_file", metavar="RUN.yaml", type=click.Path(dir_okay=False, exists=True))
+@RUN_ARGUMENT
 @click.option(
     "--prompts",
     "prompts_uri",
@@ -274,18 +329,14 @@ def report(run_file: str | None) -> None:
     "then not read.",
 )
 @click.option("--json", "as_json", is_flag=True, help="Print the estimate as JSON.")
-def estimate(run_file: str, prompts_uri: str | None, as_json: bool) -> None:
+def estimate(run_file: str | None, prompts_uri: str | None, as_json: bool) -> None:
     """What the run will cost: prompts, answer tokens per model, judge requests, tokens and US
     dollars at Batch API prices. No GPU, no API call; reads the prompts and, when it exists,
     what the run's storage already holds (answers, judge request files)."""
     from synthpref.estimate_inputs import estimate_from
     from synthpref.run_estimate import as_document, render
 
-    try:
-        manifest = load_run(run_file)
-    except SpecError as error:
-        raise click.ClickException(str(error)) from None
-    spec = manifest.spec
+    spec = load_manifest(run_file).spec
     storage = None
     if prompts_uri is None:
         settings = spec.storage

@@ -707,9 +707,52 @@ class AcceptanceSpec(SpecModel):
     )
 
 
+# A DNS-1123 subdomain: the name of a ModelCatalog.
+_OBJECT_NAME = r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$"
+
+
+class ModelCatalogRef(SpecModel):
+    """Answering models taken from a ModelCatalog in the run's namespace. The operator resolves
+    them once, when it admits the run, and keeps the result in status.catalog: later edits of
+    the catalog never change a started run. Locally: `--catalog FILE`."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "x-kubernetes-validations": [
+                {
+                    "rule": "self == oldSelf",
+                    "message": "spec.modelCatalog cannot change once the run exists (answers "
+                    "are keyed by model); create a new PreferenceRun instead",
+                }
+            ]
+        }
+    )
+
+    name: str = Field(
+        min_length=1,
+        max_length=253,
+        pattern=_OBJECT_NAME,
+        description="Name of the ModelCatalog (in the run's namespace).",
+    )
+    include: list[str] = Field(
+        default_factory=list,
+        max_length=256,
+        description="Catalog entries to use, by name; empty: every entry.",
+    )
+    exclude: list[str] = Field(
+        default_factory=list,
+        max_length=256,
+        description="Catalog entries to leave out, by name.",
+    )
+
+
 _SPEC_RULES: list[JsonValue] = [
     {
-        "rule": "!has(self.mix.onPolicyModel) || "
+        "rule": "has(self.modelCatalog) || size(self.models) >= 1",
+        "message": "spec.models: give at least one model, or take them from spec.modelCatalog",
+    },
+    {
+        "rule": "!has(self.mix.onPolicyModel) || has(self.modelCatalog) || "
         "self.models.exists(m, m.name == self.mix.onPolicyModel)",
         "message": "spec.mix.onPolicyModel must be the name of one of spec.models",
     },
@@ -718,13 +761,19 @@ _SPEC_RULES: list[JsonValue] = [
         "message": "spec.models: names must be unique",
     },
     {
-        "rule": "has(self.mix.onPolicyModel) || size(self.models) >= self.mix.responsesPerPrompt",
+        "rule": "has(self.mix.onPolicyModel) || has(self.modelCatalog) || "
+        "size(self.models) >= self.mix.responsesPerPrompt",
         "message": "spec.mix.responsesPerPrompt: needs that many distinct models in spec.models",
     },
     {
         "rule": "self.models == oldSelf.models",
         "message": "spec.models cannot change once the run exists (answers are keyed by "
         "model); create a new PreferenceRun instead",
+    },
+    {
+        "rule": "has(self.modelCatalog) == has(oldSelf.modelCatalog)",
+        "message": "spec.modelCatalog cannot be added or removed once the run exists; create a "
+        "new PreferenceRun instead",
     },
 ]
 
@@ -736,7 +785,16 @@ class PreferenceRunSpec(SpecModel):
 
     prompts: PromptSource = Field(description="Prompt source.")
     storage: StorageSpec = Field(description="Where artifacts and the dataset land.")
-    models: list[ModelSpec] = Field(min_length=1, max_length=64, description="Answering models.")
+    models: list[ModelSpec] = Field(
+        default_factory=list,
+        max_length=64,
+        description="Answering models; with modelCatalog, added to the catalog's.",
+    )
+    model_catalog: ModelCatalogRef | None = Field(
+        default=None,
+        description="Take answering models from a ModelCatalog (resolved once, when the run is "
+        "admitted; see status.catalog).",
+    )
     mix: MixSpec = Field(default_factory=MixSpec, description="Answer sampling and judge requests.")
     judge: JudgeSpec = Field(default_factory=JudgeSpec, description="The judge.")
     binarization: BinarizationSpec = Field(
@@ -771,6 +829,10 @@ class PreferenceRunSpec(SpecModel):
         duplicates = sorted({n for n in names if names.count(n) > 1})
         if duplicates:
             raise ValueError(f"models: names must be unique, repeated: {duplicates}")
+        if self.model_catalog is not None:
+            return self  # the rest is checked on the resolved models (synthpref.catalog)
+        if not names:
+            raise ValueError("models: give at least one model, or take them from modelCatalog")
         on_policy = self.mix.on_policy_model
         if on_policy is not None and on_policy not in names:
             raise ValueError(f"mix.onPolicyModel: {on_policy!r} is not one of models {names}")

@@ -20,7 +20,7 @@ from kubernetes import client
 
 from synthpref.spec import Toleration
 from synthpref_operator.cli import run_command
-from synthpref_operator.crd import CHART_CRD_PATH, CRD_NAME
+from synthpref_operator.crd import CHART_CRD_PATH, CRD_NAME, catalog_crd
 from synthpref_operator.settings import OperatorSettings, parse_settings
 
 pytestmark = [pytest.mark.cluster, pytest.mark.timeout(300)]
@@ -30,6 +30,7 @@ Helm = Callable[..., subprocess.CompletedProcess[str]]
 ROOT = Path(__file__).resolve().parents[2]
 CHART = ROOT / "charts" / "synthpref"
 RUNS = "preferenceruns.synthpref.dev"
+CATALOGS = "modelcatalogs.synthpref.dev"
 JOBS = "jobs.batch"
 LEASES = "leases.coordination.k8s.io"
 NO_POD = ("--set", "replicaCount=0")
@@ -38,6 +39,7 @@ NO_POD = ("--set", "replicaCount=0")
 NAMESPACED_RULES = {
     ("synthpref.dev", "preferenceruns"): {"get", "list", "watch", "patch"},
     ("synthpref.dev", "preferenceruns/status"): {"get", "update", "patch"},
+    ("synthpref.dev", "modelcatalogs"): {"get", "list", "watch"},
     ("batch", "jobs"): {"get", "list", "watch", "create", "patch"},
     ("", "pods"): {"get", "list"},
     ("", "events"): {"create"},
@@ -76,11 +78,13 @@ def rules_of(role: dict[str, Any]) -> dict[tuple[str, str], set[str]]:
 
 
 def install_crd(kubectl: Kubectl) -> None:
+    """The chart's CRDs (PreferenceRun, ModelCatalog), as `helm install` would create them."""
     result = kubectl(
-        "apply", "--server-side", "--force-conflicts", "-f", str(ROOT / CHART_CRD_PATH), check=False
+        "apply", "--server-side", "--force-conflicts", "-f", str(CHART / "crds"), check=False
     )
     assert result.returncode == 0, result.stderr
-    kubectl("wait", "--for=condition=Established", "--timeout=30s", f"crd/{CRD_NAME}")
+    for name in (CRD_NAME, CATALOGS):
+        kubectl("wait", "--for=condition=Established", "--timeout=30s", f"crd/{name}")
 
 
 @pytest.fixture
@@ -133,6 +137,7 @@ Check = tuple[str, str, str | None]  # verb, resource (optionally resource/name)
 RUN_CALLS: list[Check] = [
     *[(v, RUNS, None) for v in ("get", "list", "watch", "patch")],
     *[(v, RUNS, "status") for v in ("get", "update", "patch")],
+    *[(v, CATALOGS, None) for v in ("get", "list", "watch")],
     *[(v, JOBS, None) for v in ("get", "list", "watch", "create", "patch")],
     ("get", "pods", None),
     ("list", "pods", None),
@@ -152,6 +157,8 @@ FORBIDDEN: list[Check] = [
     ("create", RUNS, None),
     ("update", RUNS, None),
     ("delete", RUNS, None),
+    ("create", CATALOGS, None),
+    ("patch", CATALOGS, None),
     ("get", "configmaps", None),
     ("create", "deployments.apps", None),
     ("delete", LEASES, None),
@@ -433,10 +440,13 @@ def test_rendered_command_line_is_accepted_by_the_cli(helm: Helm, values: tuple[
     assert settings.deletion_timeout_seconds == 12.5
 
 
-def test_included_crd_is_the_generated_one(helm: Helm) -> None:
+def test_included_crds_are_the_generated_ones(helm: Helm) -> None:
     docs = render(helm, "ops", "--include-crds")
-    (crd_doc,) = find(docs, "CustomResourceDefinition")
-    assert crd_doc == yaml.safe_load((ROOT / CHART_CRD_PATH).read_text())
+    included = {d["metadata"]["name"]: d for d in find(docs, "CustomResourceDefinition")}
+    assert included == {
+        CRD_NAME: yaml.safe_load((ROOT / CHART_CRD_PATH).read_text()),
+        CATALOGS: catalog_crd(),
+    }
 
 
 # --- server-side validation -----------------------------------------------------------------

@@ -87,6 +87,8 @@ def test_server_defaults_match_the_models(crd: None, kubectl: Kubectl, namespace
         ({"mix": {"onPolicyModel": "m0"}, "duplicate": True}, "spec.models: names must be unique"),
         ({"mix": {"responsesPerPrompt": 5}}, "needs that many distinct models"),
         ({"storage": {"uri": "s", "secretKey": "x"}}, 'unknown field "spec.storage.secretKey"'),
+        ({"models": 0}, "give at least one model, or take them from spec.modelCatalog"),
+        ({"models": 0, "modelCatalog": {"name": "Bad_Name"}}, "spec.modelCatalog.name"),
     ],
 )
 def test_bad_objects_are_rejected_with_their_message(
@@ -116,6 +118,16 @@ def test_storage_prompts_and_models_are_immutable(
         changed["spec"][section] = value
         result = apply(kubectl, namespace, changed)
         assert result.returncode != 0 and message in result.stderr, result.stderr
+    changed = copy.deepcopy(document)
+    changed["spec"]["modelCatalog"] = {"name": "tulu3"}
+    result = apply(kubectl, namespace, changed)
+    assert "spec.modelCatalog cannot be added or removed" in result.stderr, result.stderr
+    # A run that takes its models from a catalog keeps the same pick.
+    picked = manifest_dict(spec_dict(models=0, modelCatalog={"name": "tulu3"}), name="picked")
+    assert apply(kubectl, namespace, picked).returncode == 0
+    picked["spec"]["modelCatalog"]["exclude"] = ["gemma-2-9b-it"]
+    result = apply(kubectl, namespace, picked)
+    assert "spec.modelCatalog cannot change once the run exists" in result.stderr, result.stderr
     # Other fields may change (suspend is how a run is paused).
     changed = copy.deepcopy(document)
     changed["spec"]["suspend"] = True

@@ -10,13 +10,13 @@ import pytest
 from click.testing import CliRunner
 
 from synthpref_operator.cli import operator_command
-from synthpref_operator.crd import CRD_PATHS, crd, crd_yaml, structural
+from synthpref_operator.crd import CHECKED_IN, catalog_crd, crd, crd_yaml, structural
 
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def version() -> dict[str, Any]:
-    versions: list[dict[str, Any]] = crd()["spec"]["versions"]
+def version(definition: dict[str, Any] | None = None) -> dict[str, Any]:
+    versions: list[dict[str, Any]] = (definition or crd())["spec"]["versions"]
     return versions[0]
 
 
@@ -29,11 +29,12 @@ def walk(node: Any, path: str = "") -> Iterator[tuple[str, dict[str, Any]]]:
             yield from walk(node["items"], f"{path}[]")
 
 
-@pytest.mark.parametrize("path", CRD_PATHS)
+@pytest.mark.parametrize("path", CHECKED_IN)
 def test_checked_in_crd_is_current(path: str) -> None:
-    """Both copies (crds/ and the Helm chart's crds/) equal the generated CRD."""
+    """Every copy (crds/ and the Helm chart's crds/, of each CRD) equals the generated CRD."""
     text = (ROOT / path).read_text(encoding="utf-8")
-    assert text == crd_yaml(), f"{path} is stale: run `synthpref operator crd --sync`"
+    assert text == CHECKED_IN[path](), f"{path} is stale: run `synthpref operator crd --sync`"
+    assert len(CHECKED_IN) == 4
 
 
 def test_check_flag_fails_on_drift(tmp_path: Path) -> None:
@@ -45,8 +46,9 @@ def test_check_flag_fails_on_drift(tmp_path: Path) -> None:
     assert CliRunner().invoke(operator_command, ["crd", "--check", str(stale)]).exit_code == 0
 
 
-def test_every_field_has_a_description_and_the_schema_is_structural() -> None:
-    root = version()["schema"]["openAPIV3Schema"]
+@pytest.mark.parametrize("make", [crd, catalog_crd], ids=["PreferenceRun", "ModelCatalog"])
+def test_every_field_has_a_description_and_the_schema_is_structural(make: Any) -> None:
+    root = version(make())["schema"]["openAPIV3Schema"]
     undocumented = []
     for path, node in walk(root):
         for forbidden in ("$ref", "anyOf", "oneOf", "title", "const", "$defs"):
@@ -107,3 +109,18 @@ def test_structural_rewrites_unions_and_consts() -> None:
     ref = {"$ref": "#/$defs/A", "description": "mine"}
     defs = {"A": {"type": "object", "description": "theirs", "additionalProperties": False}}
     assert structural(ref, defs) == {"type": "object", "description": "mine"}
+
+
+def test_catalog_crd_columns_names_and_rules() -> None:
+    definition = catalog_crd()
+    columns = {c["name"]: c["jsonPath"] for c in version(definition)["additionalPrinterColumns"]}
+    assert columns == {"Description": ".spec.description", "Age": ".metadata.creationTimestamp"}
+    assert definition["spec"]["names"]["shortNames"] == ["mcat"]
+    assert "subresources" not in version(definition)
+    spec = version(definition)["schema"]["openAPIV3Schema"]["properties"]["spec"]
+    # The entries are exactly a run's spec.models[] entries.
+    run_models = version()["schema"]["openAPIV3Schema"]["properties"]["spec"]["properties"]
+    assert spec["properties"]["models"]["items"] == run_models["models"]["items"]
+    assert "unique" in spec["x-kubernetes-validations"][0]["message"]
+    ref = run_models["modelCatalog"]
+    assert ref["x-kubernetes-validations"][0]["rule"] == "self == oldSelf"
