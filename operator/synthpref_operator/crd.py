@@ -126,6 +126,12 @@ def crd() -> dict[str, Any]:
         {"name": "Pairs", "type": "integer", "jsonPath": ".status.result.pairs"},
         {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},
         {"name": "Judge", "type": "string", "jsonPath": ".spec.judge.backend", "priority": 1},
+        {
+            "name": "Blocked",
+            "type": "string",
+            "jsonPath": '.status.conditions[?(@.type=="Blocked")].reason',
+            "priority": 1,
+        },
         {"name": "Message", "type": "string", "jsonPath": ".status.message", "priority": 1},
     ]
     return {

@@ -74,11 +74,28 @@ def job_state(job: dict[str, Any]) -> JobState | None:
         failed_indexes=parse_indexes(status.get("failedIndexes")),
         suspended=bool(spec.get("suspend")),
         suspended_by_run=annotations.get(ANNOTATION_SUSPENDED_BY_RUN) == "true",
+        deleting=bool(meta.get("deletionTimestamp")),
     )
 
 
+# The longest worker error line kept in a run's message.
+MAX_ERROR_LINE = 500
+
+
+def last_error_line(message: str | None) -> str:
+    """The line of a container's termination message that says why it failed: its last
+    `Error: ...` line (the prefix dropped), else its last non-empty line (a log's tail)."""
+    lines = [line.strip() for line in (message or "").splitlines() if line.strip()]
+    if not lines:
+        return ""
+    errors = [line for line in lines if line.startswith("Error:")]
+    line = errors[-1].removeprefix("Error:").strip() if errors else lines[-1]
+    return line if len(line) <= MAX_ERROR_LINE else line[: MAX_ERROR_LINE - 3] + "..."
+
+
 def pod_failure(pod: dict[str, Any]) -> str | None:
-    """How a failed pod (a camelCase dict) ended: "index 1: OOMKilled (exit 137)"."""
+    """How a failed pod (a camelCase dict) ended: "index 1: OOMKilled (exit 137)", with the
+    worker's error line from the termination message when there is one."""
     status = pod.get("status") or {}
     if status.get("phase") != "Failed":
         return None
@@ -88,7 +105,9 @@ def pod_failure(pod: dict[str, Any]) -> str | None:
         ended = (container.get("state") or {}).get("terminated")
         if ended:
             reason = ended.get("reason") or "Error"
-            return f"index {index}: {reason} (exit {ended.get('exitCode')})"
+            line = last_error_line(ended.get("message"))
+            said = f": {line}" if line else ""
+            return f"index {index}: {reason} (exit {ended.get('exitCode')}){said}"
     return f"index {index}: {status.get('reason') or 'Failed'}"
 
 
@@ -216,7 +235,11 @@ def secret_value(core_api: Any, namespace: str, name: str, key: str) -> str:
         raise LookupError(f"Secret {namespace}/{name}: cannot read ({error.status})") from None
     data = secret.data or {}
     if key not in data:
-        raise LookupError(f"Secret {namespace}/{name} has no key {key!r}")
+        keys = ", ".join(sorted(data)) or "none"
+        raise LookupError(
+            f"Secret {namespace}/{name} has no key {key!r} (its keys: {keys}); add the key to "
+            "the Secret or name one of its keys in the spec"
+        )
     return base64.b64decode(data[key]).decode()
 
 

@@ -29,7 +29,7 @@ from typing import Any
 from synthpref.layout import shards_for_worker
 from synthpref.outcome import assess, describe_losses, losses
 from synthpref.spec import GenerationBackend, JudgeBackend, PreferenceRunSpec
-from synthpref_operator.names import Stage, job_name
+from synthpref_operator.names import ANNOTATION_RETRY, Stage, job_name
 from synthpref_operator.status import (
     TERMINAL_PHASES,
     Condition,
@@ -63,6 +63,7 @@ class JobState:
     suspended: bool = False
     suspended_by_run: bool = False
     pod_failures: tuple[str, ...] = ()  # how its failed pods ended, e.g. "index 1: OOMKilled"
+    deleting: bool = False  # deleted (by a retry), not gone yet: neither failed nor live
 
 
 @dataclass(frozen=True)
@@ -110,6 +111,7 @@ class Observed:
     jobs: Mapping[str, JobState] = field(default_factory=dict)
     artifacts: Artifacts = field(default_factory=Artifacts)
     judge: JudgeLedger | None = None
+    retry: str | None = None  # the run's synthpref.dev/retry annotation
 
 
 # ------------------------------------------------------------------ actions
@@ -134,6 +136,13 @@ class SuspendJob:
 
 
 @dataclass(frozen=True)
+class DeleteJob:
+    """Delete a failed Job (and its pods), so that a retried run creates it afresh."""
+
+    name: str
+
+
+@dataclass(frozen=True)
 class StepJudge:
     """Advance the OpenAI judge's batch ledger one step (upload, create, poll, fetch...)."""
 
@@ -147,7 +156,7 @@ class Event:
     message: str
 
 
-Action = CreateJob | SuspendJob | StepJudge | Event
+Action = CreateJob | SuspendJob | DeleteJob | StepJudge | Event
 
 _STAGE_PHASE = {
     Stage.PREPARE: Phase.PREPARING,
@@ -375,7 +384,7 @@ def _losses(observed: Observed) -> dict[str, int]:
     shards_failed = sum(
         len(_failed_shards(art, j) or j.failed_indexes or (0,))
         for j in observed.jobs.values()
-        if j.stage is Stage.GENERATE and j.failed
+        if j.stage is Stage.GENERATE and j.failed and not j.deleting
     )
     if art.summary is not None:
         return losses(art.summary, shards_failed)
@@ -475,6 +484,7 @@ def plan(spec: PreferenceRunSpec, observed: Observed, now: str) -> tuple[list[Ac
             result=result,
             locked_spec=locks,
             losses=lost,
+            retry_token=observed.retry,
         )
         if phase is not prev.phase:
             kind = "Warning" if phase is Phase.FAILED else "Normal"
@@ -485,6 +495,8 @@ def plan(spec: PreferenceRunSpec, observed: Observed, now: str) -> tuple[list[Ac
             actions.append(Event("Warning", Reason.JUDGE_UNREACHABLE.value, outage_text(outage)))
         return actions, status
 
+    if retry_requested(prev, observed.retry):
+        return _retry(spec, observed, now)
     if prev.phase is Phase.FAILED and not _reassess(prev, gen):
         return [], prev.model_copy(update={"observed_generation": gen})
 
@@ -536,7 +548,7 @@ def plan(spec: PreferenceRunSpec, observed: Observed, now: str) -> tuple[list[Ac
     condition(ConditionType.SUCCEEDED, False, Reason.NOT_FINISHED)
 
     actions: list[Action] = []
-    live = [j for j in observed.jobs.values() if not (j.complete or j.failed)]
+    live = [j for j in observed.jobs.values() if not (j.complete or j.failed or j.deleting)]
     if spec.suspend:
         actions += [SuspendJob(j.name, True) for j in live if not j.suspended]
         message = "suspended: " + _stage_message(spec, art, current, observed)
@@ -577,6 +589,47 @@ def plan(spec: PreferenceRunSpec, observed: Observed, now: str) -> tuple[list[Ac
     return finish(phase, _stage_message(spec, art, current, observed), actions)
 
 
+def retry_requested(prev: RunStatus, token: str | None) -> bool:
+    """A Failed run whose synthpref.dev/retry annotation has a value not acted on yet."""
+    return prev.phase is Phase.FAILED and bool(token) and token != prev.retry_token
+
+
+def _retry(spec: PreferenceRunSpec, observed: Observed, now: str) -> tuple[list[Action], RunStatus]:
+    """Retry a Failed run: delete its failed Jobs (committed shards stay in storage, so the
+    Jobs created afresh by the next passes redo only what is missing) and go back to Pending;
+    the next pass plans from the artifacts as always."""
+    prev, art, gen = observed.status, observed.artifacts, observed.generation
+    broken = sorted(
+        j.name
+        for j in observed.jobs.values()
+        if not j.deleting and (j.failed or j.complete) and _incomplete(spec, art, j) is not None
+    )
+    deleting = f"deleting Job(s) {', '.join(broken)}; " if broken else ""
+    message = f"retrying ({ANNOTATION_RETRY}={observed.retry}): {deleting}committed work is kept"
+    conditions = set_condition(
+        prev.conditions,
+        ConditionType.FAILED,
+        ConditionStatus.FALSE,
+        Reason.RETRIED,
+        message,
+        gen,
+        now,
+    )
+    status = prev.model_copy(
+        update={
+            "phase": Phase.PENDING,
+            "message": message,
+            "conditions": conditions,
+            "observed_generation": gen,
+            "completion_time": None,
+            "retry_token": observed.retry,
+        }
+    )
+    actions: list[Action] = [DeleteJob(name) for name in broken]
+    actions.append(Event("Normal", Reason.RETRIED.value, message))
+    return actions, status
+
+
 def _reassess(prev: RunStatus, generation: int) -> bool:
     """A run that failed only its acceptance check is judged again after a spec edit (e.g.
     lowered thresholds); every other failure is final."""
@@ -596,7 +649,7 @@ def _failure(spec: PreferenceRunSpec, observed: Observed) -> tuple[Reason, str] 
     """The first reason the run cannot go on, if any."""
     art = observed.artifacts
     for job in sorted(observed.jobs.values(), key=lambda j: _ORDER.index(j.stage)):
-        if _incomplete(spec, art, job) is None:
+        if job.deleting or _incomplete(spec, art, job) is None:
             continue  # its work is committed, whatever became of the Job afterwards
         if job.failed:
             return Reason.JOB_FAILED, _job_failure(spec, art, job)

@@ -24,7 +24,7 @@ from synthpref.spec import (
     PreferenceRunSpec,
     format_validation_error,
 )
-from synthpref.storage import Storage
+from synthpref.storage import Storage, StorageError
 from synthpref_operator.admission import (
     Problem,
     admission_problems,
@@ -33,9 +33,10 @@ from synthpref_operator.admission import (
     touching,
 )
 from synthpref_operator.apply import Applier
+from synthpref_operator.blocked import blocked_status, observation_reason, unblocked
 from synthpref_operator.deletion import CancelOutcome, DeletionStep, deletion_step
 from synthpref_operator.metrics import OperatorMetrics
-from synthpref_operator.names import ANNOTATION_SKIP_BATCH_CANCEL
+from synthpref_operator.names import ANNOTATION_RETRY, ANNOTATION_SKIP_BATCH_CANCEL
 from synthpref_operator.observe import (
     observe_artifacts,
     observe_jobs,
@@ -46,6 +47,7 @@ from synthpref_operator.observe import (
 )
 from synthpref_operator.planner import (
     CreateJob,
+    DeleteJob,
     Event,
     JudgeLedger,
     JudgeOutage,
@@ -53,6 +55,7 @@ from synthpref_operator.planner import (
     StepJudge,
     SuspendJob,
     plan,
+    retry_requested,
 )
 from synthpref_operator.settings import OperatorSettings
 from synthpref_operator.status import (
@@ -150,26 +153,44 @@ class Reconciler:
             status = self._invalid(previous, generation, now, error, name)
             self._write(run, previous, status, [Event("Warning", "SpecInvalid", status.message)])
             return status
-        if previous.phase in TERMINAL_PHASES and previous.observed_generation == generation:
+        retry = (run["metadata"].get("annotations") or {}).get(ANNOTATION_RETRY)
+        if (
+            previous.phase in TERMINAL_PHASES
+            and previous.observed_generation == generation
+            and not retry_requested(previous, retry)
+        ):
             return previous  # nothing to do until the spec changes (see planner._reassess)
         # Before any Secret value is read, storage opened, the judge called or a Job created.
         problems = self._admission_problems(spec, namespace)
         admitted, held_events = admission_status(previous, problems, generation, now)
-        if problems:
-            self._write(run, previous, admitted, held_events)
-            return admitted
-        jobs = observe_jobs(self.applier.batch, namespace, name, self.applier.core)
-        storage = open_run_storage(spec, self.applier.core, namespace)
-        artifacts = observe_artifacts(spec, storage)
-        judge: JudgeLedger | None = None
-        if (
-            spec.judge.backend is JudgeBackend.OPENAI
-            and artifacts.shards is not None
-            and artifacts.mixed >= artifacts.shards
-        ):
-            judge, judged = observe_judge(spec, storage, name)
-            artifacts = replace(artifacts, judged=judged)
-        observed = Observed(name, generation, admitted, jobs, artifacts, judge)
+        if problems:  # the Admitted condition's Warning Event says it already
+            held, _ = blocked_status(
+                admitted, problems[0].reason, admitted.message, generation, now, event=False
+            )
+            self._write(run, previous, held, held_events)
+            return held
+        try:
+            jobs = observe_jobs(self.applier.batch, namespace, name, self.applier.core)
+            storage = open_run_storage(spec, self.applier.core, namespace)
+            artifacts = observe_artifacts(spec, storage)
+            judge: JudgeLedger | None = None
+            if (
+                spec.judge.backend is JudgeBackend.OPENAI
+                and artifacts.shards is not None
+                and artifacts.mixed >= artifacts.shards
+            ):
+                judge, judged = observe_judge(spec, storage, name)
+                artifacts = replace(artifacts, judged=judged)
+        except (LookupError, StorageError) as error:
+            # A Secret without its key, storage out of reach: say so, and try again next pass.
+            log.warning("blocked: %s", error)
+            held, warnings = blocked_status(
+                admitted, observation_reason(error), str(error), generation, now
+            )
+            self._write(run, previous, held, warnings)
+            return held
+        admitted = unblocked(admitted, generation, now)
+        observed = Observed(name, generation, admitted, jobs, artifacts, judge, retry)
         actions, status = plan(spec, observed, now)
         events: list[Event] = []
         for action in actions:
@@ -177,6 +198,8 @@ class Reconciler:
                 self.applier.create_job(run, spec, action)
             elif isinstance(action, SuspendJob):
                 self.applier.suspend_job(namespace, action)
+            elif isinstance(action, DeleteJob):
+                self.applier.delete_job(namespace, action)
             elif isinstance(action, StepJudge):
                 judge_error, outage = self._step_judge(spec, storage, run, previous)
                 if judge_error is not None or outage is not None:

@@ -47,6 +47,8 @@ class ConditionType(StrEnum):
     SUCCEEDED = "Succeeded"
     # Whether the run may use what it names (endpoints, images, ServiceAccount, Secrets).
     ADMITTED = "Admitted"
+    # Whether something outside the run keeps it from going on (see `blocked.py`).
+    BLOCKED = "Blocked"
 
 
 class Reason(StrEnum):
@@ -75,6 +77,11 @@ class Reason(StrEnum):
     SECRET_NOT_FOUND = "SecretNotFound"
     IMAGE_NOT_ALLOWED = "ImageNotAllowed"
     SERVICE_ACCOUNT_NOT_ALLOWED = "ServiceAccountNotAllowed"
+    NOT_BLOCKED = "NotBlocked"
+    SECRET_KEY_MISSING = "SecretKeyMissing"
+    STORAGE_UNREACHABLE = "StorageUnreachable"
+    UNSCHEDULABLE = "Unschedulable"
+    RETRIED = "Retried"
 
 
 class ConditionStatus(StrEnum):
@@ -203,6 +210,11 @@ class RunStatus(StatusModel):
         default_factory=dict,
         description="Items lost so far, by cause (model shards failed, judge requests failed "
         "after all attempts, unparseable ratings, prompts without enough answers...).",
+    )
+    retry_token: str | None = Field(
+        default=None,
+        description="The value of the run's synthpref.dev/retry annotation last acted on: a "
+        "new value on a Failed run makes it go on from where it stopped.",
     )
     locked_spec: dict[str, str] = Field(
         default_factory=dict,

@@ -107,7 +107,7 @@ chart README / INTERFACE): no delete verbs, no list or watch of Secrets.
   verbs: ["get", "update", "patch"]
 - apiGroups: ["batch"]
   resources: ["jobs"]
-  verbs: ["get", "list", "watch", "create", "patch"]
+  verbs: ["get", "list", "watch", "create", "patch", "delete"]
 - apiGroups: [""]
   resources: ["pods"]
   verbs: ["get", "list"]
