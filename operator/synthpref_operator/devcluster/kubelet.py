@@ -42,7 +42,10 @@ directories. A path the process computes some other way, or one inside a file it
 run manifest, for instance), is not rewritten, and writes outside the volumes are not
 prevented. Other volume kinds are ignored.
 
-There are no containers, images, probes, init containers or ``kubectl logs`` here, and
+``kubectl logs [-f]`` works: the node's ``daemonEndpoints`` name the kubelet log endpoint that
+`kubelet_logs.LogServer` serves on loopback from the pods' log files.
+
+There are no containers, images, probes or init containers here, and
 ``securityContext`` (user, capabilities, seccomp, read-only root filesystem) and resource
 requests and limits are ignored: pods run as the test process's user, with its limits. A pod's
 output is in `PodRun.log_path` (see `pod_log`).
@@ -70,6 +73,7 @@ from types import TracebackType
 from typing import IO, Any, Literal
 
 from synthpref_operator.devcluster.controlplane import spawn, tail_file, write_kubeconfig_file
+from synthpref_operator.devcluster.kubelet_logs import ContainerLog, LogServer
 
 Pod = dict[str, Any]
 PodPredicate = Callable[[Pod], bool]
@@ -317,6 +321,7 @@ class TestKubelet:
         self._faults: list[Fault] = []
         self._threads: list[threading.Thread] = []
         self._volume_links: Path | None = None  # short paths to the pods' volumes
+        self._logs: LogServer | None = None  # the kubelet log endpoint (`kubectl logs`)
 
     # ------------------------------------------------------------------ lifecycle
     def __enter__(self) -> TestKubelet:
@@ -332,8 +337,11 @@ class TestKubelet:
         self.stop()
 
     def start(self, timeout: float = 30.0) -> None:
-        """Register the node and start the watch and sync threads."""
+        """Start the log endpoint, register the node and start the watch and sync threads."""
         self.work_dir.mkdir(parents=True, exist_ok=True)
+        if self._logs is None:
+            self._logs = LogServer(self.container_log, self.work_dir / "pki", self.node_name)
+            self._logs.start()
         self._register_node()
         self._stop.clear()
         for target, name in ((self._watch_loop, "watch"), (self._sync_loop, "sync")):
@@ -358,6 +366,9 @@ class TestKubelet:
                     with contextlib.suppress(subprocess.TimeoutExpired):
                         st.proc.wait(5)
                 self._close_log(st)
+        if self._logs is not None:
+            self._logs.stop()
+            self._logs = None
         if delete_node:
             with contextlib.suppress(Exception):
                 self._call(self.api.delete_node, self.node_name)
@@ -432,6 +443,19 @@ class TestKubelet:
             if run.namespace == namespace and run.name == name:
                 return run.log()
         return ""
+
+    def container_log(
+        self, namespace: str, name: str, container: str, previous: bool
+    ) -> ContainerLog | None:
+        """The log of a pod's current (or previous) run, for the log endpoint."""
+        with self._lock:
+            runs = [r for r in self._runs if r.namespace == namespace and r.name == name]
+        if previous:
+            runs = runs[:-1]
+        if not runs:
+            return None
+        run = runs[-1]
+        return ContainerLog(run.log_path, lambda: not run.finished)
 
     def log_tail(self, namespace: str | None = None, lines: int = 20) -> str:
         """The last lines of each pod run's output (for failure reports)."""
@@ -544,6 +568,10 @@ class TestKubelet:
                 {"type": "InternalIP", "address": "127.0.0.1"},
                 {"type": "Hostname", "address": self.node_name},
             ],
+            # Where the API server sends `kubectl logs` (see `kubelet_logs.py`).
+            "daemonEndpoints": {
+                "kubeletEndpoint": {"Port": self._logs.port if self._logs is not None else 0}
+            },
             "nodeInfo": {
                 "architecture": "amd64",
                 "operatingSystem": "linux",
