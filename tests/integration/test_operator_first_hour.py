@@ -95,7 +95,7 @@ def test_missing_secret_key_and_unreachable_storage_say_why(env: Env) -> None:
 
 def test_worker_error_reaches_the_run_and_retry_reuses_committed_shards(env: Env) -> None:
     document = env.manifest("typo")
-    document["spec"]["models"][2]["path"] = "gamma-typo"  # the server serves no such model
+    document["spec"]["models"][2]["path"] = "gamma-typo"  # the server serves no such model yet
     operator = env.operator()
     try:
         env.apply(document)
@@ -114,9 +114,9 @@ def test_worker_error_reaches_the_run_and_retry_reuses_committed_shards(env: Env
         }
         assert all(all(markers) for markers in committed.values()), committed
         before = {r.name for r in env.kubelet.runs_in(env.namespace)}
-        # Fix the spec, then retry.
-        document["spec"]["models"][2]["path"] = "gamma"
-        env.apply(document)
+        # Fix what was broken (the endpoint now serves the model), then retry.
+        assert env.server.models is not None
+        env.server.models.add("gamma-typo")
         env.kubectl("annotate", "prun", "typo", "-n", env.namespace, f"{ANNOTATION_RETRY}=1")
         done = env.wait_phase("typo", {"Succeeded"}, timeout=240)["status"]
     finally:
