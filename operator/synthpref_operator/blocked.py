@@ -6,10 +6,11 @@ admission problems, `admission.py`), a Secret without the key the spec names, st
 cannot be reached, or worker pods that no node can take. The run keeps its phase (`Pending`
 for a new run), its message says `blocked: ...`, the `Blocked` condition carries the reason
 (shown by `kubectl get prun -o wide`), and one Warning Event is emitted when the cause changes.
-Every pass that gets through sets `Blocked` back to False.
+Every pass that gets through to the planner has it set `Blocked` again: True while a pod
+of the run cannot be scheduled or Kueue has not admitted its Job (`planner._waiting`), else
+False.
 
-Called by `reconcile.Reconciler` (admission holds, failed observations) and by the planner
-(unschedulable pods).
+Called by `reconcile.Reconciler` (admission holds, failed observations).
 """
 
 from __future__ import annotations
@@ -50,20 +51,6 @@ def blocked_status(
         update={"message": text, "conditions": conditions, "observed_generation": generation}
     )
     return status, events
-
-
-def unblocked(previous: RunStatus, generation: int, now: str) -> RunStatus:
-    """`previous` with `Blocked=False` (the pass got through)."""
-    conditions = set_condition(
-        previous.conditions,
-        ConditionType.BLOCKED,
-        ConditionStatus.FALSE,
-        Reason.NOT_BLOCKED,
-        "",
-        generation,
-        now,
-    )
-    return previous.model_copy(update={"conditions": conditions})
 
 
 def observation_reason(error: Exception) -> Reason:

@@ -118,10 +118,13 @@ def observe_jobs(
     given) reads how its pods ended, so that the run's message says OOMKilled or the exit code."""
     listed = batch_api.list_namespaced_job(namespace, label_selector=run_selector(run))
     found: dict[str, JobState] = {}
-    for item in listed.items:
-        state = job_state(batch_api.api_client.sanitize_for_serialization(item))
-        if state is None:
+    states = [job_state(batch_api.api_client.sanitize_for_serialization(i)) for i in listed.items]
+    live = [s for s in states if s is not None and not (s.complete or s.failed)]
+    waiting = unscheduled_pods(core_api, namespace, run) if live and core_api is not None else {}
+    for seen in states:
+        if seen is None:
             continue
+        state = replace(seen, unschedulable=waiting.get(seen.name, ""))
         if state.failed and core_api is not None:
             pods = core_api.list_namespaced_pod(
                 namespace, label_selector=f"{JOB_NAME_LABEL}={state.name}"
@@ -130,6 +133,36 @@ def observe_jobs(
             endings = sorted({e for p in pods.items if (e := pod_failure(serialize(p)))})
             state = replace(state, pod_failures=tuple(endings))
         found[state.name] = state
+    return found
+
+
+def unschedulable(pod: dict[str, Any]) -> str | None:
+    """Why a pending pod (a camelCase dict) cannot be scheduled, if the scheduler said so."""
+    status = pod.get("status") or {}
+    if status.get("phase") not in (None, "Pending"):
+        return None
+    for condition in status.get("conditions") or []:
+        if (
+            condition.get("type") == "PodScheduled"
+            and condition.get("status") == "False"
+            and condition.get("reason") == "Unschedulable"
+        ):
+            name = (pod.get("metadata") or {}).get("name", "?")
+            return f"pod {name} cannot be scheduled: {condition.get('message') or 'Unschedulable'}"
+    return None
+
+
+def unscheduled_pods(core_api: Any, namespace: str, run: str) -> dict[str, str]:
+    """Job name -> why one of its pods cannot be scheduled, over the run's pods (one list)."""
+    pods = core_api.list_namespaced_pod(namespace, label_selector=run_selector(run))
+    serialize = core_api.api_client.sanitize_for_serialization
+    found: dict[str, str] = {}
+    for item in pods.items:
+        pod = serialize(item)
+        why = unschedulable(pod)
+        job = ((pod.get("metadata") or {}).get("labels") or {}).get(JOB_NAME_LABEL)
+        if why and job and job not in found:
+            found[job] = why
     return found
 
 

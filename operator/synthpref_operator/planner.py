@@ -64,6 +64,7 @@ class JobState:
     suspended_by_run: bool = False
     pod_failures: tuple[str, ...] = ()  # how its failed pods ended, e.g. "index 1: OOMKilled"
     deleting: bool = False  # deleted (by a retry), not gone yet: neither failed nor live
+    unschedulable: str = ""  # why a pod of it cannot be scheduled: "pod P: 0/1 nodes ..."
 
 
 @dataclass(frozen=True)
@@ -468,6 +469,17 @@ def plan(spec: PreferenceRunSpec, observed: Observed, now: str) -> tuple[list[Ac
     result: RunResult | None = None
 
     def finish(phase: Phase, message: str, actions: list[Action]) -> tuple[list[Action], RunStatus]:
+        waiting = _waiting(spec, observed) if phase in _WORKING_PHASES else None
+        if waiting is not None:
+            reason, why = waiting
+            text = f"blocked: {why}"
+            was = prev.condition(ConditionType.BLOCKED)
+            condition(ConditionType.BLOCKED, True, reason, text)
+            message = f"{message}; {text}"
+            if was is None or was.status is not ConditionStatus.TRUE or was.message != text:
+                actions.append(Event("Warning", reason.value, text))
+        else:
+            condition(ConditionType.BLOCKED, False, Reason.NOT_BLOCKED)
         if lost:
             condition(ConditionType.DATA_LOSS, True, Reason.DATA_LOST, describe_losses(lost))
         else:
@@ -587,6 +599,33 @@ def plan(spec: PreferenceRunSpec, observed: Observed, now: str) -> tuple[list[Ac
     if current is Stage.PREPARE and job_name(run, Stage.PREPARE) not in observed.jobs:
         phase = Phase.PENDING
     return finish(phase, _stage_message(spec, art, current, observed), actions)
+
+
+_WORKING_PHASES = frozenset(
+    {
+        Phase.PENDING,
+        Phase.PREPARING,
+        Phase.GENERATING,
+        Phase.MIXING,
+        Phase.ANNOTATING,
+        Phase.PARSING,
+    }
+)
+
+
+def _waiting(spec: PreferenceRunSpec, observed: Observed) -> tuple[Reason, str] | None:
+    """Why a live Job of the run cannot start: a pod no node takes, or Kueue not admitting it."""
+    for job in sorted(observed.jobs.values(), key=lambda j: j.name):
+        if job.complete or job.failed or job.deleting:
+            continue
+        if job.unschedulable:
+            return Reason.UNSCHEDULABLE, f"Job {job.name}: {job.unschedulable}"
+        if job.suspended and not job.suspended_by_run and spec.queue_name and not spec.suspend:
+            return Reason.QUEUED, (
+                f"Job {job.name} waits for Kueue to admit it (queue {spec.queue_name}); "
+                "kubectl get workloads shows why"
+            )
+    return None
 
 
 def retry_requested(prev: RunStatus, token: str | None) -> bool:

@@ -33,7 +33,7 @@ from synthpref_operator.admission import (
     touching,
 )
 from synthpref_operator.apply import Applier
-from synthpref_operator.blocked import blocked_status, observation_reason, unblocked
+from synthpref_operator.blocked import blocked_status, observation_reason
 from synthpref_operator.deletion import CancelOutcome, DeletionStep, deletion_step
 from synthpref_operator.metrics import OperatorMetrics
 from synthpref_operator.names import ANNOTATION_RETRY, ANNOTATION_SKIP_BATCH_CANCEL
@@ -189,7 +189,6 @@ class Reconciler:
             )
             self._write(run, previous, held, warnings)
             return held
-        admitted = unblocked(admitted, generation, now)
         observed = Observed(name, generation, admitted, jobs, artifacts, judge, retry)
         actions, status = plan(spec, observed, now)
         events: list[Event] = []

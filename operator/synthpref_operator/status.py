@@ -81,6 +81,7 @@ class Reason(StrEnum):
     SECRET_KEY_MISSING = "SecretKeyMissing"
     STORAGE_UNREACHABLE = "StorageUnreachable"
     UNSCHEDULABLE = "Unschedulable"
+    QUEUED = "Queued"
     RETRIED = "Retried"
 
 

@@ -15,6 +15,7 @@ from synthpref_operator.observe import (
     last_error_line,
     observe_artifacts,
     pod_failure,
+    unschedulable,
 )
 from tests.builders import spec_dict
 
@@ -81,3 +82,26 @@ def test_the_report_is_observed_once_the_run_is_done(tmp_path: Path) -> None:
 def test_a_long_error_line_is_cut() -> None:
     line = last_error_line("Error: " + "x" * 2000)
     assert len(line) == MAX_ERROR_LINE and line.endswith("...")
+
+
+def test_unschedulable_pod() -> None:
+    pending = {
+        "metadata": {"name": "r-generate-m0-0-abc"},
+        "status": {
+            "phase": "Pending",
+            "conditions": [
+                {
+                    "type": "PodScheduled",
+                    "status": "False",
+                    "reason": "Unschedulable",
+                    "message": "0/1 nodes are available: 1 Insufficient nvidia.com/gpu.",
+                }
+            ],
+        },
+    }
+    assert unschedulable(pending) == (
+        "pod r-generate-m0-0-abc cannot be scheduled: "
+        "0/1 nodes are available: 1 Insufficient nvidia.com/gpu."
+    )
+    assert unschedulable({"status": {"phase": "Running"}}) is None
+    assert unschedulable({"status": {"phase": "Pending", "conditions": []}}) is None

@@ -7,11 +7,12 @@ from dataclasses import replace
 from typing import Any
 
 from synthpref.storage import StorageUnavailableError
-from synthpref_operator.blocked import blocked_status, observation_reason, unblocked
+from synthpref_operator.blocked import blocked_status, observation_reason
 from synthpref_operator.names import Stage
 from synthpref_operator.planner import DeleteJob, Event, JobState, Observed, plan
 from synthpref_operator.status import ConditionStatus, ConditionType, Phase, Reason, RunStatus
 from tests.unit.test_planner import (
+    EMPTY,
     GENERATED,
     PREPARED,
     T0,
@@ -19,6 +20,7 @@ from tests.unit.test_planner import (
     creates,
     gen_jobs,
     job,
+    jobs,
     observe,
     spec,
 )
@@ -97,10 +99,40 @@ def test_blocked_holds_the_phase_warns_once_per_cause_and_clears() -> None:
     assert [(e.type, e.reason) for e in events] == [("Warning", "SecretKeyMissing")]
     same, again = blocked_status(held, Reason.SECRET_KEY_MISSING, held.message, 1, T1)
     assert again == [] and same.condition(ConditionType.BLOCKED) == condition
-    clear = unblocked(same, 1, T1)
+    # The next pass that gets through clears it.
+    _, clear = plan(spec(), observe(status=same), T1)
     cleared = clear.condition(ConditionType.BLOCKED)
     assert cleared is not None and cleared.status is ConditionStatus.FALSE
     assert cleared.reason is Reason.NOT_BLOCKED and cleared.last_transition_time == T1
+    assert clear.phase is Phase.PENDING and not clear.message.startswith("blocked")
+
+
+def test_an_unschedulable_pod_blocks_the_run_in_its_phase_with_one_warning() -> None:
+    why = "pod r-generate-m0-0-x cannot be scheduled: 0/1 nodes are available"
+    states = {**gen_jobs(), "r-generate-m0": job(Stage.GENERATE, "m0", unschedulable=why)}
+    actions, status = plan(spec(), observe(PREPARED, states), T0)
+    assert status.phase is Phase.GENERATING
+    assert status.message.endswith(f"; blocked: Job r-generate-m0: {why}")
+    blocked = status.condition(ConditionType.BLOCKED)
+    assert blocked is not None and blocked.reason is Reason.UNSCHEDULABLE
+    warnings = [a for a in actions if isinstance(a, Event) and a.reason == "Unschedulable"]
+    assert len(warnings) == 1
+    again, _ = plan(spec(), observe(PREPARED, states, status), T1)
+    assert not [a for a in again if isinstance(a, Event) and a.type == "Warning"]
+
+
+def test_a_job_kueue_has_not_admitted_blocks_the_run() -> None:
+    queued = spec(queueName="gpu-queue")
+    states = jobs(job(Stage.PREPARE, suspended=True))
+    _, status = plan(queued, observe(EMPTY, states), T0)
+    blocked = status.condition(ConditionType.BLOCKED)
+    assert blocked is not None and blocked.reason is Reason.QUEUED
+    assert "Job r-prepare waits for Kueue to admit it (queue gpu-queue)" in status.message
+    # Suspended by the run itself (spec.suspend): not blocked, suspended.
+    _, held = plan(spec(queueName="q", suspend=True), observe(EMPTY, states), T0)
+    assert held.phase is Phase.SUSPENDED
+    not_blocked = held.condition(ConditionType.BLOCKED)
+    assert not_blocked is None or not_blocked.status is ConditionStatus.FALSE
 
 
 def test_observation_errors_map_to_reasons() -> None:
