@@ -8,6 +8,7 @@ annotation after a fix reaches Succeeded reusing every committed shard."""
 from __future__ import annotations
 
 import base64
+import re
 import socket
 
 import pytest
@@ -30,10 +31,11 @@ def wide_row(env: Env, name: str) -> dict[str, str]:
     """The run's row of `kubectl get prun -o wide`, by column header."""
     table = env.kubectl("get", "prun", name, "-n", env.namespace, "-o", "wide").stdout
     header, line = table.splitlines()[:2]
-    # MESSAGE is the last column and may hold spaces.
+    # Cut the row where the (left-aligned) headers start: cells may be empty or hold spaces.
+    starts = [m.start() for m in re.finditer(r"\S+", header)]
+    ends = [*starts[1:], None]
     heads = header.split()
-    cells = line.split(None, len(heads) - 1)
-    return dict(zip(heads, cells, strict=False))
+    return {h: line[a:b].strip() for h, a, b in zip(heads, starts, ends, strict=True)}
 
 
 def wait_blocked(env: Env, name: str, reason: str) -> dict[str, str]:
@@ -71,11 +73,13 @@ def test_missing_secret_key_and_unreachable_storage_say_why(env: Env) -> None:
         assert env.jobs() == {}
         storage = env.manifest("nos3")
         storage["spec"]["storage"]["endpointUrl"] = dead
+        del storage["spec"]["storage"]["credentials"]  # the operator's own (no Secret to read)
         env.apply(storage)
         row = wait_blocked(env, "nos3", "StorageUnreachable")
         assert row["PHASE"] == "Pending" and dead in row["MESSAGE"]
         assert [e.type for e in events(env, "nos3", "StorageUnreachable")] == ["Warning"]
         # Fixed: the run goes on by itself, Blocked back to False.
+        secret = core.read_namespaced_secret("s3", env.namespace)
         secret.data["id"] = base64.b64encode(
             FAKE_CREDENTIALS["AWS_ACCESS_KEY_ID"].encode()
         ).decode()
