@@ -10,6 +10,7 @@ from __future__ import annotations
 import base64
 import re
 import socket
+from typing import Any
 
 import pytest
 from kubernetes import client
@@ -112,11 +113,22 @@ def test_worker_error_reaches_the_run_and_retry_reuses_committed_shards(env: Env
         described = env.kubectl("describe", "prun", "typo", "-n", env.namespace).stdout
         assert "does not serve model 'gamma-typo'" in described
         storage = env.storage()
-        committed = {
-            m: [storage.committed(layout.generation_shard(m, s)) for s in range(3)]
-            for m in ("alpha", "beta", "delta")
-        }
-        assert all(all(markers) for markers in committed.values()), committed
+
+        def markers() -> dict[str, list[Any]]:
+            return {
+                m: [storage.committed(layout.generation_shard(m, s)) for s in range(3)]
+                for m in ("alpha", "beta", "delta")
+            }
+
+        # The other models' Jobs run on after the run failed, and commit their shards.
+        committed = wait_for(
+            lambda: (seen := markers()) if all(all(m) for m in seen.values()) else None,
+            120,
+            "alpha, beta and delta committed",
+        )
+        wait_for(
+            lambda: all(r.finished for r in env.kubelet.runs_in(env.namespace)), 60, "pods done"
+        )
         before = {r.name for r in env.kubelet.runs_in(env.namespace)}
         # Fix what was broken (the endpoint now serves the model), then retry.
         assert env.server.models is not None
@@ -131,7 +143,4 @@ def test_worker_error_reaches_the_run_and_retry_reuses_committed_shards(env: Env
     again = [r for r in env.kubelet.runs_in(env.namespace) if r.name not in before]
     generated = {r.labels.get("synthpref.dev/model") for r in again if "-generate-" in r.name}
     assert generated == {"gamma"}
-    assert {
-        m: [storage.committed(layout.generation_shard(m, s)) for s in range(3)]
-        for m in ("alpha", "beta", "delta")
-    } == committed
+    assert markers() == committed
