@@ -121,11 +121,11 @@ def test_worker_error_reaches_the_run_and_retry_reuses_committed_shards(env: Env
             }
 
         # The other models' Jobs run on after the run failed, and commit their shards.
-        committed = wait_for(
-            lambda: (seen := markers()) if all(all(m) for m in seen.values()) else None,
-            120,
-            "alpha, beta and delta committed",
-        )
+        def all_committed() -> dict[str, list[Any]] | None:
+            seen = markers()
+            return seen if all(all(m) for m in seen.values()) else None
+
+        committed = wait_for(all_committed, 120, "alpha, beta and delta committed")
         wait_for(
             lambda: all(r.finished for r in env.kubelet.runs_in(env.namespace)), 60, "pods done"
         )
