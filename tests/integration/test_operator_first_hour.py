@@ -81,9 +81,8 @@ def test_missing_secret_key_and_unreachable_storage_say_why(env: Env) -> None:
         assert [e.type for e in events(env, "nos3", "StorageUnreachable")] == ["Warning"]
         # Fixed: the run goes on by itself, Blocked back to False.
         secret = core.read_namespaced_secret("s3", env.namespace)
-        secret.data["id"] = base64.b64encode(
-            FAKE_CREDENTIALS["AWS_ACCESS_KEY_ID"].encode()
-        ).decode()
+        key_id = base64.b64encode(FAKE_CREDENTIALS["AWS_ACCESS_KEY_ID"].encode()).decode()
+        secret.data = {**(secret.data or {}), "id": key_id}
         core.replace_namespaced_secret("s3", env.namespace, secret)
         wait_for(lambda: "nokey-prepare" in env.jobs(), 120, "the prepare Job")
         blocked = wait_for(
