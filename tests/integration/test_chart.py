@@ -38,7 +38,7 @@ NO_POD = ("--set", "replicaCount=0")
 NAMESPACED_RULES = {
     ("synthpref.dev", "preferenceruns"): {"get", "list", "watch", "patch"},
     ("synthpref.dev", "preferenceruns/status"): {"get", "update", "patch"},
-    ("batch", "jobs"): {"get", "list", "watch", "create", "patch"},
+    ("batch", "jobs"): {"get", "list", "watch", "create", "patch", "delete"},
     ("", "pods"): {"get", "list"},
     ("", "events"): {"create"},
     ("", "secrets"): {"get"},
@@ -133,7 +133,7 @@ Check = tuple[str, str, str | None]  # verb, resource (optionally resource/name)
 RUN_CALLS: list[Check] = [
     *[(v, RUNS, None) for v in ("get", "list", "watch", "patch")],
     *[(v, RUNS, "status") for v in ("get", "update", "patch")],
-    *[(v, JOBS, None) for v in ("get", "list", "watch", "create", "patch")],
+    *[(v, JOBS, None) for v in ("get", "list", "watch", "create", "patch", "delete")],
     ("get", "pods", None),
     ("list", "pods", None),
     ("create", "events", None),
@@ -144,7 +144,6 @@ FORBIDDEN: list[Check] = [
     ("list", "secrets", None),
     ("watch", "secrets", None),
     ("create", "secrets", None),
-    ("delete", JOBS, None),
     ("deletecollection", JOBS, None),
     ("update", JOBS, None),
     ("create", "pods", None),
