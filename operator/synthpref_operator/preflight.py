@@ -20,14 +20,14 @@ class OperatorStartError(SynthprefError, RuntimeError):
     """The operator cannot start; the message says why and what to do."""
 
 
-def client_configuration(kubeconfig: str | None) -> Any:
-    """The handlers' client configuration, or an error naming where credentials are looked for."""
+def api_client(kubeconfig: str | None) -> Any:
+    """The client the handlers use, or an error naming where credentials are looked for."""
     from kubernetes.config import ConfigException
 
-    from synthpref_operator.handlers import _client_configuration
+    from synthpref_operator.handlers import api_client_for
 
     try:
-        return _client_configuration(kubeconfig)
+        return api_client_for(kubeconfig)
     except (ConfigException, OSError) as error:
         where = f"--kubeconfig {kubeconfig}" if kubeconfig else "$KUBECONFIG or ~/.kube/config"
         raise OperatorStartError(
@@ -70,10 +70,8 @@ def check_crd(api_client: Any) -> None:
 
 def preflight(kubeconfig: str | None) -> None:
     """Every check, in order; raises `OperatorStartError` at the first that fails."""
-    from kubernetes import client
-
-    api_client = client.ApiClient(client_configuration(kubeconfig))
+    client = api_client(kubeconfig)
     try:
-        check_crd(api_client)
+        check_crd(client)
     finally:
-        api_client.close()  # type: ignore[no-untyped-call]
+        client.close()
