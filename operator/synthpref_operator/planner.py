@@ -470,7 +470,12 @@ def plan(spec: PreferenceRunSpec, observed: Observed, now: str) -> tuple[list[Ac
 
     def finish(phase: Phase, message: str, actions: list[Action]) -> tuple[list[Action], RunStatus]:
         waiting = _waiting(spec, observed) if phase in _WORKING_PHASES else None
-        if waiting is not None:
+        outage = observed.judge.outage if observed.judge is not None else None
+        if waiting is None and outage is not None and phase in _WORKING_PHASES:
+            # The message says it already, and a JudgeUnreachable Event marks its start.
+            text = f"blocked: {outage_text(outage)}"
+            condition(ConditionType.BLOCKED, True, Reason.JUDGE_UNREACHABLE, text)
+        elif waiting is not None:
             reason, why = waiting
             text = f"blocked: {why}"
             was = prev.condition(ConditionType.BLOCKED)
@@ -501,7 +506,6 @@ def plan(spec: PreferenceRunSpec, observed: Observed, now: str) -> tuple[list[Ac
         if phase is not prev.phase:
             kind = "Warning" if phase is Phase.FAILED else "Normal"
             actions.append(Event(kind, phase.value, message))
-        outage = observed.judge.outage if observed.judge is not None else None
         was_failing = prev.stages.judge is not None and prev.stages.judge.endpoint_failing_since
         if outage is not None and not was_failing and phase is not Phase.FAILED:
             actions.append(Event("Warning", Reason.JUDGE_UNREACHABLE.value, outage_text(outage)))
