@@ -310,7 +310,9 @@ class Reconciler:
             log.warning("judge (will retry): %s", line)
         if report.failing_since is None:
             return None, None
-        gave_up = annotator.unavailable_error("delete and re-apply the run to resume")
+        gave_up = annotator.unavailable_error(
+            f"once it answers, retry the run (annotation {ANNOTATION_RETRY}=<new value>)"
+        )
         if gave_up is not None:
             return str(gave_up), None
         failing = dt.datetime.fromtimestamp(report.failing_since, dt.UTC)
