@@ -29,10 +29,12 @@ def blocked_status(
     now: str,
     *,
     event: bool = True,
+    prefix: str = BLOCKED_PREFIX,
 ) -> tuple[RunStatus, list[Event]]:
-    """`previous` held where it is with `Blocked=True`, and a Warning Event (with `event`)
-    when the run was not blocked before or was blocked for something else."""
-    text = message if message.startswith(BLOCKED_PREFIX) else BLOCKED_PREFIX + message
+    """`previous` held where it is with `Blocked=True` and the message `prefix` + `message`,
+    and a Warning Event (with `event`) when the run was not blocked before or was blocked for
+    something else."""
+    text = prefix + message
     was = previous.condition(ConditionType.BLOCKED)
     conditions = set_condition(
         previous.conditions,

@@ -165,7 +165,13 @@ class Reconciler:
         admitted, held_events = admission_status(previous, problems, generation, now)
         if problems:  # the Admitted condition's Warning Event says it already
             held, _ = blocked_status(
-                admitted, problems[0].reason, admitted.message, generation, now, event=False
+                admitted,
+                problems[0].reason,
+                admitted.message,  # "held: ..."
+                generation,
+                now,
+                event=False,
+                prefix="",
             )
             self._write(run, previous, held, held_events)
             return held

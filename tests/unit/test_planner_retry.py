@@ -97,7 +97,9 @@ def test_blocked_holds_the_phase_warns_once_per_cause_and_clears() -> None:
     assert condition is not None and condition.status is ConditionStatus.TRUE
     assert condition.reason is Reason.SECRET_KEY_MISSING
     assert [(e.type, e.reason) for e in events] == [("Warning", "SecretKeyMissing")]
-    same, again = blocked_status(held, Reason.SECRET_KEY_MISSING, held.message, 1, T1)
+    same, again = blocked_status(
+        held, Reason.SECRET_KEY_MISSING, "Secret ns/s3 has no key 'id'", 1, T1
+    )
     assert again == [] and same.condition(ConditionType.BLOCKED) == condition
     # The next pass that gets through clears it.
     _, clear = plan(spec(), observe(status=same), T1)
@@ -140,3 +142,12 @@ def test_observation_errors_map_to_reasons() -> None:
     assert (
         observation_reason(StorageUnavailableError("s3://b/r: down")) is Reason.STORAGE_UNREACHABLE
     )
+
+
+def test_an_admission_hold_keeps_its_own_message() -> None:
+    held, events = blocked_status(
+        RunStatus(), Reason.SECRET_NOT_FOUND, "held: x", 1, T0, event=False, prefix=""
+    )
+    assert held.message == "held: x" and events == []
+    condition = held.condition(ConditionType.BLOCKED)
+    assert condition is not None and condition.reason is Reason.SECRET_NOT_FOUND
