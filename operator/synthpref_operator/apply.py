@@ -1,8 +1,8 @@
 """Apply the planner's actions through the Kubernetes API, idempotently.
 
 Called by `reconcile.Reconciler` after `planner.plan`. Creating a Job that exists (409) is
-success; a missing Job to suspend is nothing to do; the status is written in one JSON patch of
-the status subresource; Events go to the run after the status write.
+success; a missing Job to suspend or delete is nothing to do; the status is written in one
+JSON patch of the status subresource; Events go to the run after the status write.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from synthpref_operator.builders import job_manifest, owner_reference
 from synthpref_operator.crd import PLURAL
 from synthpref_operator.metrics import OperatorMetrics
 from synthpref_operator.names import ANNOTATION_SUSPENDED_BY_RUN
-from synthpref_operator.planner import CreateJob, Event, SuspendJob
+from synthpref_operator.planner import CreateJob, DeleteJob, Event, SuspendJob
 from synthpref_operator.settings import OperatorSettings
 
 log = logging.getLogger(__name__)
@@ -68,6 +68,17 @@ class Applier:
         except ApiException as error:
             if error.status != 404:
                 raise
+
+    def delete_job(self, namespace: str, action: DeleteJob) -> None:
+        """Delete the Job and, in the background, its pods; a Job already gone is fine."""
+        try:
+            self.batch.delete_namespaced_job(
+                action.name, namespace, propagation_policy="Background"
+            )
+        except ApiException as error:
+            if error.status != 404:
+                raise
+        log.info("deleted Job %s/%s", namespace, action.name)
 
     def get_run(self, namespace: str, name: str) -> dict[str, Any] | None:
         try:

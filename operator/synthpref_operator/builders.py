@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from synthpref.errors import DEFAULT_TERMINATION_LOG, TERMINATION_LOG_ENV
 from synthpref.spec import (
     API_GROUP,
     API_VERSION,
@@ -71,6 +72,7 @@ def worker_env(
     plain = {**WRITABLE_ENV, **settings.extra_env}
     env: list[dict[str, Any]] = [{"name": key, "value": value} for key, value in plain.items()]
     env.append({"name": MANIFEST_ENV, "value": manifest})
+    env.append({"name": TERMINATION_LOG_ENV, "value": DEFAULT_TERMINATION_LOG})
     credentials = spec.storage.credentials
     if credentials is not None:
         env.append(_secret_env("AWS_ACCESS_KEY_ID", credentials.access_key_id))
@@ -128,6 +130,9 @@ def job_manifest(
         "command": ["synthpref"],
         "args": worker_args(request),
         "env": worker_env(spec, request, run_manifest(run, namespace, spec), settings),
+        # The worker writes its `Error: ...` line there; without it, the log's tail.
+        "terminationMessagePath": DEFAULT_TERMINATION_LOG,
+        "terminationMessagePolicy": "FallbackToLogsOnError",
     }
     container["resources"] = container_resources(
         spec, request.stage, request.model, settings.gpu_resource

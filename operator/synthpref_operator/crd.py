@@ -163,6 +163,12 @@ def crd() -> dict[str, Any]:
         {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},
         {"name": "Judge", "type": "string", "jsonPath": ".spec.judge.backend", "priority": 1},
         {"name": "Cost", "type": "string", "jsonPath": ".status.cost", "priority": 1},
+        {
+            "name": "Blocked",
+            "type": "string",
+            "jsonPath": '.status.conditions[?(@.type=="Blocked")].reason',
+            "priority": 1,
+        },
         {"name": "Message", "type": "string", "jsonPath": ".status.message", "priority": 1},
     ]
     return _definition(

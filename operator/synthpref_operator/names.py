@@ -24,6 +24,8 @@ FINALIZER = f"{DOMAIN}/cancel-batches"
 LABEL_ALLOW_RUNS = f"{DOMAIN}/allow-runs"
 # "true" on a run being deleted: let it go without cancelling its judge batches.
 ANNOTATION_SKIP_BATCH_CANCEL = f"{DOMAIN}/skip-batch-cancel"
+# A new value on a Failed run retries it from where it stopped (committed shards are kept).
+ANNOTATION_RETRY = f"{DOMAIN}/retry"
 
 _MAX_NAME = 63  # Job names end up in the pods' job-name label
 

@@ -77,11 +77,28 @@ def job_state(job: dict[str, Any]) -> JobState | None:
         failed_indexes=parse_indexes(status.get("failedIndexes")),
         suspended=bool(spec.get("suspend")),
         suspended_by_run=annotations.get(ANNOTATION_SUSPENDED_BY_RUN) == "true",
+        deleting=bool(meta.get("deletionTimestamp")),
     )
 
 
+# The longest worker error line kept in a run's message.
+MAX_ERROR_LINE = 500
+
+
+def last_error_line(message: str | None) -> str:
+    """The line of a container's termination message that says why it failed: its last
+    `Error: ...` line (the prefix dropped), else its last non-empty line (a log's tail)."""
+    lines = [line.strip() for line in (message or "").splitlines() if line.strip()]
+    if not lines:
+        return ""
+    errors = [line for line in lines if line.startswith("Error:")]
+    line = errors[-1].removeprefix("Error:").strip() if errors else lines[-1]
+    return line if len(line) <= MAX_ERROR_LINE else line[: MAX_ERROR_LINE - 3] + "..."
+
+
 def pod_failure(pod: dict[str, Any]) -> str | None:
-    """How a failed pod (a camelCase dict) ended: "index 1: OOMKilled (exit 137)"."""
+    """How a failed pod (a camelCase dict) ended: "index 1: OOMKilled (exit 137)", with the
+    worker's error line from the termination message when there is one."""
     status = pod.get("status") or {}
     if status.get("phase") != "Failed":
         return None
@@ -91,7 +108,9 @@ def pod_failure(pod: dict[str, Any]) -> str | None:
         ended = (container.get("state") or {}).get("terminated")
         if ended:
             reason = ended.get("reason") or "Error"
-            return f"index {index}: {reason} (exit {ended.get('exitCode')})"
+            line = last_error_line(ended.get("message"))
+            said = f": {line}" if line else ""
+            return f"index {index}: {reason} (exit {ended.get('exitCode')}){said}"
     return f"index {index}: {status.get('reason') or 'Failed'}"
 
 
@@ -102,10 +121,13 @@ def observe_jobs(
     given) reads how its pods ended, so that the run's message says OOMKilled or the exit code."""
     listed = batch_api.list_namespaced_job(namespace, label_selector=run_selector(run))
     found: dict[str, JobState] = {}
-    for item in listed.items:
-        state = job_state(batch_api.api_client.sanitize_for_serialization(item))
-        if state is None:
+    states = [job_state(batch_api.api_client.sanitize_for_serialization(i)) for i in listed.items]
+    live = [s for s in states if s is not None and not (s.complete or s.failed)]
+    waiting = unscheduled_pods(core_api, namespace, run) if live and core_api is not None else {}
+    for seen in states:
+        if seen is None:
             continue
+        state = replace(seen, unschedulable=waiting.get(seen.name, ""))
         if state.failed and core_api is not None:
             pods = core_api.list_namespaced_pod(
                 namespace, label_selector=f"{JOB_NAME_LABEL}={state.name}"
@@ -114,6 +136,36 @@ def observe_jobs(
             endings = sorted({e for p in pods.items if (e := pod_failure(serialize(p)))})
             state = replace(state, pod_failures=tuple(endings))
         found[state.name] = state
+    return found
+
+
+def unschedulable(pod: dict[str, Any]) -> str | None:
+    """Why a pending pod (a camelCase dict) cannot be scheduled, if the scheduler said so."""
+    status = pod.get("status") or {}
+    if status.get("phase") not in (None, "Pending"):
+        return None
+    for condition in status.get("conditions") or []:
+        if (
+            condition.get("type") == "PodScheduled"
+            and condition.get("status") == "False"
+            and condition.get("reason") == "Unschedulable"
+        ):
+            name = (pod.get("metadata") or {}).get("name", "?")
+            return f"pod {name} cannot be scheduled: {condition.get('message') or 'Unschedulable'}"
+    return None
+
+
+def unscheduled_pods(core_api: Any, namespace: str, run: str) -> dict[str, str]:
+    """Job name -> why one of its pods cannot be scheduled, over the run's pods (one list)."""
+    pods = core_api.list_namespaced_pod(namespace, label_selector=run_selector(run))
+    serialize = core_api.api_client.sanitize_for_serialization
+    found: dict[str, str] = {}
+    for item in pods.items:
+        pod = serialize(item)
+        why = unschedulable(pod)
+        job = ((pod.get("metadata") or {}).get("labels") or {}).get(JOB_NAME_LABEL)
+        if why and job and job not in found:
+            found[job] = why
     return found
 
 
@@ -247,7 +299,11 @@ def secret_value(core_api: Any, namespace: str, name: str, key: str) -> str:
         raise LookupError(f"Secret {namespace}/{name}: cannot read ({error.status})") from None
     data = secret.data or {}
     if key not in data:
-        raise LookupError(f"Secret {namespace}/{name} has no key {key!r}")
+        keys = ", ".join(sorted(data)) or "none"
+        raise LookupError(
+            f"Secret {namespace}/{name} has no key {key!r} (its keys: {keys}); add the key to "
+            "the Secret or name one of its keys in the spec"
+        )
     return base64.b64decode(data[key]).decode()
 
 

@@ -30,7 +30,7 @@ from synthpref.budget import usd
 from synthpref.layout import shards_for_worker
 from synthpref.outcome import assess, describe_losses, losses
 from synthpref.spec import GenerationBackend, JudgeBackend, PreferenceRunSpec
-from synthpref_operator.names import Stage, job_name
+from synthpref_operator.names import ANNOTATION_RETRY, Stage, job_name
 from synthpref_operator.status import (
     TERMINAL_PHASES,
     Condition,
@@ -65,6 +65,8 @@ class JobState:
     suspended: bool = False
     suspended_by_run: bool = False
     pod_failures: tuple[str, ...] = ()  # how its failed pods ended, e.g. "index 1: OOMKilled"
+    deleting: bool = False  # deleted (by a retry), not gone yet: neither failed nor live
+    unschedulable: str = ""  # why a pod of it cannot be scheduled: "pod P: 0/1 nodes ..."
 
 
 @dataclass(frozen=True)
@@ -117,6 +119,7 @@ class Observed:
     judge: JudgeLedger | None = None
     # The judge's cost estimate from the prompts, when this pass computed one (at admission).
     estimate: CostEstimate | None = None
+    retry: str | None = None  # the run's synthpref.dev/retry annotation
 
 
 # ------------------------------------------------------------------ actions
@@ -141,6 +144,13 @@ class SuspendJob:
 
 
 @dataclass(frozen=True)
+class DeleteJob:
+    """Delete a failed Job (and its pods), so that a retried run creates it afresh."""
+
+    name: str
+
+
+@dataclass(frozen=True)
 class StepJudge:
     """Advance the OpenAI judge's batch ledger one step (upload, create, poll, fetch...)."""
 
@@ -154,7 +164,7 @@ class Event:
     message: str
 
 
-Action = CreateJob | SuspendJob | StepJudge | Event
+Action = CreateJob | SuspendJob | DeleteJob | StepJudge | Event
 
 _STAGE_PHASE = {
     Stage.PREPARE: Phase.PREPARING,
@@ -413,7 +423,7 @@ def _losses(observed: Observed) -> dict[str, int]:
     shards_failed = sum(
         len(_failed_shards(art, j) or j.failed_indexes or (0,))
         for j in observed.jobs.values()
-        if j.stage is Stage.GENERATE and j.failed
+        if j.stage is Stage.GENERATE and j.failed and not j.deleting
     )
     if art.summary is not None:
         return losses(art.summary, shards_failed)
@@ -497,6 +507,22 @@ def plan(spec: PreferenceRunSpec, observed: Observed, now: str) -> tuple[list[Ac
     result: RunResult | None = None
 
     def finish(phase: Phase, message: str, actions: list[Action]) -> tuple[list[Action], RunStatus]:
+        waiting = _waiting(spec, observed) if phase in _WORKING_PHASES else None
+        outage = observed.judge.outage if observed.judge is not None else None
+        if waiting is None and outage is not None and phase in _WORKING_PHASES:
+            # The message says it already, and a JudgeUnreachable Event marks its start.
+            text = f"blocked: {outage_text(outage)}"
+            condition(ConditionType.BLOCKED, True, Reason.JUDGE_UNREACHABLE, text)
+        elif waiting is not None:
+            reason, why = waiting
+            text = f"blocked: {why}"
+            was = prev.condition(ConditionType.BLOCKED)
+            condition(ConditionType.BLOCKED, True, reason, text)
+            message = f"{message}; {text}"
+            if was is None or was.status is not ConditionStatus.TRUE or was.message != text:
+                actions.append(Event("Warning", reason.value, text))
+        else:
+            condition(ConditionType.BLOCKED, False, Reason.NOT_BLOCKED)
         if lost:
             condition(ConditionType.DATA_LOSS, True, Reason.DATA_LOST, describe_losses(lost))
         else:
@@ -518,16 +544,18 @@ def plan(spec: PreferenceRunSpec, observed: Observed, now: str) -> tuple[list[Ac
             locked_spec=locks,
             losses=lost,
             catalog=prev.catalog,
+            retry_token=observed.retry,
         )
         if phase is not prev.phase:
             kind = "Warning" if phase is Phase.FAILED else "Normal"
             actions.append(Event(kind, phase.value, message))
-        outage = observed.judge.outage if observed.judge is not None else None
         was_failing = prev.stages.judge is not None and prev.stages.judge.endpoint_failing_since
         if outage is not None and not was_failing and phase is not Phase.FAILED:
             actions.append(Event("Warning", Reason.JUDGE_UNREACHABLE.value, outage_text(outage)))
         return actions, status
 
+    if retry_requested(prev, observed.retry):
+        return _retry(spec, observed, now)
     if prev.phase is Phase.FAILED and not _reassess(prev, gen):
         return [], prev.model_copy(update={"observed_generation": gen})
 
@@ -579,7 +607,7 @@ def plan(spec: PreferenceRunSpec, observed: Observed, now: str) -> tuple[list[Ac
     condition(ConditionType.SUCCEEDED, False, Reason.NOT_FINISHED)
 
     actions: list[Action] = []
-    live = [j for j in observed.jobs.values() if not (j.complete or j.failed)]
+    live = [j for j in observed.jobs.values() if not (j.complete or j.failed or j.deleting)]
     if spec.suspend:
         actions += [SuspendJob(j.name, True) for j in live if not j.suspended]
         message = "suspended: " + _stage_message(spec, art, current, observed)
@@ -646,6 +674,74 @@ def _budget_condition(
     return []
 
 
+_WORKING_PHASES = frozenset(
+    {
+        Phase.PENDING,
+        Phase.PREPARING,
+        Phase.GENERATING,
+        Phase.MIXING,
+        Phase.ANNOTATING,
+        Phase.PARSING,
+    }
+)
+
+
+def _waiting(spec: PreferenceRunSpec, observed: Observed) -> tuple[Reason, str] | None:
+    """Why a live Job of the run cannot start: a pod no node takes, or Kueue not admitting it."""
+    for job in sorted(observed.jobs.values(), key=lambda j: j.name):
+        if job.complete or job.failed or job.deleting:
+            continue
+        if job.unschedulable:
+            return Reason.UNSCHEDULABLE, f"Job {job.name}: {job.unschedulable}"
+        if job.suspended and not job.suspended_by_run and spec.queue_name and not spec.suspend:
+            return Reason.QUEUED, (
+                f"Job {job.name} waits for Kueue to admit it (queue {spec.queue_name}); "
+                "kubectl get workloads shows why"
+            )
+    return None
+
+
+def retry_requested(prev: RunStatus, token: str | None) -> bool:
+    """A Failed run whose synthpref.dev/retry annotation has a value not acted on yet."""
+    return prev.phase is Phase.FAILED and bool(token) and token != prev.retry_token
+
+
+def _retry(spec: PreferenceRunSpec, observed: Observed, now: str) -> tuple[list[Action], RunStatus]:
+    """Retry a Failed run: delete its failed Jobs (committed shards stay in storage, so the
+    Jobs created afresh by the next passes redo only what is missing) and go back to Pending;
+    the next pass plans from the artifacts as always."""
+    prev, art, gen = observed.status, observed.artifacts, observed.generation
+    broken = sorted(
+        j.name
+        for j in observed.jobs.values()
+        if not j.deleting and (j.failed or j.complete) and _incomplete(spec, art, j) is not None
+    )
+    deleting = f"deleting Job(s) {', '.join(broken)}; " if broken else ""
+    message = f"retrying ({ANNOTATION_RETRY}={observed.retry}): {deleting}committed work is kept"
+    conditions = set_condition(
+        prev.conditions,
+        ConditionType.FAILED,
+        ConditionStatus.FALSE,
+        Reason.RETRIED,
+        message,
+        gen,
+        now,
+    )
+    status = prev.model_copy(
+        update={
+            "phase": Phase.PENDING,
+            "message": message,
+            "conditions": conditions,
+            "observed_generation": gen,
+            "completion_time": None,
+            "retry_token": observed.retry,
+        }
+    )
+    actions: list[Action] = [DeleteJob(name) for name in broken]
+    actions.append(Event("Normal", Reason.RETRIED.value, message))
+    return actions, status
+
+
 def _reassess(prev: RunStatus, generation: int) -> bool:
     """A run that failed only its acceptance check is judged again after a spec edit (e.g.
     lowered thresholds); every other failure is final."""
@@ -665,7 +761,7 @@ def _failure(spec: PreferenceRunSpec, observed: Observed) -> tuple[Reason, str] 
     """The first reason the run cannot go on, if any."""
     art = observed.artifacts
     for job in sorted(observed.jobs.values(), key=lambda j: _ORDER.index(j.stage)):
-        if _incomplete(spec, art, job) is None:
+        if job.deleting or _incomplete(spec, art, job) is None:
             continue  # its work is committed, whatever became of the Job afterwards
         if job.failed:
             return Reason.JOB_FAILED, _job_failure(spec, art, job)

@@ -27,7 +27,7 @@ from synthpref.spec import (
     PreferenceRunSpec,
     format_validation_error,
 )
-from synthpref.storage import Storage
+from synthpref.storage import Storage, StorageError
 from synthpref_operator.admission import (
     Problem,
     admission_problems,
@@ -36,11 +36,12 @@ from synthpref_operator.admission import (
     touching,
 )
 from synthpref_operator.apply import Applier
+from synthpref_operator.blocked import blocked_status, observation_reason
 from synthpref_operator.catalogs import catalog_pass
 from synthpref_operator.crd import PLURAL
 from synthpref_operator.deletion import CancelOutcome, DeletionStep, deletion_step
 from synthpref_operator.metrics import OperatorMetrics
-from synthpref_operator.names import ANNOTATION_SKIP_BATCH_CANCEL
+from synthpref_operator.names import ANNOTATION_RETRY, ANNOTATION_SKIP_BATCH_CANCEL
 from synthpref_operator.observe import (
     observe_artifacts,
     observe_catalog,
@@ -53,6 +54,7 @@ from synthpref_operator.observe import (
 )
 from synthpref_operator.planner import (
     CreateJob,
+    DeleteJob,
     Event,
     JudgeLedger,
     JudgeOutage,
@@ -60,6 +62,7 @@ from synthpref_operator.planner import (
     StepJudge,
     SuspendJob,
     plan,
+    retry_requested,
 )
 from synthpref_operator.settings import OperatorSettings
 from synthpref_operator.status import (
@@ -166,31 +169,65 @@ class Reconciler:
                 status, notes = taken.status, taken.events
                 if taken.problem is not None:
                     status, notes = admission_status(previous, [taken.problem], generation, now)
+                    status, _ = blocked_status(  # as for the other admission holds, below
+                        status,
+                        taken.problem.reason,
+                        status.message,
+                        generation,
+                        now,
+                        event=False,
+                        prefix="",
+                    )
                 self._write(run, previous, status, notes)
                 return status
             spec = taken.spec
-        if previous.phase in TERMINAL_PHASES and previous.observed_generation == generation:
+        retry = (run["metadata"].get("annotations") or {}).get(ANNOTATION_RETRY)
+        if (
+            previous.phase in TERMINAL_PHASES
+            and previous.observed_generation == generation
+            and not retry_requested(previous, retry)
+        ):
             return previous  # nothing to do until the spec changes (see planner._reassess)
         # Before any Secret value is read, storage opened, the judge called or a Job created.
         problems = self._admission_problems(spec, namespace)
         admitted, held_events = admission_status(previous, problems, generation, now)
-        if problems:
-            self._write(run, previous, admitted, held_events)
-            return admitted
-        jobs = observe_jobs(self.applier.batch, namespace, name, self.applier.core)
-        storage = open_run_storage(spec, self.applier.core, namespace)
-        artifacts = observe_artifacts(spec, storage)
-        judge: JudgeLedger | None = None
-        if (
-            spec.judge.backend is JudgeBackend.OPENAI
-            and artifacts.shards is not None
-            and artifacts.mixed >= artifacts.shards
-        ):
-            judge, judged = observe_judge(spec, storage, name)
-            artifacts = replace(artifacts, judged=judged)
+        if problems:  # the Admitted condition's Warning Event says it already
+            held, _ = blocked_status(
+                admitted,
+                problems[0].reason,
+                admitted.message,  # "held: ..."
+                generation,
+                now,
+                event=False,
+                prefix="",
+            )
+            self._write(run, previous, held, held_events)
+            return held
+        try:
+            jobs = observe_jobs(self.applier.batch, namespace, name, self.applier.core)
+            storage = open_run_storage(spec, self.applier.core, namespace)
+            artifacts = observe_artifacts(spec, storage)
+            judge: JudgeLedger | None = None
+            if (
+                spec.judge.backend is JudgeBackend.OPENAI
+                and artifacts.shards is not None
+                and artifacts.mixed >= artifacts.shards
+            ):
+                judge, judged = observe_judge(spec, storage, name)
+                artifacts = replace(artifacts, judged=judged)
+        except (LookupError, StorageError) as error:
+            # A Secret without its key, storage out of reach: say so, and try again next pass.
+            log.warning("blocked: %s", error)
+            held, warnings = blocked_status(
+                admitted, observation_reason(error), str(error), generation, now
+            )
+            self._write(run, previous, held, warnings)
+            return held
         # Once, when the run is admitted: what the judge is expected to cost (reads the prompts).
         estimate = observe_estimate(spec) if previous.estimate is None else None
-        observed = Observed(name, generation, admitted, jobs, artifacts, judge, estimate)
+        observed = Observed(
+            name, generation, admitted, jobs, artifacts, judge, estimate=estimate, retry=retry
+        )
         actions, status = plan(spec, observed, now)
         events: list[Event] = []
         for action in actions:
@@ -198,6 +235,8 @@ class Reconciler:
                 self.applier.create_job(run, spec, action)
             elif isinstance(action, SuspendJob):
                 self.applier.suspend_job(namespace, action)
+            elif isinstance(action, DeleteJob):
+                self.applier.delete_job(namespace, action)
             elif isinstance(action, StepJudge):
                 judge_error, outage = self._step_judge(spec, storage, run, previous)
                 if judge_error is not None or outage is not None:
@@ -323,7 +362,9 @@ class Reconciler:
             log.warning("judge (will retry): %s", line)
         if report.failing_since is None:
             return None, None
-        gave_up = annotator.unavailable_error("delete and re-apply the run to resume")
+        gave_up = annotator.unavailable_error(
+            f"once it answers, retry the run (annotation {ANNOTATION_RETRY}=<new value>)"
+        )
         if gave_up is not None:
             return str(gave_up), None
         failing = dt.datetime.fromtimestamp(report.failing_since, dt.UTC)

@@ -6,6 +6,9 @@ holds the Lease (`leader.Candidate`). SIGTERM/SIGINT stop it cleanly: kopf stops
 released so a standby takes over at once, and the process exits 0. Losing the Lease, or kopf
 dying, exits 1 so that the Deployment restarts the pod (as a follower).
 
+Before anything, `preflight` checks the credentials, the API server and the CRD; these, and a
+metrics port in use, fail with one `Error:` line (`OperatorStartError`), not a traceback.
+
 Health: /healthz fails when the operator thread should run but has died. /readyz is ready when
 this replica leads and kopf has started its watches, or when it is a healthy standby.
 """
@@ -22,6 +25,7 @@ from synthpref.logs import LogFormat, configure_logging
 from synthpref_operator.handlers import OperatorConfig, OperatorThread, api_client_for
 from synthpref_operator.leader import Candidate, LeaseConfig
 from synthpref_operator.metrics import OperatorMetrics, serve
+from synthpref_operator.preflight import OperatorStartError, preflight
 
 log = logging.getLogger(__name__)
 
@@ -106,13 +110,20 @@ class _Process:
         config = self.service
         server = None
         if config.metrics_port:
-            server = serve(
-                self.metrics,
-                config.metrics_host,
-                config.metrics_port,
-                healthy=self.healthy,
-                ready=self.ready,
-            )
+            try:
+                server = serve(
+                    self.metrics,
+                    config.metrics_host,
+                    config.metrics_port,
+                    healthy=self.healthy,
+                    ready=self.ready,
+                )
+            except OSError as error:
+                raise OperatorStartError(
+                    f"cannot serve /metrics on {config.metrics_host}:{config.metrics_port} "
+                    f"({error.strerror or error}): another process uses the port; stop it, or "
+                    "pass --metrics-port with a free port (0: any free port)"
+                ) from None
             log.info("serving /metrics, /healthz, /readyz on port %d", server.port)
         if config.lease is None:
             worker = threading.Thread(target=self._lead_quietly, name="lead", daemon=True)
@@ -157,6 +168,7 @@ def run_service(operator: OperatorConfig, service: ServiceConfig) -> int:
     election_log = logging.getLogger("leaderelection")
     election_log.setLevel(logging.WARNING)  # it logs every retry at INFO
     election_log.addFilter(_HideStopping())
+    preflight(operator.kubeconfig)
     process = _Process(operator, service)
 
     def on_signal(signum: int, _frame: FrameType | None) -> None:

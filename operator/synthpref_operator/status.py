@@ -51,6 +51,8 @@ class ConditionType(StrEnum):
     BUDGET_EXHAUSTED = "BudgetExhausted"
     # Whether the run may use what it names (endpoints, images, ServiceAccount, Secrets).
     ADMITTED = "Admitted"
+    # Whether something outside the run keeps it from going on (see `blocked.py`).
+    BLOCKED = "Blocked"
 
 
 class Reason(StrEnum):
@@ -83,6 +85,12 @@ class Reason(StrEnum):
     SERVICE_ACCOUNT_NOT_ALLOWED = "ServiceAccountNotAllowed"
     CATALOG_NOT_FOUND = "CatalogNotFound"
     CATALOG_INVALID = "CatalogInvalid"
+    NOT_BLOCKED = "NotBlocked"
+    SECRET_KEY_MISSING = "SecretKeyMissing"
+    STORAGE_UNREACHABLE = "StorageUnreachable"
+    UNSCHEDULABLE = "Unschedulable"
+    QUEUED = "Queued"
+    RETRIED = "Retried"
 
 
 class ConditionStatus(StrEnum):
@@ -280,6 +288,11 @@ class RunStatus(StatusModel):
         default="",
         description="The judge's cost for the COST column: ~$N (estimated) until the judge is "
         "done, then $N (actual, from the results' usage).",
+    )
+    retry_token: str | None = Field(
+        default=None,
+        description="The value of the run's synthpref.dev/retry annotation last acted on: a "
+        "new value on a Failed run makes it go on from where it stopped.",
     )
     locked_spec: dict[str, str] = Field(
         default_factory=dict,

@@ -19,7 +19,13 @@ import click
 import yaml
 
 from synthpref import layout
-from synthpref.errors import InputsNotReadyError, SynthprefError
+from synthpref.errors import (
+    DEFAULT_TERMINATION_LOG,
+    TERMINATION_LOG_ENV,
+    TERMINATION_MESSAGE_BYTES,
+    InputsNotReadyError,
+    SynthprefError,
+)
 from synthpref.logs import configure_from_env, set_default_context
 from synthpref.spec import PreferenceRunManifest, SpecError, load_run, parse_manifest
 from synthpref.storage import Storage, open_storage
@@ -391,6 +397,21 @@ def error_line(error: BaseException) -> str:
     return f"unexpected {type(error).__name__}: {detail} (rerun with --debug for the traceback)"
 
 
+def write_termination_message(line: str) -> None:
+    """In a pod, leave `line` as the container's termination message, which the operator puts
+    in the run's status and Events: written to $SYNTHPREF_TERMINATION_LOG (default
+    /dev/termination-log) only when that file exists, as the kubelet creates it."""
+    path = os.environ.get(TERMINATION_LOG_ENV) or DEFAULT_TERMINATION_LOG
+    if not os.path.isfile(path):
+        return
+    data = line.encode(errors="replace")[:TERMINATION_MESSAGE_BYTES]
+    try:
+        with open(path, "wb") as out:
+            out.write(data)
+    except OSError:
+        pass  # the message is a courtesy; the log has the line anyway
+
+
 def entrypoint() -> None:
     """Console-script entry: every error is one `Error: ...` line on stderr and a non-zero exit
     (`SynthprefError.exit_code`, 1 by default); --debug or SYNTHPREF_DEBUG=1 re-raises it for
@@ -403,5 +424,7 @@ def entrypoint() -> None:
     except Exception as error:
         if os.environ.get(DEBUG_ENV, "").lower() in ("1", "true", "yes"):
             raise
-        click.echo(f"Error: {error_line(error)}", err=True)
+        line = f"Error: {error_line(error)}"
+        click.echo(line, err=True)
+        write_termination_message(line)
         sys.exit(getattr(error, "exit_code", 1) if isinstance(error, SynthprefError) else 1)

@@ -9,6 +9,13 @@ exit code; `--debug` (or SYNTHPREF_DEBUG=1) shows the traceback. Pure: no I/O.
 
 from __future__ import annotations
 
+# Where a worker writes its `Error: ...` line when it fails, as the container's termination
+# message: the operator sets it to the pod's terminationMessagePath; default, the kubelet's.
+TERMINATION_LOG_ENV = "SYNTHPREF_TERMINATION_LOG"
+DEFAULT_TERMINATION_LOG = "/dev/termination-log"
+# A kubelet keeps at most this much of a termination message.
+TERMINATION_MESSAGE_BYTES = 4096
+
 
 class SynthprefError(Exception):
     """Base of every user-facing error; `str(error)` is the whole message."""

@@ -15,14 +15,16 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import Any
 
 from tqdm import tqdm
 
 from synthpref import layout
+from synthpref.errors import SynthprefError
 from synthpref.outcome import Assessment, assess
 from synthpref.report.writer import ReportError, ReportResult, report_or_error
-from synthpref.spec import JudgeBackend, PreferenceRunManifest
+from synthpref.spec import GenerationBackend, JudgeBackend, PreferenceRunManifest, PreferenceRunSpec
 from synthpref.storage import Storage
 
 
@@ -46,6 +48,41 @@ def stage_bar(name: str, total: int | None, enabled: bool) -> Iterator[Callable[
         yield tick
 
 
+class LocalModelMissingError(SynthprefError, FileNotFoundError):
+    """A vLLM model (or judge) names a local path that does not exist."""
+
+
+def _local_path(path: str) -> bool:
+    """A path as the spec writes local models (`./x`, `../x`, `.models/x`, `/x`, `~/x`), not a
+    Hugging Face repo id (`org/name`)."""
+    return path.startswith((".", "/", "~"))
+
+
+def check_local_models(spec: PreferenceRunSpec) -> None:
+    """Before anything runs: every vLLM model or judge given as a local path exists (else
+    vLLM would fail much later with a traceback about repo ids)."""
+    wanted = [
+        (f"models[{i}] {m.name}", m.path)
+        for i, m in enumerate(spec.models)
+        if m.backend is GenerationBackend.VLLM
+    ]
+    if spec.judge.backend is JudgeBackend.VLLM:
+        wanted.append(("judge", spec.judge.model))
+    missing = [
+        (what, path)
+        for what, path in wanted
+        if _local_path(path) and not Path(path).expanduser().exists()
+    ]
+    if missing:
+        listed = "; ".join(f"{what}: {path}" for what, path in missing)
+        raise LocalModelMissingError(
+            f"local model path(s) not found (relative to {Path.cwd()}): {listed}; make the "
+            "demo's models with `synthpref dev models .models --tiny tiny-bad` (tiny random "
+            "models: `synthpref dev tiny-models DIR --names a,b`), or point the path at a "
+            "model directory or a Hugging Face repo id"
+        )
+
+
 def run_local(
     manifest: PreferenceRunManifest,
     storage: Storage,
@@ -62,6 +99,7 @@ def run_local(
     from synthpref.stages.prepare import run_prepare
 
     spec = manifest.spec
+    check_local_models(spec)
     if progress:  # vLLM's per-step INFO lines would bury the progress bars
         os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")
     timings: dict[str, float] = {}

@@ -515,6 +515,52 @@ def test_pod_env_and_faults(
     assert test_kubelet.pod_log(namespace, "late").strip() == "late start"
 
 
+def test_kubectl_logs_and_termination_messages(
+    k8s_api_client: Any, kubectl: Kubectl, test_kubelet: TestKubelet, namespace: str
+) -> None:
+    core: Any = client.CoreV1Api(k8s_api_client)
+    writes = (
+        "import os, sys, time\n"
+        "for i in range(3): print('line', i, flush=True); time.sleep(0.5)\n"
+        "open(os.environ['MSG'], 'w').write('Error: the cause')\n"
+        "print('Error: in the log', file=sys.stderr); sys.exit(2)\n"
+    )
+    silent = "import sys; print('first'); print('Error: from the log', file=sys.stderr); exit(1)"
+    for name, script, policy in (
+        ("writes", writes, "File"),
+        ("silent", silent, "FallbackToLogsOnError"),
+    ):
+        container = {
+            "name": "main",
+            "image": "local/python",
+            "command": ["python", "-c", script],
+            "terminationMessagePolicy": policy,
+            "env": [{"name": "MSG", "value": "/dev/termination-log"}],
+        }
+        pod = {
+            "apiVersion": "v1",
+            "kind": "Pod",
+            "metadata": {"name": name},
+            "spec": {"restartPolicy": "Never", "containers": [container]},
+        }
+        core.create_namespaced_pod(namespace, pod)
+    wait_for(lambda: pod_phase(core, namespace, "writes") == "Running", 30, "pod writes running")
+    # Follows the log as it grows, through the API server's proxy to the kubelet endpoint.
+    followed = kubectl("logs", "-f", "writes", "-n", namespace)
+    assert followed.stdout.splitlines() == ["line 0", "line 1", "line 2", "Error: in the log"]
+    for name in ("writes", "silent"):
+        wait_for(partial(pod_has_phase, core, namespace, name, "Failed"), 30, name)
+    assert kubectl("logs", "silent", "-n", namespace).stdout == "first\nError: from the log\n"
+    assert kubectl("logs", "writes", "-n", namespace, "--tail=1").stdout == "Error: in the log\n"
+
+    def message(name: str) -> str:
+        status = core.read_namespaced_pod_status(name, namespace).status
+        return str(status.container_statuses[0].state.terminated.message)
+
+    assert message("writes") == "Error: the cause"  # the file, not the log
+    assert message("silent") == "first\nError: from the log\n"  # the log's tail
+
+
 def test_empty_dir_volumes_become_pod_directories(
     k8s_api_client: Any, test_kubelet: TestKubelet, namespace: str, tmp_path: Path
 ) -> None:
@@ -629,6 +675,8 @@ def test_dev_cluster_cli(
         env_result = runner.invoke(dev_group, ["cluster", "env"])
         assert env_result.exit_code == 0, env_result.output
         assert exports[0].strip() in env_result.output
+        # Where the pods' output is, as comments (`eval` ignores them).
+        assert "# pod output (also through kubectl logs): " in env_result.output
         kubeconfig = json.loads(state_file().read_text())["kubeconfig"]
         nodes = subprocess.run(
             [

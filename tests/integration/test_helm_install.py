@@ -219,8 +219,10 @@ def test_helm_install_runs_the_example_to_succeeded(cluster: Cluster) -> None:
     keep("describe-prun.txt", describe)
     keep("timing.txt", f"apply -> Succeeded: {elapsed:.1f} s\n")
     header, row = wide.splitlines()[:2]
-    assert header.split() == ["NAME", "PHASE", "PROGRESS", "PAIRS", "AGE", "JUDGE", "MESSAGE"]
+    heads = ["NAME", "PHASE", "PROGRESS", "PAIRS", "AGE", "JUDGE", "COST", "BLOCKED", "MESSAGE"]
+    assert header.split() == heads
     assert row.split()[:2] == [RUN, "Succeeded"]
+    assert "NotBlocked" in row.split()[6:8]  # COST is empty when the judge has no price
     pairs = cluster.dataset()
     assert len(pairs) >= 20  # 24 prompts; a prompt whose answers all tie is dropped
     assert str(len(pairs)) in row.split()

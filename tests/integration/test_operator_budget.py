@@ -122,4 +122,4 @@ def test_the_cap_holds_the_run_and_a_raised_cap_resumes_it(env: base.Env) -> Non
     estimate = run["status"]["estimate"]
     assert estimate["basis"] == "requests" and estimate["requests"] == base.PROMPTS * 4
     wide = env.kubectl("get", "prun", "-n", env.namespace, "-o", "wide").stdout
-    assert wide.splitlines()[0].split()[-3:] == ["JUDGE", "COST", "MESSAGE"]
+    assert wide.splitlines()[0].split()[-4:] == ["JUDGE", "COST", "BLOCKED", "MESSAGE"]

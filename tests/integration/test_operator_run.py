@@ -251,7 +251,7 @@ def test_run_to_succeeded_with_dataset_in_s3(env: Env) -> None:
     assert header.split() == ["NAME", "PHASE", "PROGRESS", "PAIRS", "AGE"]
     assert line.split()[:4] == ["demo", "Succeeded", "22/22", str(summary["pairs"])]
     wide = env.kubectl("get", "prun", "-n", env.namespace, "-o", "wide").stdout
-    assert wide.splitlines()[0].split()[-3:] == ["JUDGE", "COST", "MESSAGE"]
+    assert wide.splitlines()[0].split()[-4:] == ["JUDGE", "COST", "BLOCKED", "MESSAGE"]
     assert "openai" in wide.splitlines()[1]
     events = env.kubectl(
         "get", "events", "-n", env.namespace, "--field-selector", "involvedObject.name=demo"

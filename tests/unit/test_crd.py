@@ -88,15 +88,26 @@ def test_defaults_bounds_and_rules() -> None:
 
 def test_printer_columns_and_names() -> None:
     columns = {c["name"]: c for c in version()["additionalPrinterColumns"]}
-    assert list(columns) == ["Phase", "Progress", "Pairs", "Age", "Judge", "Cost", "Message"]
+    assert list(columns) == [
+        "Phase",
+        "Progress",
+        "Pairs",
+        "Age",
+        "Judge",
+        "Cost",
+        "Blocked",
+        "Message",
+    ]
     assert columns["Progress"]["jsonPath"] == ".status.progress"
-    assert columns["Judge"]["priority"] == columns["Message"]["priority"] == 1
     assert columns["Cost"] == {
         "name": "Cost",
         "type": "string",
         "jsonPath": ".status.cost",
         "priority": 1,
     }
+    assert columns["Blocked"]["jsonPath"] == '.status.conditions[?(@.type=="Blocked")].reason'
+    assert columns["Judge"]["priority"] == columns["Blocked"]["priority"] == 1
+    assert columns["Message"]["priority"] == 1
     assert "priority" not in columns["Phase"]
     assert version()["subresources"] == {"status": {}}
     assert crd()["spec"]["names"]["shortNames"] == ["prun"]

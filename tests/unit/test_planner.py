@@ -443,6 +443,9 @@ def test_an_unreachable_judge_endpoint_shows_in_the_status_and_one_warning() -> 
     warnings = [a for a in actions if isinstance(a, Event) and a.type == "Warning"]
     assert [w.reason for w in warnings] == ["JudgeUnreachable"]
     assert "http://judge:8000/v1 unreachable" in warnings[0].message
+    blocked = status.condition(ConditionType.BLOCKED)
+    assert blocked is not None and blocked.status is ConditionStatus.TRUE
+    assert blocked.reason is Reason.JUDGE_UNREACHABLE
     # While it stays down: no new Warning each pass.
     again, _ = plan(spec("openai"), observe(MIXED, judge=ledger, status=status), T1)
     assert [a for a in again if isinstance(a, Event)] == []
@@ -452,3 +455,5 @@ def test_an_unreachable_judge_endpoint_shows_in_the_status_and_one_warning() -> 
     assert recovered.stages.judge is not None
     assert recovered.stages.judge.endpoint_failing_since is None
     assert "unreachable" not in recovered.message
+    unblocked = recovered.condition(ConditionType.BLOCKED)
+    assert unblocked is not None and unblocked.reason is Reason.NOT_BLOCKED

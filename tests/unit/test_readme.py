@@ -55,3 +55,17 @@ def test_stage_commands_listed_in_help() -> None:
     assert result.exit_code == 0
     for command in ["prepare", "generate", "mix", "judge", "parse", "run", "annotate", "dev"]:
         assert re.search(rf"^\s+{command}\b", result.output, re.M), command
+
+
+def test_readme_sample_dataset_row_is_a_preference_row() -> None:
+    """The row shown in "Using the dataset" is what parse writes (extra fields refused)."""
+    from synthpref.rows import PreferenceRow
+
+    text = README.read_text(encoding="utf-8")
+    section = text.split("### Using the dataset", 1)[1]
+    block = section.split("```json\n", 1)[1].split("```", 1)[0]
+    row = PreferenceRow.model_validate_json(block.strip())
+    assert row.chosen[-1].role == "assistant" and row.chosen_rating > row.rejected_rating
+    from synthpref.stages.prepare import prompt_id
+
+    assert row.prompt_id == prompt_id(row.prompt)

@@ -93,7 +93,9 @@ def test_every_cache_directory_lies_in_a_writable_volume(label: str) -> None:
     container = container_of(pod_of(label))
     env = plain_env(container)
     assert {k: env[k] for k in WRITABLE_ENV} == WRITABLE_ENV
+    # The kubelet mounts the termination-message file writable too.
     writable = [m["mountPath"] for m in container["volumeMounts"]]
+    writable.append(container["terminationMessagePath"])
     paths = {k: v for k, v in env.items() if v.startswith("/")}
     for key in ("HOME", "TMPDIR", "XDG_CACHE_HOME", "HF_HOME", "VLLM_CACHE_ROOT"):
         assert key in paths
@@ -101,6 +103,13 @@ def test_every_cache_directory_lies_in_a_writable_volume(label: str) -> None:
         assert any(path == d or path.startswith(d + "/") for d in writable), (key, path)
     assert env["TMPDIR"] == TMP_DIR and env["HOME"] == HOME_DIR
     assert env["VLLM_NO_USAGE_STATS"] == "1"
+
+
+@pytest.mark.parametrize("label", LABELS)
+def test_worker_error_line_becomes_the_termination_message(label: str) -> None:
+    container = container_of(pod_of(label))
+    assert container["terminationMessagePolicy"] == "FallbackToLogsOnError"
+    assert plain_env(container)["SYNTHPREF_TERMINATION_LOG"] == container["terminationMessagePath"]
 
 
 def test_settings_choose_the_uid_and_may_move_a_cache() -> None:

@@ -65,11 +65,18 @@ def read_state() -> dict[str, Any] | None:
 
 
 def env_lines(state: dict[str, Any]) -> list[str]:
-    """Shell lines that point kubectl/helm at the cluster described by ``state``."""
-    return [
+    """Shell lines that point kubectl/helm at the cluster described by ``state``, and comments
+    saying where its logs are (harmless under `eval`)."""
+    lines = [
         f"export KUBECONFIG={shlex.quote(state['kubeconfig'])}",
         f"export PATH={shlex.quote(state['bin_dir'])}:$PATH",
     ]
+    if state.get("pod_logs"):
+        lines.append(f"# pod output (also through kubectl logs): {state['pod_logs']}")
+    if state.get("control_plane_logs"):
+        lines.append(f"# control-plane logs: {state['control_plane_logs']}")
+    lines.append(f"# state directory ($SYNTHPREF_DEVCLUSTER_DIR): {state_dir()}")
+    return lines
 
 
 class _StopRequestedError(Exception):
@@ -131,6 +138,8 @@ def cluster_up(gpus: int, namespace: str | None) -> None:
             "server": cp.server,
             "bin_dir": str(bin_dir),
             "work_dir": str(work),
+            "pod_logs": str(kubelet.work_dir / "pods"),
+            "control_plane_logs": str(cp.log_dir),
             "gpus": gpus,
             "started_at": time.time(),
         }

@@ -12,6 +12,13 @@ if it was still running and deletes it with grace period 0 (as a real kubelet do
 finalizers such as the Job controller's ``batch.kubernetes.io/job-tracking`` are left to
 their owners.
 
+Termination messages: the container's ``terminationMessagePath`` (default
+``/dev/termination-log``) is "mounted" like an emptyDir: a fresh empty file per run of the
+container, to which that path in ``env`` and ``command``/``args`` is rewritten. When the
+container ends, its terminated state's ``message`` is that file's content, or, when the file
+is empty, the container failed and its ``terminationMessagePolicy`` is ``FallbackToLogsOnError``,
+the last 80 lines (at most 2 KiB) of its log, as a real kubelet reports them.
+
 Faults for tests (`Fault`): fail with an exit code, OOM-kill (exit 137, reason ``OOMKilled``),
 kill mid-run, or delay the start, for the first N pods matching a predicate.
 
@@ -35,7 +42,10 @@ directories. A path the process computes some other way, or one inside a file it
 run manifest, for instance), is not rewritten, and writes outside the volumes are not
 prevented. Other volume kinds are ignored.
 
-There are no containers, images, probes, init containers or ``kubectl logs`` here, and
+``kubectl logs [-f]`` works: the node's ``daemonEndpoints`` name the kubelet log endpoint that
+`kubelet_logs.LogServer` serves on loopback from the pods' log files.
+
+There are no containers, images, probes or init containers here, and
 ``securityContext`` (user, capabilities, seccomp, read-only root filesystem) and resource
 requests and limits are ignored: pods run as the test process's user, with its limits. A pod's
 output is in `PodRun.log_path` (see `pod_log`).
@@ -63,6 +73,7 @@ from types import TracebackType
 from typing import IO, Any, Literal
 
 from synthpref_operator.devcluster.controlplane import spawn, tail_file, write_kubeconfig_file
+from synthpref_operator.devcluster.kubelet_logs import ContainerLog, LogServer
 
 Pod = dict[str, Any]
 PodPredicate = Callable[[Pod], bool]
@@ -71,6 +82,11 @@ FaultKind = Literal["fail", "oom", "kill", "delay"]
 GPU_RESOURCE = "nvidia.com/gpu"
 COMPLETION_INDEX_KEY = "batch.kubernetes.io/job-completion-index"
 MAX_GRACE_SECONDS = 10.0  # a deleted pod's SIGTERM grace period, at most
+DEFAULT_TERMINATION_MESSAGE_PATH = "/dev/termination-log"
+# The kubelet's limits on a termination message (kubecontainer's MaxContainerTermination*).
+MAX_TERMINATION_MESSAGE_BYTES = 4096
+MAX_FALLBACK_LOG_LINES = 80
+MAX_FALLBACK_LOG_BYTES = 2048
 _TERMINAL = ("Succeeded", "Failed")
 _VAR_REF = re.compile(r"\$\$|\$\(([A-Za-z_][A-Za-z0-9_.-]*)\)")
 _FIELD_REF = re.compile(r"^metadata\.(labels|annotations)\['(.+)'\]$")
@@ -235,6 +251,7 @@ class _PodState:
     started_rfc: str = ""
     pod_start_rfc: str = ""
     config_error: str | None = None
+    termination_file: Path | None = None
 
 
 class TestKubelet:
@@ -304,6 +321,7 @@ class TestKubelet:
         self._faults: list[Fault] = []
         self._threads: list[threading.Thread] = []
         self._volume_links: Path | None = None  # short paths to the pods' volumes
+        self._logs: LogServer | None = None  # the kubelet log endpoint (`kubectl logs`)
 
     # ------------------------------------------------------------------ lifecycle
     def __enter__(self) -> TestKubelet:
@@ -319,8 +337,11 @@ class TestKubelet:
         self.stop()
 
     def start(self, timeout: float = 30.0) -> None:
-        """Register the node and start the watch and sync threads."""
+        """Start the log endpoint, register the node and start the watch and sync threads."""
         self.work_dir.mkdir(parents=True, exist_ok=True)
+        if self._logs is None:
+            self._logs = LogServer(self.container_log, self.work_dir / "pki", self.node_name)
+            self._logs.start()
         self._register_node()
         self._stop.clear()
         for target, name in ((self._watch_loop, "watch"), (self._sync_loop, "sync")):
@@ -345,6 +366,9 @@ class TestKubelet:
                     with contextlib.suppress(subprocess.TimeoutExpired):
                         st.proc.wait(5)
                 self._close_log(st)
+        if self._logs is not None:
+            self._logs.stop()
+            self._logs = None
         if delete_node:
             with contextlib.suppress(Exception):
                 self._call(self.api.delete_node, self.node_name)
@@ -419,6 +443,19 @@ class TestKubelet:
             if run.namespace == namespace and run.name == name:
                 return run.log()
         return ""
+
+    def container_log(
+        self, namespace: str, name: str, container: str, previous: bool
+    ) -> ContainerLog | None:
+        """The log of a pod's current (or previous) run, for the log endpoint."""
+        with self._lock:
+            runs = [r for r in self._runs if r.namespace == namespace and r.name == name]
+        if previous:
+            runs = runs[:-1]
+        if not runs:
+            return None
+        run = runs[-1]
+        return ContainerLog(run.log_path, lambda: not run.finished)
 
     def log_tail(self, namespace: str | None = None, lines: int = 20) -> str:
         """The last lines of each pod run's output (for failure reports)."""
@@ -531,6 +568,10 @@ class TestKubelet:
                 {"type": "InternalIP", "address": "127.0.0.1"},
                 {"type": "Hostname", "address": self.node_name},
             ],
+            # Where the API server sends `kubectl logs` (see `kubelet_logs.py`).
+            "daemonEndpoints": {
+                "kubeletEndpoint": {"Port": self._logs.port if self._logs is not None else 0}
+            },
             "nodeInfo": {
                 "architecture": "amd64",
                 "operatingSystem": "linux",
@@ -836,6 +877,11 @@ class TestKubelet:
         mounts = empty_dir_mounts(pod, container, self._volumes_link(st, pod_dir / "volumes"))
         for local in mounts.values():
             local.mkdir(parents=True, exist_ok=True)
+        # The termination-message file, fresh for each run of the container, "mounted" (as
+        # the emptyDirs are) at the container's terminationMessagePath.
+        st.termination_file = pod_dir / f"termination-log.{st.restart_count}"
+        st.termination_file.write_bytes(b"")
+        mounts[termination_message_path(container)] = st.termination_file
         command = [_expand(a, defined) for a in (container.get("command") or [])]
         command += [_expand(a, defined) for a in (container.get("args") or [])]
         command = [rewrite_mounted_path(a, mounts) for a in command]
@@ -1130,6 +1176,14 @@ class TestKubelet:
         }
         with self._cache_lock:
             pod = self._cache.get(st.uid)
+        message = termination_message(
+            self._container(pod) if pod is not None else {},
+            st.termination_file,
+            run.log_path if run is not None else None,
+            failed=code != 0,
+        )
+        if message:
+            terminated["message"] = message
         restart_policy = ((pod or {}).get("spec") or {}).get("restartPolicy", "Always")
         restart = (
             not st.deleting
@@ -1211,6 +1265,29 @@ class TestKubelet:
             except self._client_mod.ApiException as e:
                 if e.status != 404:
                     self._error(f"delete {meta['namespace']}/{meta['name']}: {e.status}")
+
+
+def termination_message_path(container: dict[str, Any]) -> str:
+    return str(container.get("terminationMessagePath") or DEFAULT_TERMINATION_MESSAGE_PATH)
+
+
+def termination_message(
+    container: dict[str, Any], message_file: Path | None, log_path: Path | None, *, failed: bool
+) -> str:
+    """The terminated state's ``message``, as a real kubelet makes it: the termination-message
+    file (at most 4096 bytes); if that is empty, the container failed and its
+    ``terminationMessagePolicy`` is ``FallbackToLogsOnError``, the last 80 lines (at most
+    2048 bytes) of its log."""
+    text = b""
+    if message_file is not None:
+        with contextlib.suppress(OSError):
+            text = message_file.read_bytes()[:MAX_TERMINATION_MESSAGE_BYTES]
+    fallback = container.get("terminationMessagePolicy") == "FallbackToLogsOnError"
+    if not text.strip() and failed and fallback and log_path is not None:
+        with contextlib.suppress(OSError):
+            lines = log_path.read_bytes().splitlines(keepends=True)[-MAX_FALLBACK_LOG_LINES:]
+            text = b"".join(lines)[-MAX_FALLBACK_LOG_BYTES:]
+    return text.decode(errors="replace")
 
 
 def empty_dir_mounts(pod: Pod, container: dict[str, Any], volumes_dir: Path) -> dict[str, Path]:
