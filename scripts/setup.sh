@@ -32,8 +32,8 @@ if [[ "${1:-}" != "--no-kube" ]]; then
     if ! command -v aws >/dev/null && [[ ! -x .venv/bin/aws ]]; then
         AWS_TOOLS="$HOME/.cache/synthpref/tools/awscli-$AWSCLI_VERSION"
         [[ -x "$AWS_TOOLS/bin/aws" ]] || {
-            python3 -m venv "$AWS_TOOLS"
-            "$AWS_TOOLS/bin/pip" install -q "awscli==$AWSCLI_VERSION"
+            uv venv -q -p 3.11 "$AWS_TOOLS"
+            uv pip install -q -p "$AWS_TOOLS" "awscli==$AWSCLI_VERSION"
         }
         ln -sf "$AWS_TOOLS/bin/aws" .venv/bin/aws
     fi
