@@ -57,7 +57,7 @@ def closed_port() -> int:
 def warned_once(env: Env, name: str, reason: str) -> bool:
     """One Warning Event for `reason`: the operator posts it just after the status that shows
     the cause, so wait for it rather than read the events at once."""
-    kinds = wait_for(
+    kinds: list[str] = wait_for(
         lambda: [e.type for e in events(env, name, reason)] or None, 60, f"{name}: {reason} Event"
     )
     return kinds == ["Warning"]
