@@ -26,7 +26,7 @@ from typing import Any
 from synthpref.outcome import LOSS_CAUSES
 from synthpref.report.diagnostics import Finding, findings
 from synthpref.report.ranking import bradley_terry, win_rates
-from synthpref.report.stats import CHAR_EDGES, RunStats
+from synthpref.report.stats import CHAR_EDGES, Moments, RunStats
 from synthpref.spec import PreferenceRunSpec
 
 Figure = dict[str, Any]
@@ -397,6 +397,21 @@ def pairs_section(
     }
 
 
+def _half_interval(moments: Moments) -> float | None:
+    """Half the width of the mean's 95% interval (0 when it cannot be estimated)."""
+    return _round(Z95 * (moments.standard_error or 0.0))
+
+
+def _mean_rating_series(groups: Sequence[Moments]) -> dict[str, Any]:
+    """A bar series of mean ratings with 95% error bars, one bar per group (one empty bar
+    when there are none)."""
+    return {
+        "name": "mean rating",
+        "values": [_round(m.mean) for m in groups] or [0],
+        "errors": [_half_interval(m) for m in groups] or [0],
+    }
+
+
 def judge_section(stats: RunStats, warnings: Sequence[Finding]) -> dict[str, Any]:
     positions = sorted(stats.position_ratings)
     all_ratings = sum((stats.position_ratings[p].total for p in positions), 0.0)
@@ -421,17 +436,7 @@ def judge_section(stats: RunStats, warnings: Sequence[Finding]) -> dict[str, Any
             "The judge saw each request's answers in a recorded order; an unbiased judge rates "
             "every position alike (dashed: the mean of all ratings; bars: 95% intervals).",
             categories=[f"answer {p}" for p in positions] or ["no ratings"],
-            series=[
-                {
-                    "name": "mean rating",
-                    "values": [_round(stats.position_ratings[p].mean) for p in positions] or [0],
-                    "errors": [
-                        _round(Z95 * (stats.position_ratings[p].standard_error or 0.0))
-                        for p in positions
-                    ]
-                    or [0],
-                }
-            ],
+            series=[_mean_rating_series([stats.position_ratings[p] for p in positions])],
             xlabel="position shown to the judge",
             ylabel="mean rating",
             horizontal=False,
@@ -493,17 +498,7 @@ def judge_section(stats: RunStats, warnings: Sequence[Finding]) -> dict[str, Any
             f"Mean rating of the answers in each length band (characters); correlation between "
             f"rating and log length: {_fmt(stats.length_rating.r)}.",
             categories=[_band(i) for i in length_bins] or ["no ratings"],
-            series=[
-                {
-                    "name": "mean rating",
-                    "values": [_round(stats.length_bins[i].mean) for i in length_bins] or [0],
-                    "errors": [
-                        _round(Z95 * (stats.length_bins[i].standard_error or 0.0))
-                        for i in length_bins
-                    ]
-                    or [0],
-                }
-            ],
+            series=[_mean_rating_series([stats.length_bins[i] for i in length_bins])],
             xlabel="answer length (characters)",
             ylabel="mean rating",
             horizontal=False,
@@ -547,7 +542,7 @@ def judge_section(stats: RunStats, warnings: Sequence[Finding]) -> dict[str, Any
                     p,
                     stats.position_ratings[p].n,
                     _round(stats.position_ratings[p].mean),
-                    _round(Z95 * (stats.position_ratings[p].standard_error or 0.0)),
+                    _half_interval(stats.position_ratings[p]),
                 ]
                 for p in positions
             ],
