@@ -35,9 +35,11 @@ import time
 from pathlib import Path
 from typing import Any
 
+import msgspec
+
 from synthpref import layout
-from synthpref.jsonl import read_rows, write_rows
-from synthpref.rows import BatchRequestLine, GenerationRow, PromptRow
+from synthpref.jsonl import write_rows
+from synthpref.rows import GenerationRow, PromptRow
 from synthpref.spec import PreferenceRunSpec
 from synthpref.storage import LocalStorage
 
@@ -96,14 +98,22 @@ def judgement(custom_id: str, answers: int) -> str:
     return json.dumps(ratings)
 
 
+class RequestId(msgspec.Struct):
+    """What the simulated judge reads of a request line."""
+
+    custom_id: str
+
+
 def simulate_judge(root: Path, answers: int) -> None:
     """Write an OpenAI Batch output file for every request file (not timed)."""
     storage = LocalStorage(root / "store")
+    decode_request = msgspec.json.Decoder(RequestId).decode
     for key in storage.list("requests/"):
         if not key.endswith(".jsonl"):
             continue
         with storage.open_writer(layout.result_for_request(key)) as stream:
-            for line in read_rows(storage, key, BatchRequestLine):
+            for raw in storage.read_raw_lines(key):
+                line = decode_request(raw.data)
                 body = {"choices": [{"message": {"content": judgement(line.custom_id, answers)}}]}
                 result = {
                     "id": "r",

@@ -9,7 +9,7 @@ each line and names the object and line number of any bad one.
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
-from typing import Any, TypeVar
+from typing import IO, Any, TypeVar
 
 import msgspec
 from pydantic import BaseModel, ValidationError
@@ -96,6 +96,23 @@ def read_records(storage: Storage, key: str, kind: type[StructT]) -> Iterator[St
             raise RowError(f"{url}:{raw.number}: not a valid {schema}: {error}") from None
 
 
+def write_lines(stream: IO[str], lines: Iterable[bytes]) -> tuple[int, int]:
+    """Write encoded lines (UTF-8, each with its newline) to a storage writer's text stream in
+    writes of about WRITE_BATCH_BYTES; returns (lines, bytes) written."""
+    count = size = batched = 0
+    batch: list[bytes] = []
+    for line in lines:
+        batch.append(line)
+        batched += len(line)
+        count += 1
+        if batched >= WRITE_BATCH_BYTES:
+            stream.write(b"".join(batch).decode("utf-8"))
+            size += batched
+            batch, batched = [], 0
+    stream.write(b"".join(batch).decode("utf-8"))
+    return count, size + batched
+
+
 def write_records(
     storage: Storage,
     key: str,
@@ -104,17 +121,8 @@ def write_records(
 ) -> int:
     """`write_rows` for `synthpref.records` twins (the same bytes as their models would give):
     write them to `key`, then commit it with {"rows": n, **info}. Returns n."""
-    encode_into = msgspec.json.Encoder().encode_into
-    count = 0
+    encode = msgspec.json.Encoder().encode
     with storage.open_writer(key) as stream:
-        buffer = bytearray()
-        for record in records:
-            encode_into(record, buffer, -1)
-            buffer += b"\n"
-            count += 1
-            if len(buffer) >= WRITE_BATCH_BYTES:
-                stream.write(buffer.decode("utf-8"))
-                buffer.clear()
-        stream.write(buffer.decode("utf-8"))
+        count, _ = write_lines(stream, (encode(record) + b"\n" for record in records))
     storage.commit(key, {"rows": count, **(info or {})})
     return count

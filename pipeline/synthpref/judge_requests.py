@@ -160,7 +160,12 @@ class MixedRow(Protocol):
 
 
 # Stand-ins for the parts of a request that change from line to line (`RequestEncoder`).
-_SLOTS = ("\x00custom_id\x00", "\x00prompt\x00", "\x00answers\x00")
+_CUSTOM_ID_SLOT = "\x00custom_id\x00"
+_PROMPT_SLOT = "\x00prompt\x00"
+
+
+def _answer_slot(number: int) -> str:
+    return f"\x00answer {number}\x00"
 
 
 class RequestEncoder:
@@ -168,10 +173,12 @@ class RequestEncoder:
 
     Everything in a request but the custom_id, the prompt and the answers is the same for every
     (aspect, answer count): the system prompt, the rubric, the response format. The encoder
-    serializes that once per (aspect, count) with `build_request` itself, stand-ins in place
-    of the three, and cuts it there; a line is then the pieces joined with those three
-    JSON-escaped (escaping a string is escaping its parts one after the other). So the bytes
-    are exactly `encode_line(build_request(...))`'s (tests/unit/test_judge_requests.py)."""
+    serializes that once per (aspect, count) with `build_request_line` itself, stand-ins in
+    place of the custom_id, the prompt and each answer, and cuts it there (the frame); a line is
+    then the frame's pieces joined with those parts JSON-escaped (escaping a string is escaping
+    its parts one after the other), and a row's prompt and answers are escaped once for all its
+    aspects. So the bytes are exactly `encode_line(build_request(...))`'s
+    (tests/unit/test_records.py)."""
 
     def __init__(self, judge: JudgeSpec, shard: int) -> None:
         self.judge = judge
@@ -180,19 +187,21 @@ class RequestEncoder:
         self._encode = msgspec.json.Encoder().encode
 
     def _frame(self, aspect: str, count: int) -> list[bytes]:
+        """The fixed pieces around the custom_id, the prompt and answers 1..count."""
         frame = self._frames.get((aspect, count))
         if frame is None:
             before, between = user_frame(aspect, count, structured=self.judge.structured_output)
+            answers = [_answer_slot(n) for n in range(1, count + 1)]
             line = build_request_line(
-                custom_id=_SLOTS[0],
+                custom_id=_CUSTOM_ID_SLOT,
                 aspect=aspect,
-                user=before + _SLOTS[1] + between + _SLOTS[2],
+                user=before + _PROMPT_SLOT + between + show_answers(answers),
                 count=count,
                 judge=self.judge,
             )
             data = encode_line(line)
             frame = []
-            for slot in _SLOTS:
+            for slot in [_CUSTOM_ID_SLOT, _PROMPT_SLOT, *answers]:
                 marker = self._escaped(slot)
                 head, found, data = data.partition(marker)
                 if not found or marker in data:
@@ -208,24 +217,24 @@ class RequestEncoder:
 
     def encode(self, row: MixedRow, aspect: str) -> EncodedRequest:
         """The request line asking the judge to rate `row`'s answers for `aspect`."""
-        if aspect not in row.order:
-            raise ValueError(f"prompt {row.prompt_id!r}: no answer order for aspect {aspect!r}")
-        answers = present([c.text for c in row.candidates], row.order[aspect])
-        custom_id = encode_custom_id(self.shard, row.prompt_id, aspect)
-        first, second, third, last = self._frame(aspect, len(answers))
-        escaped = self._escaped
-        data = b"".join(
-            (
-                first,
-                escaped(custom_id),
-                second,
-                escaped(row.prompt),
-                third,
-                escaped(show_answers(answers)),
-                last,
-            )
-        )
-        return EncodedRequest(custom_id, data)
+        return next(iter(self.encode_row(row, [aspect])))
+
+    def encode_row(self, row: MixedRow, aspects: Iterable[str]) -> Iterator[EncodedRequest]:
+        """The request lines of one row, one per aspect in the given order."""
+        prompt = self._escaped(row.prompt)
+        texts = [self._escaped(c.text) for c in row.candidates]
+        for aspect in aspects:
+            order = row.order.get(aspect)
+            if order is None:
+                raise ValueError(f"prompt {row.prompt_id!r}: no answer order for aspect {aspect!r}")
+            answers = present(texts, order)
+            custom_id = encode_custom_id(self.shard, row.prompt_id, aspect)
+            frame = self._frame(aspect, len(answers))
+            pieces = [frame[0], self._escaped(custom_id), frame[1], prompt]
+            for piece, answer in zip(frame[2:], answers, strict=False):
+                pieces += (piece, answer)
+            pieces.append(frame[-1])
+            yield EncodedRequest(custom_id, b"".join(pieces))
 
     def encode_all(
         self, rows: Iterable[MixedRow], aspects: Iterable[str]
@@ -233,8 +242,7 @@ class RequestEncoder:
         """One request per (row, aspect), rows in order, aspects in the given order."""
         aspect_list = list(aspects)
         for row in rows:
-            for aspect in aspect_list:
-                yield self.encode(row, aspect)
+            yield from self.encode_row(row, aspect_list)
 
 
 class OversizeRequestError(ValueError):

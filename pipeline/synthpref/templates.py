@@ -22,9 +22,11 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 NOT_APPLICABLE = "N/A"
+
+T = TypeVar("T")  # an answer's text, as str or already encoded
 
 
 @dataclass(frozen=True)
@@ -202,7 +204,7 @@ def render_messages(
     ]
 
 
-def present(candidate_texts: Sequence[str], order: Sequence[int]) -> list[str]:
+def present(candidate_texts: Sequence[T], order: Sequence[int]) -> list[T]:
     """The answers in presentation order: answer n is `candidate_texts[order[n - 1]]`."""
     if sorted(order) != list(range(len(candidate_texts))):
         raise ValueError(

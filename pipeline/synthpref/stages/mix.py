@@ -24,7 +24,7 @@ from typing import Any
 
 from synthpref import layout
 from synthpref.errors import SynthprefError
-from synthpref.jsonl import WRITE_BATCH_BYTES, read_records, write_records
+from synthpref.jsonl import read_records, write_lines, write_records
 from synthpref.judge_requests import RequestEncoder, split_parts
 from synthpref.records import GenerationRecord, MixRecord, PromptRecord
 from synthpref.sampling import Selection, select
@@ -128,19 +128,8 @@ def _write_requests(
     total = 0
     for part, part_lines in parts:
         key = layout.request_file(shard, part)
-        count = size = 0
         with storage.open_writer(key) as stream:
-            batch: list[bytes] = []
-            batched = 0
-            for line in part_lines:
-                batch.append(line.data)
-                batched += len(line.data)
-                if batched >= WRITE_BATCH_BYTES:
-                    stream.write(b"".join(batch).decode("utf-8"))
-                    batch, batched = [], 0
-                count += 1
-                size += len(line.data)
-            stream.write(b"".join(batch).decode("utf-8"))
+            count, size = write_lines(stream, (line.data for line in part_lines))
         storage.commit(key, {"rows": count, "bytes": size})
         written.append({"key": key, "requests": count, "bytes": size})
         total += count

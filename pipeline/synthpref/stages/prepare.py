@@ -19,7 +19,6 @@ from pathlib import Path
 from typing import Any
 
 from synthpref import layout
-from synthpref.dedup import DigestSet
 from synthpref.errors import SynthprefError
 from synthpref.jsonl import write_rows
 from synthpref.rows import PromptRow
@@ -94,6 +93,9 @@ def read_prompts(
 ) -> Iterator[PromptRow]:
     """Unique prompts from all files; counts duplicates and (under `skip`) malformed lines,
     among them lines that are not UTF-8."""
+    # numpy is loaded here, not at import: the other stages import this module (shard_count)
+    from synthpref.dedup import DigestSet
+
     seen = DigestSet()  # of the ids as 64-bit numbers: ~8 bytes a prompt
     for storage, key in files:
         url = storage.url(key)
