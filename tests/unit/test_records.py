@@ -10,7 +10,7 @@ import msgspec
 import pytest
 from pydantic import BaseModel
 
-from synthpref import records, rows
+from synthpref import jsonl, records, rows
 from synthpref.jsonl import RowError, read_records, read_rows, write_records, write_rows
 from synthpref.judge_requests import RequestEncoder, build_request, encode_line
 from synthpref.spec import DEFAULT_ASPECTS, JudgeSpec
@@ -191,3 +191,19 @@ def test_request_encoder_refuses_a_row_without_the_aspects_order() -> None:
     )
     with pytest.raises(ValueError, match="no answer order for aspect 'helpfulness'"):
         RequestEncoder(JudgeSpec(), 0).encode(row, "helpfulness")
+
+
+def test_lines_written_in_many_batches_are_the_same_bytes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(jsonl, "WRITE_BATCH_BYTES", 100)  # a write every line or two
+    storage = LocalStorage(tmp_path)
+    prompts = [
+        rows.PromptRow(id=f"{i:016x}", text=f"{TRICKY} {i}" * (i % 3), source=f"f:{i}")
+        for i in range(50)
+    ]
+    twins = [msgspec.convert(p.model_dump(), records.PromptRecord) for p in prompts]
+    assert write_records(storage, "fast.jsonl", twins) == 50
+    write_rows(storage, "slow.jsonl", prompts)
+    assert storage.read_bytes("fast.jsonl") == storage.read_bytes("slow.jsonl")
+    assert list(read_records(storage, "fast.jsonl", records.PromptRecord)) == twins
