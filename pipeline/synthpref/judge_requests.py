@@ -2,6 +2,8 @@
 
 Called by `mix` to build and split the request files, and by `parse` to map a result line back
 to its (shard, prompt, aspect). Pure: lines are built and encoded here; the stage writes them.
+`build_request` is the readable definition of a request; `RequestEncoder` makes the same bytes
+from frames rendered once per (aspect, answer count), which is what `mix` uses per line.
 
 A custom id is `sp:<shard>:<aspect>:<prompt_id>`. The prompt id goes last so it may contain any
 character (even ':'); the shard is a canonical decimal so decoding and re-encoding gives back the
@@ -136,11 +138,12 @@ class EncodedRequest(NamedTuple):
 
 
 def encode_request(line: BatchRequestLine) -> EncodedRequest:
+    """`line` as written to a request file."""
     return EncodedRequest(line.custom_id, encode_line(line))
 
 
 class MixedCandidate(Protocol):
-    """What a request needs of a mix row (`rows.MixRow` or its twin `records.MixRecord`)."""
+    """What a request needs of a candidate (`rows.Candidate` or `records.CandidateRecord`)."""
 
     @property
     def model(self) -> str: ...
@@ -149,6 +152,8 @@ class MixedCandidate(Protocol):
 
 
 class MixedRow(Protocol):
+    """What a request needs of a mix row (`rows.MixRow` or its twin `records.MixRecord`)."""
+
     @property
     def prompt_id(self) -> str: ...
     @property
@@ -249,9 +254,9 @@ class OversizeRequestError(ValueError):
     """A single request line larger than the per-file byte limit."""
 
 
-@dataclass(frozen=True)
-class PartLine:
-    """An encoded request line and the 0-based file part it belongs to."""
+class PartLine(NamedTuple):
+    """An encoded request line and the 0-based file part it belongs to (a named tuple: one is
+    made per request, and a tuple is the cheapest object to make)."""
 
     part: int
     custom_id: str
