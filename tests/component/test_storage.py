@@ -70,6 +70,12 @@ def test_list_by_prefix_sorted(storage: Storage) -> None:
     assert storage.list("gen/m1/") == ["gen/m1/s1", "gen/m1/s2"]
     assert storage.list("gen/") == ["gen/m1/s1", "gen/m1/s2", "gen/m2/s1"]
     assert storage.list("nothing/") == []
+    # A prefix is a key prefix, not only a folder: it may end inside a file or folder name.
+    assert storage.list("gen/m1/s") == ["gen/m1/s1", "gen/m1/s2"]
+    assert storage.list("gen/m1/s2") == ["gen/m1/s2"]
+    assert storage.list("gen/m") == ["gen/m1/s1", "gen/m1/s2", "gen/m2/s1"]
+    assert storage.list("pro") == ["prompts/s0"]
+    assert storage.list("gen/m3") == []
 
 
 def test_missing_object_error_names_uri(storage: Storage) -> None:
