@@ -36,7 +36,7 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 
 from synthpref.ratings import Parsed, RatingFailure
-from synthpref.rows import ChatMessage, MixRow, PreferenceRow
+from synthpref.records import MessageRecord, MixRecord, PreferenceRecord
 from synthpref.sampling import stable_rng
 from synthpref.spec import BinarizationSpec, BinarizationStrategy, TiesPolicy
 
@@ -177,16 +177,21 @@ def binarize_prompt(
     )
 
 
-def _conversation(prompt: str, answer: str) -> list[ChatMessage]:
-    return [ChatMessage(role="user", content=prompt), ChatMessage(role="assistant", content=answer)]
+def _conversation(prompt: str, answer: str) -> list[MessageRecord]:
+    return [
+        MessageRecord(role="user", content=prompt),
+        MessageRecord(role="assistant", content=answer),
+    ]
 
 
-def preference_row(row: MixRow, pair: Pair, scores: Sequence[AnswerScore | None]) -> PreferenceRow:
-    """The dataset row for one pair of `row`'s candidates."""
+def preference_row(
+    row: MixRecord, pair: Pair, scores: Sequence[AnswerScore | None]
+) -> PreferenceRecord:
+    """The dataset row (`rows.PreferenceRow`, as its twin) for one pair of `row`'s candidates."""
     chosen, rejected = scores[pair.chosen], scores[pair.rejected]
     if chosen is None or rejected is None:
         raise ValueError(f"prompt {row.prompt_id!r}: pair {pair} includes an unrated answer")
-    return PreferenceRow(
+    return PreferenceRecord(
         prompt_id=row.prompt_id,
         prompt=row.prompt,
         chosen=_conversation(row.prompt, row.candidates[pair.chosen].text),

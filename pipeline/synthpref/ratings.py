@@ -18,6 +18,8 @@ import re
 from enum import StrEnum
 from typing import Any
 
+import msgspec
+
 MIN_RATING = 1.0
 MAX_RATING = 5.0
 
@@ -125,6 +127,8 @@ def _json_value(value: Any) -> Parsed:
         if "rating" not in value:
             return RatingFailure.MISSING
         value = value["rating"]
+    if type(value) is int:  # the usual case, first: parse reads millions of ratings
+        return _in_range(float(value))
     if isinstance(value, bool) or value is None:
         return RatingFailure.UNPARSEABLE
     if isinstance(value, int | float):
@@ -134,20 +138,36 @@ def _json_value(value: Any) -> Parsed:
     return RatingFailure.UNPARSEABLE
 
 
+_ABSENT = object()
+
+
 def parse_json(document: Any, count: int) -> list[Parsed]:
     """Ratings for `count` answers from a decoded JSON reply."""
-    if isinstance(document, dict) and isinstance(document.get("ratings"), list):
+    if not isinstance(document, dict):
+        return [RatingFailure.UNPARSEABLE] * count
+    if isinstance(document.get("ratings"), list):
         items = document["ratings"]
         if len(items) > count:
             return [RatingFailure.UNPARSEABLE] * count
         parsed = [_json_value(item) for item in items]
         return parsed + [RatingFailure.MISSING] * (count - len(parsed))
-    if isinstance(document, dict) and any(str(n) in document for n in range(1, count + 1)):
-        return [
-            _json_value(document[str(n)]) if str(n) in document else RatingFailure.MISSING
-            for n in range(1, count + 1)
-        ]
-    return [RatingFailure.UNPARSEABLE] * count
+    values = [document.get(str(n), _ABSENT) for n in range(1, count + 1)]
+    if all(value is _ABSENT for value in values):
+        return [RatingFailure.UNPARSEABLE] * count
+    return [RatingFailure.MISSING if value is _ABSENT else _json_value(value) for value in values]
+
+
+def _json_document(text: str) -> Any:
+    """The decoded JSON of `text`, or None. msgspec first (parse decodes a reply per request);
+    what it refuses goes to the standard library, which also reads NaN and Infinity."""
+    try:
+        return msgspec.json.decode(text)
+    except msgspec.DecodeError:
+        pass
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError:
+        return None
 
 
 def parse_reply(text: str, count: int) -> list[Parsed]:
@@ -159,10 +179,7 @@ def parse_reply(text: str, count: int) -> list[Parsed]:
     if fenced is not None:
         stripped = fenced.group(1).strip()
     if stripped.startswith("{"):
-        try:
-            document = json.loads(stripped)
-        except json.JSONDecodeError:
-            document = None
+        document = _json_document(stripped)
         if isinstance(document, dict):
             return parse_json(document, count)
     return parse_text(text, count)

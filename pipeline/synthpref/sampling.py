@@ -12,8 +12,9 @@ import random
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
+from typing import Protocol
 
-from synthpref.rows import Candidate, GenerationRow
+from synthpref.records import CandidateRecord
 from synthpref.seeding import stable_seed
 
 
@@ -34,17 +35,30 @@ class Shortfall:
     needed: int
 
 
+class Generation(Protocol):
+    """What sampling reads of a generation (`rows.GenerationRow` or `records.GenerationRecord`)."""
+
+    @property
+    def prompt_id(self) -> str: ...
+    @property
+    def model(self) -> str: ...
+    @property
+    def text(self) -> str | None: ...
+    @property
+    def error(self) -> str | None: ...
+
+
 def stable_rng(seed: int, *parts: str) -> random.Random:
     """A Random seeded from (seed, *parts) via `seeding.stable_seed`: the same in every process."""
     return random.Random(stable_seed(seed, *parts))
 
 
-def usable(row: GenerationRow) -> bool:
+def usable(row: Generation) -> bool:
     """An answer the judge can rate: it has text and no error."""
     return row.error is None and row.text is not None and row.text.strip() != ""
 
 
-def usable_answers(prompt_id: str, rows: Iterable[GenerationRow]) -> dict[str, str]:
+def usable_answers(prompt_id: str, rows: Iterable[Generation]) -> dict[str, str]:
     """Model name → answer text of the usable answers; a model answering twice is an error."""
     answers: dict[str, str] = {}
     seen: set[str] = set()
@@ -115,13 +129,13 @@ def answer_order(
 class Selection:
     """The candidates chosen for one prompt and the per-aspect presentation order."""
 
-    candidates: list[Candidate]
+    candidates: list[CandidateRecord]
     order: dict[str, list[int]]
 
 
 def select(
     prompt_id: str,
-    generations: Iterable[GenerationRow],
+    generations: Iterable[Generation],
     *,
     k: int,
     seed: int,
@@ -134,7 +148,7 @@ def select(
     chosen = choose_models(prompt_id, answers, k=k, seed=seed, on_policy_model=on_policy_model)
     if isinstance(chosen, Shortfall):
         return chosen
-    candidates = [Candidate(model=m, text=answers[m]) for m in chosen]
+    candidates = [CandidateRecord(model=m, text=answers[m]) for m in chosen]
     return Selection(
         candidates=candidates,
         order=answer_order(prompt_id, aspects, len(candidates), seed=seed, shuffle=shuffle),

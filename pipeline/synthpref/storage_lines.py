@@ -10,18 +10,17 @@ its number and the byte offset where it starts, so an undecodable line is report
 
 from __future__ import annotations
 
-import re
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
+from typing import NamedTuple
 
 from synthpref.storage_errors import NotUtf8Error
 
-_ENDING = re.compile(rb"\r\n|\r|\n")
 
+class RawLine(NamedTuple):
+    """One line's bytes (without its ending), its 1-based number and its starting byte offset.
 
-@dataclass(frozen=True)
-class RawLine:
-    """One line's bytes (without its ending), its 1-based number and its starting byte offset."""
+    A named tuple rather than a dataclass: one is made per stored line, and a tuple is the
+    cheapest object to make (the mix and parse stages read millions of lines)."""
 
     number: int
     offset: int
@@ -36,32 +35,39 @@ class RawLine:
             raise NotUtf8Error(url, self.number, self.offset + error.start, error.reason) from None
 
 
+def _ended(piece: bytes) -> bool:
+    return piece.endswith((b"\n", b"\r"))
+
+
+def _has_ending(chunk: bytes) -> bool:
+    return b"\n" in chunk or b"\r" in chunk
+
+
 def split_lines(chunks: Iterable[bytes]) -> Iterator[RawLine]:
-    """The lines of the byte stream `chunks`; memory grows with the longest line only."""
+    """The lines of the byte stream `chunks`; memory grows with the longest line only.
+
+    `bytes.splitlines` splits on exactly these endings ("\\n", "\\r\\n", "\\r"), in C."""
     pending: list[bytes] = []  # the start of a line whose end has not arrived yet
     number = 0
     offset = 0  # of the pending line's first byte
     for chunk in chunks:
         if not chunk:
             continue
-        if pending and not pending[-1].endswith(b"\r") and _ENDING.search(chunk) is None:
+        if pending and not pending[-1].endswith(b"\r") and not _has_ending(chunk):
             pending.append(chunk)  # the middle of a long line: no copying
             continue
         data = b"".join([*pending, chunk]) if pending else chunk
-        pending = []
-        start = 0
-        for match in _ENDING.finditer(data):
-            if match.group() == b"\r" and match.end() == len(data):
-                break  # a "\r" at the end of a chunk may be the first half of "\r\n"
+        pieces = data.splitlines(keepends=True)
+        last = pieces[-1]
+        # A line without its ending, or ending in a "\r" that may be the first half of
+        # "\r\n", waits for the next chunk.
+        pending = [pieces.pop()] if last.endswith(b"\r") or not _ended(last) else []
+        for piece in pieces:
             number += 1
-            yield RawLine(number, offset, data[start : match.start()])
-            offset += match.end() - start
-            start = match.end()
-        if start < len(data):
-            pending.append(data[start:])
+            # A piece holds one ending and its text cannot end in "\r" or "\n" (it would
+            # have been split there), so stripping them removes exactly the ending.
+            yield RawLine(number, offset, piece.rstrip(b"\r\n"))
+            offset += len(piece)
     if pending:
-        last = b"".join(pending)
-        if last.endswith(b"\r"):
-            last = last[:-1]
         number += 1
-        yield RawLine(number, offset, last)
+        yield RawLine(number, offset, b"".join(pending).rstrip(b"\r\n"))

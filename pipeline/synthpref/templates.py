@@ -22,9 +22,11 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 NOT_APPLICABLE = "N/A"
+
+T = TypeVar("T")  # an answer's text, as str or already encoded
 
 
 @dataclass(frozen=True)
@@ -161,22 +163,35 @@ def _format_text(aspect: str, count: int, structured: bool) -> str:
     )
 
 
+def user_frame(aspect: str, count: int, *, structured: bool) -> tuple[str, str]:
+    """The user message's fixed text for `count` answers: what comes before the prompt, and
+    what comes between the prompt and the answers (`render_user` puts them together; `mix`
+    renders each frame once and reuses it for every prompt)."""
+    spec = rubric(aspect)
+    before = (
+        f"# Task: rate {count} answers for {spec.title.lower()}\n\n"
+        f"{spec.focus}\n\n"
+        f"## Scale\n{_scale_text(aspect)}\n\n"
+        f"## Output format\n{_format_text(aspect, count, structured)}\n\n"
+        f"## Instruction given to the assistants\n<instruction>\n"
+    )
+    between = f"\n</instruction>\n\n## Answers (numbered 1 to {count})\n"
+    return before, between
+
+
+def show_answers(answers: Sequence[str]) -> str:
+    """The answers part of the user message, numbered 1..k in the given order."""
+    return "\n\n".join(
+        f'<answer number="{n}">\n{text}\n</answer>' for n, text in enumerate(answers, start=1)
+    )
+
+
 def render_user(prompt: str, answers: Sequence[str], aspect: str, *, structured: bool) -> str:
     """The user message for one aspect; `answers` are already in presentation order."""
     if not answers:
         raise ValueError("at least one answer is needed")
-    spec = rubric(aspect)
-    shown = "\n\n".join(
-        f'<answer number="{n}">\n{text}\n</answer>' for n, text in enumerate(answers, start=1)
-    )
-    return (
-        f"# Task: rate {len(answers)} answers for {spec.title.lower()}\n\n"
-        f"{spec.focus}\n\n"
-        f"## Scale\n{_scale_text(aspect)}\n\n"
-        f"## Output format\n{_format_text(aspect, len(answers), structured)}\n\n"
-        f"## Instruction given to the assistants\n<instruction>\n{prompt}\n</instruction>\n\n"
-        f"## Answers (numbered 1 to {len(answers)})\n{shown}"
-    )
+    before, between = user_frame(aspect, len(answers), structured=structured)
+    return before + prompt + between + show_answers(answers)
 
 
 def render_messages(
@@ -189,7 +204,7 @@ def render_messages(
     ]
 
 
-def present(candidate_texts: Sequence[str], order: Sequence[int]) -> list[str]:
+def present(candidate_texts: Sequence[T], order: Sequence[int]) -> list[T]:
     """The answers in presentation order: answer n is `candidate_texts[order[n - 1]]`."""
     if sorted(order) != list(range(len(candidate_texts))):
         raise ValueError(

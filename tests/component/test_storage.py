@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from synthpref.jsonl import RowError, read_rows, write_rows
+from synthpref import jsonl
+from synthpref.jsonl import RowError, read_records, read_rows, write_records, write_rows
+from synthpref.records import PromptRecord
 from synthpref.rows import PromptRow
 from synthpref.storage import NotUtf8Error, S3Storage, Storage, StorageError
 
@@ -44,12 +46,36 @@ def test_bad_row_names_object_and_line(storage: Storage) -> None:
         list(read_rows(storage, "rows.jsonl", PromptRow))
 
 
+def test_records_round_trip_and_bad_line_names_object_and_line(
+    storage: Storage, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The mix and parse stages' msgspec path (jsonl.write_records / read_records).
+    monkeypatch.setattr(jsonl, "WRITE_BATCH_BYTES", 64)  # several writes to the S3 spool
+    records = [PromptRecord(id=f"p{i}", text=f"t{i} é\n", source=f"f:{i}") for i in range(9)]
+    assert write_records(storage, "fast.jsonl", records, {"extra": 2}) == 9
+    assert storage.committed("fast.jsonl") == {"rows": 9, "extra": 2}
+    assert list(read_records(storage, "fast.jsonl", PromptRecord)) == records
+    assert [r.text for r in read_rows(storage, "fast.jsonl", PromptRow)] == [
+        r.text for r in records
+    ]
+    storage.write_bytes("bad.jsonl", b'{"id":"a","text":"x","source":"s"}\n{"id": 3}\n')
+    storage.commit("bad.jsonl", {"rows": 2})
+    with pytest.raises(RowError, match=r"bad\.jsonl:2: not a valid PromptRow: Expected `str`"):
+        list(read_records(storage, "bad.jsonl", PromptRecord))
+
+
 def test_list_by_prefix_sorted(storage: Storage) -> None:
     for key in ["gen/m2/s1", "gen/m1/s2", "gen/m1/s1", "prompts/s0"]:
         storage.write_bytes(key, b"x")
     assert storage.list("gen/m1/") == ["gen/m1/s1", "gen/m1/s2"]
     assert storage.list("gen/") == ["gen/m1/s1", "gen/m1/s2", "gen/m2/s1"]
     assert storage.list("nothing/") == []
+    # A prefix is a key prefix, not only a folder: it may end inside a file or folder name.
+    assert storage.list("gen/m1/s") == ["gen/m1/s1", "gen/m1/s2"]
+    assert storage.list("gen/m1/s2") == ["gen/m1/s2"]
+    assert storage.list("gen/m") == ["gen/m1/s1", "gen/m1/s2", "gen/m2/s1"]
+    assert storage.list("pro") == ["prompts/s0"]
+    assert storage.list("gen/m3") == []
 
 
 def test_missing_object_error_names_uri(storage: Storage) -> None:

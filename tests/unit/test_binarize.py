@@ -5,6 +5,7 @@ from __future__ import annotations
 import random
 from collections import Counter
 
+import msgspec
 import pytest
 
 from synthpref.binarize import (
@@ -19,7 +20,7 @@ from synthpref.binarize import (
     to_candidate_order,
 )
 from synthpref.ratings import Parsed, RatingFailure
-from synthpref.rows import Candidate, MixRow
+from synthpref.records import CandidateRecord, MixRecord
 from synthpref.spec import BinarizationSpec, BinarizationStrategy, TiesPolicy
 
 U = RatingFailure.UNPARSEABLE
@@ -226,16 +227,19 @@ def test_binarize_prompt_is_seeded_per_prompt() -> None:
 
 
 def test_preference_row() -> None:
-    row = MixRow(
+    row = MixRecord(
         prompt_id="p1",
         prompt="Why is the sky blue?",
         metadata={"source": "x", "lang": "en"},
-        candidates=[Candidate(model="a", text="Rayleigh."), Candidate(model="b", text="Paint.")],
+        candidates=[
+            CandidateRecord(model="a", text="Rayleigh."),
+            CandidateRecord(model="b", text="Paint."),
+        ],
         order={"honesty": [1, 0]},
     )
     scored = score_answers({"honesty": [5.0, 1.0], "helpfulness": [4.0, NA]}, 2)
     out = preference_row(row, Pair(0, 1), scored)
-    assert [m.model_dump() for m in out.chosen] == [
+    assert [msgspec.structs.asdict(m) for m in out.chosen] == [
         {"role": "user", "content": "Why is the sky blue?"},
         {"role": "assistant", "content": "Rayleigh."},
     ]

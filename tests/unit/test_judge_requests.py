@@ -9,6 +9,7 @@ import pytest
 
 from synthpref.judge_requests import (
     CustomIdError,
+    EncodedRequest,
     OversizeRequestError,
     RequestKey,
     assign_parts,
@@ -17,6 +18,7 @@ from synthpref.judge_requests import (
     decode_custom_id,
     encode_custom_id,
     encode_line,
+    encode_request,
     split_parts,
 )
 from synthpref.rows import BatchRequestLine, Candidate, MixRow
@@ -135,13 +137,14 @@ def test_build_requests_is_one_per_prompt_and_aspect() -> None:
     assert len({line.custom_id for line in lines}) == 6
 
 
-def fake_lines(sizes: list[int]) -> Iterator[BatchRequestLine]:
+def fake_lines(sizes: list[int]) -> Iterator[EncodedRequest]:
     """Request lines whose encoded size (newline included) is exactly sizes[i] bytes."""
     for i, size in enumerate(sizes):
         line = BatchRequestLine(custom_id=f"r{i:04d}", body={"pad": ""})
         overhead = len(encode_line(line))
         assert size >= overhead, "test asks for a line smaller than its fixed part"
-        yield BatchRequestLine(custom_id=f"r{i:04d}", body={"pad": "x" * (size - overhead)})
+        line = BatchRequestLine(custom_id=f"r{i:04d}", body={"pad": "x" * (size - overhead)})
+        yield encode_request(line)
 
 
 @pytest.mark.parametrize(
@@ -183,7 +186,7 @@ def test_oversize_line_is_an_error_naming_it() -> None:
 def test_split_is_streaming() -> None:
     consumed = 0
 
-    def lines() -> Iterator[BatchRequestLine]:
+    def lines() -> Iterator[EncodedRequest]:
         nonlocal consumed
         for line in fake_lines([100] * 1000):
             consumed += 1

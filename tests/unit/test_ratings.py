@@ -174,6 +174,11 @@ JSON_CASES: list[tuple[str, str, int, list[Parsed]]] = [
     ("long ratings array is ambiguous", json.dumps({"ratings": [1, 2, 3]}), 2, [U, U]),
     ("unknown object", json.dumps({"score": 5}), 2, [U, U]),
     ("extra keys ignored", obj(4, 3, 2), 2, [4.0, 3.0]),
+    # Not strict JSON, but Python's reader takes them (and parse did before it used msgspec).
+    ("NaN and Infinity are out of range", obj(float("nan"), float("inf"), 2), 3, [OOR, OOR, 2.0]),
+    ("duplicate key: the last wins", '{"1": {"rating": 1}, "1": {"rating": 4}}', 1, [4.0]),
+    ("big integer", obj(10**30, 5), 2, [OOR, 5.0]),
+    ("bare digits keys only", json.dumps({"01": 5}), 1, [U]),
 ]
 
 

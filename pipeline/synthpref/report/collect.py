@@ -19,8 +19,9 @@ from synthpref.binarize import score_answers, to_candidate_order
 from synthpref.jsonl import read_rows
 from synthpref.judge_requests import encode_custom_id
 from synthpref.ratings import Parsed, RatingFailure, parse_reply
+from synthpref.records import ResultRecord
 from synthpref.report.stats import RunStats
-from synthpref.rows import BatchResultLine, GenerationRow, MixRow, PreferenceRow
+from synthpref.rows import GenerationRow, MixRow, PreferenceRow
 from synthpref.spec import OutputFormat, PreferenceRunSpec
 from synthpref.stages.parse import (
     ParseSummary,
@@ -44,7 +45,7 @@ def _time(stats: RunStats, stage: str, info: dict[str, Any] | None) -> None:
         stats.add_timing(stage, *timing)
 
 
-def _line(stats: RunStats, line: BatchResultLine) -> None:
+def _line(stats: RunStats, line: ResultRecord) -> None:
     response = line.response
     body = (response.body if response is not None else None) or {}
     ok = line.error is None and response is not None and response.status_code == 200

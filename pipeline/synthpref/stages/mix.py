@@ -9,7 +9,10 @@ at most), samples candidates per prompt (`sampling`), and writes
 - the shard's MixRow file `mix/shard-NNNNN.jsonl`, committed last with the shard's summary: its
   commit marker is what says the shard (requests included) is done, so a rerun skips it.
 
-A prompt without enough usable answers is counted by reason, never dropped silently.
+A prompt without enough usable answers is counted by reason, never dropped silently. Rows are
+handled as their msgspec twins (`synthpref.records`) and request lines are encoded from frames
+rendered once per shard (`judge_requests.RequestEncoder`): the same bytes as the pydantic rows
+and `build_request` give, at a fraction of the cost (scripts/bench_mix_parse.py).
 """
 
 from __future__ import annotations
@@ -21,9 +24,9 @@ from typing import Any
 
 from synthpref import layout
 from synthpref.errors import SynthprefError
-from synthpref.jsonl import read_rows, write_rows
-from synthpref.judge_requests import build_requests, split_parts
-from synthpref.rows import GenerationRow, MixRow, PromptRow
+from synthpref.jsonl import read_records, write_lines, write_records
+from synthpref.judge_requests import RequestEncoder, split_parts
+from synthpref.records import GenerationRecord, MixRecord, PromptRecord
 from synthpref.sampling import Selection, select
 from synthpref.spec import PreferenceRunSpec
 from synthpref.stages.inputs import require_generations, uncommitted
@@ -52,13 +55,13 @@ class MixSummary(ShardSummary):
 
 def _generations(
     spec: PreferenceRunSpec, storage: Storage, shard: int, prompt_ids: set[str]
-) -> tuple[dict[str, list[GenerationRow]], int, int]:
+) -> tuple[dict[str, list[GenerationRecord]], int, int]:
     """Prompt id → the models' rows for that prompt; plus unusable and orphan counts."""
-    by_prompt: dict[str, list[GenerationRow]] = {}
+    by_prompt: dict[str, list[GenerationRecord]] = {}
     unusable = orphans = 0
     for model in spec.models:
         key = layout.generation_shard(model.name, shard)
-        for row in read_rows(storage, key, GenerationRow):
+        for row in read_records(storage, key, GenerationRecord):
             if row.model != model.name:
                 raise MixInputError(
                     f"{storage.url(key)}: row for prompt {row.prompt_id!r} names model "
@@ -75,14 +78,14 @@ def _generations(
 
 def mix_rows(
     spec: PreferenceRunSpec,
-    prompts: Iterable[PromptRow],
-    generations: dict[str, list[GenerationRow]],
+    prompts: Iterable[PromptRecord],
+    generations: dict[str, list[GenerationRecord]],
     summary: MixSummary,
-) -> list[MixRow]:
+) -> list[MixRecord]:
     """The MixRows of one shard's prompts; shortfalls are counted into `summary`."""
     mix = spec.mix
     lacking: Counter[str] = Counter()
-    rows: list[MixRow] = []
+    rows: list[MixRecord] = []
     for prompt in prompts:
         summary.prompts += 1
         result = select(
@@ -99,7 +102,7 @@ def mix_rows(
             continue
         summary.prompts_mixed += 1
         rows.append(
-            MixRow(
+            MixRecord(
                 prompt_id=prompt.id,
                 prompt=prompt.text,
                 metadata=prompt.metadata,
@@ -112,11 +115,11 @@ def mix_rows(
 
 
 def _write_requests(
-    spec: PreferenceRunSpec, storage: Storage, shard: int, rows: list[MixRow]
+    spec: PreferenceRunSpec, storage: Storage, shard: int, rows: list[MixRecord]
 ) -> tuple[int, list[dict[str, Any]]]:
     """Write and commit the shard's request files; remove stale parts of an earlier attempt."""
     written: list[dict[str, Any]] = []
-    lines = build_requests(rows, spec.mix.aspects, shard, spec.judge)
+    lines = RequestEncoder(spec.judge, shard).encode_all(rows, spec.mix.aspects)
     parts = split_parts(
         lines,
         max_requests=spec.mix.max_requests_per_file,
@@ -125,12 +128,8 @@ def _write_requests(
     total = 0
     for part, part_lines in parts:
         key = layout.request_file(shard, part)
-        count = size = 0
         with storage.open_writer(key) as stream:
-            for line in part_lines:
-                stream.write(line.data.decode("utf-8"))
-                count += 1
-                size += len(line.data)
+            count, size = write_lines(stream, (line.data for line in part_lines))
         storage.commit(key, {"rows": count, "bytes": size})
         written.append({"key": key, "requests": count, "bytes": size})
         total += count
@@ -144,7 +143,7 @@ def _write_requests(
 def mix_shard(spec: PreferenceRunSpec, storage: Storage, shard: int) -> MixSummary:
     """Mix one shard and commit it; returns its summary (also stored in the commit marker)."""
     stopwatch = Stopwatch()
-    prompts = list(read_rows(storage, layout.prompt_shard(shard), PromptRow))
+    prompts = list(read_records(storage, layout.prompt_shard(shard), PromptRecord))
     ids = {p.id for p in prompts}
     generations, unusable, orphans = _generations(spec, storage, shard, ids)
     summary = MixSummary(shards_done=1, unusable_answers=unusable, orphan_generations=orphans)
@@ -153,7 +152,7 @@ def mix_shard(spec: PreferenceRunSpec, storage: Storage, shard: int) -> MixSumma
     summary.requests, files = _write_requests(spec, storage, shard, rows)
     summary.request_files = len(files)
     info = {"summary": asdict(summary), "request_files": files, TIMING_KEY: stopwatch.record()}
-    write_rows(storage, layout.mix_shard(shard), rows, info)
+    write_records(storage, layout.mix_shard(shard), rows, info)
     return summary
 
 

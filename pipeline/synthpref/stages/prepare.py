@@ -93,7 +93,10 @@ def read_prompts(
 ) -> Iterator[PromptRow]:
     """Unique prompts from all files; counts duplicates and (under `skip`) malformed lines,
     among them lines that are not UTF-8."""
-    seen: set[str] = set()
+    # numpy is loaded here, not at import: the other stages import this module (shard_count)
+    from synthpref.dedup import DigestSet
+
+    seen = DigestSet()  # of the ids as 64-bit numbers: ~8 bytes a prompt
     for storage, key in files:
         url = storage.url(key)
         summary.files.append(url)
@@ -110,10 +113,9 @@ def read_prompts(
                 if len(summary.malformed_examples) < MAX_REPORTED_MALFORMED:
                     summary.malformed_examples.append(str(error))
                 continue
-            if row.id in seen:
+            if not seen.add(int(row.id, 16)):
                 summary.duplicates += 1
                 continue
-            seen.add(row.id)
             yield row
 
 
