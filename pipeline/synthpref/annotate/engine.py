@@ -47,11 +47,13 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import tempfile
 import time
 from collections import Counter
-from collections.abc import Callable, Collection, Iterable
+from collections.abc import Callable, Collection, Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any
+from typing import IO, Any
 
 from synthpref import layout
 from synthpref.annotate import ledger as ledgers
@@ -177,6 +179,7 @@ class Annotator:
         self._in_flight = 0
         self._spending = Spending()
         self._recent_creations = 0
+        self._listed: dict[str, Any] = {}  # this step's listing of submitted batches, by id
         # The endpoint's outage, in this Annotator's clock; a caller that builds a fresh
         # Annotator per step (the operator) passes the `failing_since` it last saw.
         self.failing_since = failing_since
@@ -330,7 +333,21 @@ class Annotator:
         self._in_flight = self._tokens_in_flight()
         self._spending = self.spending()
         self._recent_creations = self._creations_last_hour(self.clock())
+        down = False
+        try:
+            self._listed = self._list_submitted(only)
+        except TransientApiError as error:
+            self._listed = {}
+            report.transient_errors.append(f"poll: {error}")
+            down = self.client.last_failure is not None
+        except ApiRequestError as error:  # the listing refused: each file is retrieved instead
+            self._listed = {}
+            log.warning("judge: %s; retrieving each batch instead", error)
+        except FatalApiError as error:
+            raise FatalAnnotateError(str(error)) from None
         for record in self.ledgers():
+            if down:
+                break  # the endpoint is down: the files wait for the next step
             if record.phase in ledgers.TERMINAL_PHASES:
                 continue
             if only is not None and record.phase not in only:
@@ -339,8 +356,7 @@ class Annotator:
                 self._advance(record, report, cancelled)
             except TransientApiError as error:
                 report.transient_errors.append(f"{record.request_key}: {error}")
-                if self.client.last_failure is not None:
-                    break  # the endpoint is down: the other files wait for the next step
+                down = self.client.last_failure is not None
             except ApiRequestError as error:
                 self._api_error(record, error, report)
             except FatalApiError as error:
@@ -396,16 +412,20 @@ class Annotator:
         return self._in_flight == 0 or self._in_flight + record.input_tokens <= budget
 
     def _upload(self, record: FileLedger, report: StepReport) -> None:
-        data = self.storage.read_bytes(record.input_key)
-        filename = self._filename(record)
-        existing = None
-        if record.current is not None and record.current.file_id is None:
-            # An upload was intended before a crash: it may have happened.
-            existing = self.client.find_file(filename, len(data))
-        else:
-            record.current = Submission(attempt=record.attempt, input_key=record.input_key)
-            self._save(record)
-        uploaded = existing or self.client.upload(filename, data)
+        with tempfile.TemporaryFile() as data:  # on disk: memory stays flat in the file's size
+            for chunk in self.storage.read_chunks(record.input_key):
+                data.write(chunk)
+            data.flush()  # the upload sizes the file by its length on disk
+            size = data.tell()
+            filename = self._filename(record)
+            existing = None
+            if record.current is not None and record.current.file_id is None:
+                # An upload was intended before a crash: it may have happened.
+                existing = self.client.find_file(filename, size)
+            else:
+                record.current = Submission(attempt=record.attempt, input_key=record.input_key)
+                self._save(record)
+            uploaded = existing or self.client.upload(filename, data)
         assert record.current is not None
         record.current.file_id = uploaded.id
         record.current.uploaded_at = float(uploaded.created_at)
@@ -459,10 +479,27 @@ class Annotator:
             {"code": e.code, "message": e.message, "line": e.line, "param": e.param} for e in errors
         ]
 
+    def _list_submitted(self, only: Collection[Phase] | None) -> dict[str, Any]:
+        """The batches of every submitted file, by id, from one paged listing (`client.batches`)
+        that reaches back to the oldest upload among them; {} when none is in flight."""
+        if only is not None and Phase.SUBMITTED not in only:
+            return {}
+        submitted = [
+            r.current
+            for r in self.ledgers()
+            if r.phase is Phase.SUBMITTED and r.current is not None and r.current.batch_id
+        ]
+        if not submitted:
+            return {}
+        since = min(s.uploaded_at or 0.0 for s in submitted) - SEARCH_MARGIN_S
+        return self.client.batches([str(s.batch_id) for s in submitted], since)
+
     def _poll(self, record: FileLedger, report: StepReport) -> None:
         current = record.current
         assert current is not None and current.batch_id is not None
-        batch = self.client.retrieve(current.batch_id)
+        # The step's listing; a batch it did not show (e.g. gone) is retrieved on its own, so
+        # its 404 is repaired as before.
+        batch = self._listed.get(current.batch_id) or self.client.retrieve(current.batch_id)
         before = (current.status, current.request_counts)
         self._record_batch(current, batch)
         if batch.status not in ENDED_STATUSES:
@@ -508,22 +545,29 @@ class Annotator:
         self._save(record)
 
     def _fetch(self, record: FileLedger, report: StepReport, cancelled: bool) -> None:
+        """Download the batch's output and error files (streamed to temp files) and write the
+        attempt's result file line by line as they are read: memory stays flat in their size."""
         current = record.current
         assert current is not None
-        output = self._lines(current.output_file_id)
-        errors = self._lines(current.error_file_id)
         missing = MISSING
         if current.status == "cancelled":
             missing = "cancelled"
         elif current.status == "failed":
             codes = sorted({str(e["code"]) for e in current.errors}) or ["unknown"]
             missing = "batch_failed_" + "_".join(codes)
+        stopped = cancelled or current.status == "cancelled"
         ids = [str(line["custom_id"]) for line in self._input_lines(record.input_key)]
-        results = sort_results(ids, output, errors, missing)
-        resubmit = bool(results.failed) and record.attempt < self.judge.max_attempts
-        if cancelled or current.status == "cancelled":
-            resubmit = False
-        self._write_results(record, current, results, final=not resubmit)
+        with tempfile.TemporaryFile() as output, tempfile.TemporaryFile() as errors:
+            self._download(current.output_file_id, output)
+            self._download(current.error_file_id, errors)
+            with self._result_writer(record, current) as write:
+                results = sort_results(ids, _lines(output), _lines(errors), missing, sink=write)
+                resubmit = bool(results.failed) and record.attempt < self.judge.max_attempts
+                resubmit = resubmit and not stopped
+                if not resubmit:
+                    for custom_id in sorted(results.failed):
+                        write(results.failure_lines[custom_id])
+            self._commit_results(record, current, results, final=not resubmit)
         record.done += len(results.ok)
         record.tokens_used += results.tokens
         record.input_tokens_used += results.prompt_tokens
@@ -538,33 +582,37 @@ class Annotator:
             )
         else:
             record.failed = dict(Counter(record.failed) + Counter(results.failed.values()))
-            stopped = cancelled or current.status == "cancelled"
             record.phase = Phase.CANCELLED if stopped else Phase.DONE
             report.actions.append(
                 f"{record.request_key}: fetched {len(results.ok)}, {len(results.failed)} failed"
             )
         self._save(record)
 
-    def _lines(self, file_id: str | None) -> list[str]:
-        if file_id is None:
-            return []
-        return self.client.content(file_id).decode("utf-8").splitlines()
+    def _download(self, file_id: str | None, into: IO[bytes]) -> None:
+        if file_id is not None:
+            self.client.download(file_id, into)
+        into.seek(0)
 
-    def _write_results(
+    @contextmanager
+    def _result_writer(
+        self, record: FileLedger, current: Submission
+    ) -> Iterator[Callable[[str], None]]:
+        """A writer of the attempt's result file, one line per call; the file is in place when
+        this ends (not yet committed: `_commit_results` does that)."""
+        key = layout.result_for_request(record.request_key, record.attempt)
+        with self.storage.open_writer(key) as stream:
+            yield lambda line: stream.write(line.strip() + "\n")
+        current.result_key = key
+
+    def _commit_results(
         self, record: FileLedger, current: Submission, results: SortedResults, *, final: bool
     ) -> None:
         key = layout.result_for_request(record.request_key, record.attempt)
         started = current.created_at if current.created_at is not None else self.clock()
-        lines = list(results.ok.values())
-        if final:
-            lines += [results.failure_lines[c] for c in sorted(results.failed)]
-        with self.storage.open_writer(key) as stream:
-            for line in lines:
-                stream.write(line.strip() + "\n")
         self.storage.commit(
             key,
             {
-                "rows": len(lines),
+                "rows": len(results.ok) + (len(results.failed) if final else 0),
                 "batch_id": current.batch_id,
                 "ok": len(results.ok),
                 "failed": len(results.failed) if final else 0,
@@ -574,7 +622,18 @@ class Annotator:
                 TIMING_KEY: span(started, self.clock() - started),
             },
         )
-        current.result_key = key
+
+    def _write_results(
+        self, record: FileLedger, current: Submission, results: SortedResults, *, final: bool
+    ) -> None:
+        """Write and commit results sorted in memory (a file that ends without a fetch)."""
+        with self._result_writer(record, current) as write:
+            for line in results.ok.values():
+                write(line)
+            if final:
+                for custom_id in sorted(results.failed):
+                    write(results.failure_lines[custom_id])
+        self._commit_results(record, current, results, final=final)
 
     def _resubmit(self, record: FileLedger, failed: set[str]) -> None:
         attempt = record.attempt + 1
@@ -794,3 +853,9 @@ class Annotator:
         result.failed_by_reason = dict(sorted(reasons.items()))
         result.phases = dict(sorted(phases.items()))
         return result
+
+
+def _lines(spool: IO[bytes]) -> Iterator[str]:
+    """The lines of a downloaded file, read one at a time."""
+    for raw in spool:
+        yield raw.decode("utf-8")
