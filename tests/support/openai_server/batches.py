@@ -8,12 +8,13 @@ from __future__ import annotations
 import json
 import math
 import random
+from collections.abc import Iterator
 from typing import Any
 
 from tests.support.openai_server.chat import ChatCompletions
 from tests.support.openai_server.files import FilesStore
 from tests.support.openai_server.judging import ErrorLine
-from tests.support.openai_server.records import BatchInfo, BatchState, StoredFile
+from tests.support.openai_server.records import BatchInfo, BatchState, InputLines, StoredFile
 from tests.support.openai_server.wire import (
     ACTIVE_STATUSES,
     EXPIRY_SECONDS,
@@ -48,6 +49,17 @@ def _check_metadata(metadata: Any) -> None:
             )
 
 
+def _line_spans(data: bytes) -> Iterator[tuple[int, int]]:
+    """(start, end) of each line of `data` (split at "\\n", as the service reads JSONL)."""
+    start = 0
+    while start < len(data):
+        end = data.find(b"\n", start)
+        if end < 0:
+            end = len(data)
+        yield start, end
+        start = end + 1
+
+
 class BatchesApi(ChatCompletions, FilesStore):
     """Batches and their lifecycle."""
 
@@ -66,8 +78,8 @@ class BatchesApi(ChatCompletions, FilesStore):
 
     def _validate_input(
         self, data: bytes, endpoint: str
-    ) -> tuple[list[JsonObject], str | None, list[JsonObject]]:
-        """Parse and check an input file: (requests, model, errors)."""
+    ) -> tuple[InputLines, str | None, int, list[JsonObject]]:
+        """Parse and check an input file: (requests, model, prompt tokens, errors)."""
         errors: list[JsonObject] = []
 
         def error(
@@ -81,12 +93,13 @@ class BatchesApi(ChatCompletions, FilesStore):
                 "file_too_large",
                 f"The input file is larger than the {self.max_file_bytes} byte limit.",
             )
-            return [], None, errors
-        requests: list[JsonObject] = []
+            return InputLines(), None, 0, errors
+        spans: list[tuple[int, int]] = []
+        tokens = 0
         seen_ids: set[str] = set()
         models: set[str] = set()
-        lines = data.decode("utf-8", errors="replace").splitlines()
-        for number, raw in enumerate(lines, start=1):
+        for number, (start, end) in enumerate(_line_spans(data), start=1):
+            raw = data[start:end]
             if not raw.strip():
                 continue
             try:
@@ -140,13 +153,14 @@ class BatchesApi(ChatCompletions, FilesStore):
                 )
                 continue
             models.add(model)
-            requests.append(line)
-        if not requests and not errors:
+            spans.append((start, end))
+            tokens += prompt_tokens(body)
+        if not spans and not errors:
             error("empty_file", "The batch input file is empty.")
-        if len(requests) > self.max_requests_per_file:
+        if len(spans) > self.max_requests_per_file:
             error(
                 "too_many_requests",
-                f"The batch input file has {len(requests)} requests; the maximum is "
+                f"The batch input file has {len(spans)} requests; the maximum is "
                 f"{self.max_requests_per_file}.",
             )
         model = next(iter(models)) if models else None
@@ -156,7 +170,9 @@ class BatchesApi(ChatCompletions, FilesStore):
                 f"The model `{model}` does not exist or you do not have access to it.",
                 param="body.model",
             )
-        return (requests if not errors else []), model, errors
+        if errors:
+            return InputLines(), model, 0, errors
+        return InputLines(data, spans), model, tokens, errors
 
     def create_batch(self, body: JsonObject) -> JsonObject:
         input_file_id = body.get("input_file_id")
@@ -194,8 +210,7 @@ class BatchesApi(ChatCompletions, FilesStore):
                 f"File {input_file_id} has purpose {stored.purpose!r}; a batch needs 'batch'.",
                 param="input_file_id",
             )
-        requests, model, errors = self._validate_input(stored.data, str(endpoint))
-        tokens = sum(prompt_tokens(r["body"]) for r in requests)
+        requests, model, tokens, errors = self._validate_input(stored.data, str(endpoint))
         seq = len(self.batches)
         script = self.batch_script(
             BatchInfo(seq, input_file_id, stored.filename, dict(metadata or {}), len(requests))
@@ -304,7 +319,7 @@ class BatchesApi(ChatCompletions, FilesStore):
                         },
                     }
                     result["error"] = None
-                batch.results.append(("error", result))
+                batch.results.append(("error", json.dumps(result)))
             else:
                 result["response"] = {
                     "status_code": 200,
@@ -312,7 +327,8 @@ class BatchesApi(ChatCompletions, FilesStore):
                     "body": self._completion(line["body"], outcome),
                 }
                 result["error"] = None
-                batch.results.append(("ok", result))
+                batch.results.append(("ok", json.dumps(result)))
+                batch.completed += 1
 
     def _write_outputs(self, batch: BatchState, now: float, unfinished_code: str | None) -> None:
         """Store the output and error files of a finished batch (output order is shuffled)."""
@@ -321,16 +337,18 @@ class BatchesApi(ChatCompletions, FilesStore):
         if unfinished_code is not None:
             for line in batch.requests[batch.done :]:
                 failed.append(
-                    {
-                        "id": self._new_id("batch_req_"),
-                        "custom_id": line["custom_id"],
-                        "response": None,
-                        "error": {
-                            "code": unfinished_code,
-                            "message": "This request could not be executed before the "
-                            "completion window expired.",
-                        },
-                    }
+                    json.dumps(
+                        {
+                            "id": self._new_id("batch_req_"),
+                            "custom_id": line["custom_id"],
+                            "response": None,
+                            "error": {
+                                "code": unfinished_code,
+                                "message": "This request could not be executed before the "
+                                "completion window expired.",
+                            },
+                        }
+                    )
                 )
         rng = random.Random(batch.seq)
         rng.shuffle(ok)
@@ -340,7 +358,7 @@ class BatchesApi(ChatCompletions, FilesStore):
         ):
             if not lines:
                 continue
-            data = "".join(json.dumps(line) + "\n" for line in lines).encode("utf-8")
+            data = "".join(line + "\n" for line in lines).encode("utf-8")
             stored = StoredFile(
                 self._new_id("file-"),
                 f"batch_{batch.id}_{suffix}.jsonl",

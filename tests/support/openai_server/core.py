@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import hashlib
 import threading
-from collections import defaultdict
+from collections import Counter, defaultdict
 from collections.abc import Callable
 from http.server import ThreadingHTTPServer
 from typing import Any, Self
@@ -41,6 +41,7 @@ class ServerCore:
         max_requests_per_file: int = 50_000,
         max_file_bytes: int = 200 * 1024 * 1024,
         chat_delay_s: float = 0.0,
+        files_page_limit: int = 10_000,
         port: int = 0,
     ) -> None:
         self.api_key = api_key
@@ -52,6 +53,7 @@ class ServerCore:
         self.max_requests_per_file = max_requests_per_file
         self.max_file_bytes = max_file_bytes
         self.chat_delay_s = chat_delay_s
+        self.files_page_limit = files_page_limit  # a file listing's default page size
         self.files: dict[str, StoredFile] = {}
         self.batches: dict[str, BatchState] = {}
         self.calls: list[Call] = []
@@ -123,6 +125,13 @@ class ServerCore:
             self.down = False
         self.start()
 
+    def route_counts(self) -> dict[str, int]:
+        """Calls answered per route, ids folded: {"GET /v1/batches/{id}": 3, ...} (also served
+        at `GET /_test/calls`, for a test that runs the server in another process)."""
+        with self._lock:
+            counts = Counter(f"{c.method} {route_of(c.path)}" for c in self.calls)
+        return dict(sorted(counts.items()))
+
     def calls_to(self, method: str, path: str) -> list[Call]:
         """Calls of `method` whose path starts with `path` (the path without the query)."""
         with self._lock:
@@ -161,3 +170,9 @@ class ServerCore:
                 f"The model `{model}` does not exist or you do not have access to it.",
                 code="model_not_found",
             )
+
+
+def route_of(path: str) -> str:
+    """A call's route: its path with object ids folded to `{id}`."""
+    segments = path.split("/")
+    return "/".join("{id}" if s.startswith(("file-", "batch_")) else s for s in segments)

@@ -34,7 +34,11 @@ class FilesStore(ServerCore):
         order = query.get("order", "desc")
         items.sort(key=lambda f: (f.created_at, f.id), reverse=order == "desc")
         return cursor_page(
-            items, query, default_limit=10_000, max_limit=10_000, view=StoredFile.object
+            items,
+            query,
+            default_limit=self.files_page_limit,
+            max_limit=10_000,
+            view=StoredFile.object,
         )
 
     def delete_file(self, file_id: str) -> JsonObject:

@@ -3,11 +3,12 @@ calls it answered, injected faults and hooks, scripts a test hands in, and its c
 
 from __future__ import annotations
 
+import json
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Literal, overload
 
 from tests.support.openai_server.wire import EXPIRY_SECONDS, JsonObject
 
@@ -95,6 +96,33 @@ class StoredFile:
         }
 
 
+class InputLines(Sequence[JsonObject]):
+    """The request lines of a batch input file, parsed when read: the file's bytes and each
+    line's span are kept, not 50,000 parsed objects."""
+
+    def __init__(self, data: bytes = b"", spans: list[tuple[int, int]] | None = None) -> None:
+        self._data = data
+        self._spans = spans or []
+
+    def __len__(self) -> int:
+        return len(self._spans)
+
+    @overload
+    def __getitem__(self, index: int) -> JsonObject: ...
+
+    @overload
+    def __getitem__(self, index: slice) -> list[JsonObject]: ...
+
+    def __getitem__(self, index: int | slice) -> JsonObject | list[JsonObject]:
+        if isinstance(index, slice):
+            return [self._parse(span) for span in self._spans[index]]
+        return self._parse(self._spans[index])
+
+    def _parse(self, span: tuple[int, int]) -> JsonObject:
+        line: JsonObject = json.loads(self._data[span[0] : span[1]])
+        return line
+
+
 @dataclass
 class BatchState:
     """A batch as the server keeps it; `view()` is the public batch object."""
@@ -106,21 +134,23 @@ class BatchState:
     metadata: dict[str, str] | None
     created_at: float
     script: BatchScript
-    requests: list[JsonObject]  # parsed input lines (empty when validation failed)
+    requests: InputLines  # the input's request lines (empty when validation failed)
     model: str | None
     tokens: int
     errors: list[JsonObject] = field(default_factory=list)  # validation errors → failed
     status: str = "validating"
     times: dict[str, float] = field(default_factory=dict)
     done: int = 0  # requests processed so far (input order)
-    results: list[tuple[str, JsonObject]] = field(default_factory=list)  # ("ok"|"error", line)
+    # Result lines as JSON text (a batch of 50,000 stays small): ("ok"|"error", line).
+    results: list[tuple[str, str]] = field(default_factory=list)
+    completed: int = 0  # results of kind "ok"
     output_file_id: str | None = None
     error_file_id: str | None = None
     accepted: bool = True  # counted against the queued-token limit
 
     def view(self) -> JsonObject:
-        completed = sum(1 for kind, _ in self.results if kind == "ok")
-        failed = sum(1 for kind, _ in self.results if kind == "error")
+        completed = self.completed
+        failed = len(self.results) - completed
         total = len(self.requests)
         if self.status == "expired":
             failed = total - completed

@@ -122,17 +122,33 @@ def json_body(raw: bytes) -> JsonObject:
 
 
 def multipart_fields(content_type: str, raw: bytes) -> dict[str, tuple[bytes, str | None]]:
-    """Fields of a multipart/form-data body: name -> (data, filename)."""
+    """Fields of a multipart/form-data body: name -> (data, filename). Only each part's
+    headers go through the email parser; a part's data is one slice of the body (a 200 MB
+    upload is not copied part by part)."""
     if not content_type.startswith("multipart/form-data"):
         raise ApiError(400, "Uploads must be multipart/form-data.")
-    message = email.parser.BytesParser(policy=email.policy.HTTP).parsebytes(
-        b"Content-Type: " + content_type.encode("latin-1") + b"\r\n\r\n" + raw
+    header = email.parser.Parser(policy=email.policy.HTTP).parsestr(
+        f"Content-Type: {content_type}\r\n\r\n"
     )
+    boundary = header.get_param("boundary")
+    if not isinstance(boundary, str) or not boundary:
+        raise ApiError(400, "Uploads must name their multipart boundary.")
+    delimiter = b"--" + boundary.encode("latin-1")
     fields: dict[str, tuple[bytes, str | None]] = {}
-    for part in message.iter_parts():
+    position = raw.find(delimiter)
+    while position >= 0:
+        start = position + len(delimiter)
+        if raw[start : start + 2] == b"--":
+            break  # the closing delimiter
+        head_end = raw.find(b"\r\n\r\n", start)
+        following = raw.find(b"\r\n" + delimiter, start)
+        if head_end < 0 or following < 0 or head_end > following:
+            raise ApiError(400, "The multipart body is malformed.")
+        part = email.parser.BytesParser(policy=email.policy.HTTP).parsebytes(
+            raw[start:head_end].lstrip(b"\r\n") + b"\r\n\r\n", headersonly=True
+        )
         name = part.get_param("name", header="content-disposition")
-        if not isinstance(name, str):
-            continue
-        payload = part.get_payload(decode=True)
-        fields[name] = (payload if isinstance(payload, bytes) else b"", part.get_filename())
+        if isinstance(name, str):
+            fields[name] = (raw[head_end + 4 : following], part.get_filename())
+        position = following + 2
     return fields
