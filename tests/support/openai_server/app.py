@@ -9,6 +9,7 @@ from urllib.parse import parse_qs, urlsplit
 
 from tests.support.openai_server.batches import BatchesApi
 from tests.support.openai_server.faults import FaultInjection
+from tests.support.openai_server.http import CUT_HEADER
 from tests.support.openai_server.records import Call
 from tests.support.openai_server.wire import ApiError, json_body, multipart_fields
 
@@ -65,6 +66,8 @@ class OpenAIServer(FaultInjection, BatchesApi):
                 raise ApiError(lost.status, lost.message, type_="server_error", code="server_error")
         except ApiError as error:
             status, payload, extra_headers = error.status, error.body, error.headers
+        if status == 200 and self._take_cut(call):
+            extra_headers = {**extra_headers, CUT_HEADER: "1"}
         call.status = status
         if isinstance(payload, dict):
             call.response = payload

@@ -58,6 +58,7 @@ class ServerCore:
         self.batches: dict[str, BatchState] = {}
         self.calls: list[Call] = []
         self.faults: list[Fault] = []
+        self.cuts: list[Fault] = []  # bodies to cut off halfway (cut_next)
         self.hooks: list[Hook] = []
         self.max_queued_tokens: dict[str, int] = defaultdict(int)
         self.processed: dict[str, int] = defaultdict(int)  # custom_id -> times processed

@@ -59,6 +59,25 @@ class FaultInjection(ServerCore):
         with self._lock:
             self.faults.append(Fault(method.upper(), path, status, count, after=True))
 
+    def cut_next(self, method: str, path: str, count: int = 1) -> None:
+        """Answer the next `count` matching calls with a body cut off halfway: the headers
+        promise the whole length, half is sent, then the connection closes (a download that
+        breaks mid-transfer)."""
+        with self._lock:
+            self.cuts.append(Fault(method.upper(), path, 200, count))
+
+    def _take_cut(self, call: Call) -> bool:
+        with self._lock:
+            for cut in self.cuts:
+                if (
+                    cut.remaining > 0
+                    and cut.method == call.method
+                    and call.path.startswith(cut.path)
+                ):
+                    cut.remaining -= 1
+                    return True
+        return False
+
     def hook(
         self,
         method: str,

@@ -10,6 +10,8 @@ from typing import Any
 
 from tests.support.openai_server.wire import digest
 
+CUT_HEADER = "x-test-cut-body"  # internal: the app asks the handler to cut the body
+
 
 class Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
@@ -30,6 +32,7 @@ class Handler(BaseHTTPRequestHandler):
             data, content_type = payload, "application/octet-stream"
         else:
             data, content_type = json.dumps(payload).encode("utf-8"), "application/json"
+        cut = headers.pop(CUT_HEADER, None) is not None
         self.send_response(status)
         self.send_header("Content-Type", content_type)
         self.send_header("Content-Length", str(len(data)))
@@ -37,6 +40,11 @@ class Handler(BaseHTTPRequestHandler):
         for key, value in headers.items():
             self.send_header(key, value)
         self.end_headers()
+        if cut:  # half the promised body, then hang up (FaultInjection.cut_next)
+            self.wfile.write(data[: len(data) // 2])
+            self.wfile.flush()
+            self.close_connection = True
+            return
         self.wfile.write(data)
 
     do_GET = _serve  # noqa: N815 (BaseHTTPRequestHandler's naming)
