@@ -21,6 +21,7 @@ import pytest
 
 from synthpref import layout
 from synthpref.annotate import client as client_module
+from synthpref.annotate import state as judge_state
 from synthpref.annotate.client import BatchClient
 from synthpref.annotate.engine import Annotator
 from synthpref.annotate.ledger import Phase
@@ -90,14 +91,39 @@ def write_request_files(storage: Storage, files: int, requests: int) -> list[str
                 stream.write(json.dumps(line) + "\n")
         storage.commit(key, {"rows": requests})
         storage.commit(layout.mix_shard(shard), {"request_files": [{"key": key}]})
+        storage.commit(layout.prompt_shard(shard), {"rows": requests // 4})
         keys.append(key)
+    storage.write_json(layout.PROMPTS_MANIFEST, {"shards": files, "prompts": files})
     return keys
 
 
-def judge(storage: Storage, server: OpenAIServer, files: int) -> Annotator:
+class CountingStorage(LocalStorage):
+    """Local storage that records the keys it was asked about or read."""
+
+    def __init__(self, root: Path) -> None:
+        super().__init__(root)
+        self.reads: list[str] = []
+
+    def exists(self, key: str) -> bool:
+        self.reads.append(key)
+        return super().exists(key)
+
+    def read_chunks(self, key: str) -> Iterator[bytes]:
+        self.reads.append(key)
+        return super().read_chunks(key)
+
+    def list(self, prefix: str = "") -> list[str]:
+        self.reads.append(prefix)
+        return super().list(prefix)
+
+
+def judge(storage: Storage, server: OpenAIServer, files: int | None = None) -> Annotator:
+    """An Annotator of the first `files` shards, or (None) of the whole run, as the operator
+    and `synthpref annotate` build it."""
     spec = judge_spec(storage.uri, server.base_url)
     client = BatchClient(spec.judge.openai, sleep=lambda s: None, backoff_base_s=0.001)
-    return Annotator(spec, storage, "scale", client, shards=range(files), sleep=lambda s: None)
+    shards = range(files) if files is not None else None
+    return Annotator(spec, storage, "scale", client, shards=shards, sleep=lambda s: None)
 
 
 def result_ids(storage: Storage, keys: list[str]) -> list[str]:
@@ -217,3 +243,67 @@ def test_results_on_s3_larger_than_a_part_go_up_as_a_multipart_upload(
         assert head["ContentLength"] > 5 * 1024 * 1024
         assert head["ETag"].strip('"').endswith("-2")  # two parts
         assert len(result_ids(storage, keys)) == len(set(result_ids(storage, keys))) == 6000
+
+
+def test_a_pass_reads_the_judge_state_once_whatever_the_number_of_files(
+    tmp_path: Path, server: OpenAIServer
+) -> None:
+    server.batch_script = lambda info: BatchScript(in_progress_s=30)
+    storage = CountingStorage(tmp_path)
+    write_request_files(storage, files=6, requests=2)
+    while not all(r.phase is Phase.SUBMITTED for r in judge(storage, server).ledgers()):
+        judge(storage, server).step()
+    state = judge_state.load(storage)
+    assert state is not None and state.clean and len(state.ledgers) == 6
+
+    for _ in range(3):  # as the operator does: a fresh Annotator per pass, for status and step
+        storage.reads.clear()
+        status = Annotator(judge_spec(storage.uri, server.base_url), storage, "scale", None)
+        status.summary()
+        judge(storage, server).step()
+        assert not [k for k in storage.reads if k.startswith(("judge/ledger/", "requests/"))]
+        assert len(storage.reads) <= 8, storage.reads  # the document and the cancel marker
+
+
+def test_the_state_document_is_rebuilt_when_missing_or_left_open(
+    tmp_path: Path, server: OpenAIServer
+) -> None:
+    storage = LocalStorage(tmp_path)
+    write_request_files(storage, files=3, requests=2)
+    engine = judge(storage, server)
+    engine.step()  # uploads: every ledger saved, the document written clean
+    truth = [r.model_dump() for r in judge(storage, server, files=3).ledgers()]  # from ledgers
+    state = judge_state.load(storage)
+    assert state is not None and state.clean
+    assert [r.model_dump() for r in state.ledgers] == truth
+
+    storage.delete(layout.JUDGE_STATE)
+    judge(storage, server).step()  # rebuilt from the ledgers at the step's end
+    state = judge_state.load(storage)
+    assert state is not None and state.clean and len(state.ledgers) == 3
+
+    # A process that died mid-step leaves the document open: it is not trusted.
+    stale = state.model_copy(update={"clean": False})
+    stale.ledgers[0].phase = Phase.DONE
+    judge_state.save(storage, stale)
+    fresh = judge(storage, server)
+    assert all(r.phase is not Phase.DONE for r in fresh.ledgers())
+    summary = fresh.run_until_done()
+    assert summary.done == summary.requests == 6
+    state = judge_state.load(storage)
+    assert state is not None and state.clean
+    assert all(r.phase is Phase.DONE for r in state.ledgers)
+
+
+def test_an_annotator_of_some_shards_drops_the_state_document_when_it_saves(
+    tmp_path: Path, server: OpenAIServer
+) -> None:
+    storage = LocalStorage(tmp_path)
+    write_request_files(storage, files=2, requests=2)
+    judge(storage, server).step()
+    assert judge_state.load(storage) is not None
+
+    judge(storage, server, files=1).step()  # a worker of shard 0 only: the document goes
+
+    assert judge_state.load(storage) is None
+    assert judge(storage, server).run_until_done().done == 4

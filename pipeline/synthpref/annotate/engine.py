@@ -57,6 +57,7 @@ from typing import IO, Any
 
 from synthpref import layout
 from synthpref.annotate import ledger as ledgers
+from synthpref.annotate import state as judge_state
 from synthpref.annotate.client import ApiRequestError, BatchClient, FatalApiError, TransientApiError
 from synthpref.annotate.estimate import request_tokens
 from synthpref.annotate.ledger import ApiErrorRecord, FileLedger, Phase, Submission
@@ -174,7 +175,10 @@ class Annotator:
         self.sleep = sleep
         self.max_creations_per_hour = max_creations_per_hour
         self._shards = list(shards) if shards is not None else None
+        # Only an Annotator of every shard keeps the state document (annotate.state).
+        self._whole_run = shards is None
         self._ledgers: dict[str, FileLedger] | None = None
+        self._state_clean: bool | None = None  # the stored document: clean, open, unknown
         self._tag = _store_tag(storage)
         self._in_flight = 0
         self._spending = Spending()
@@ -200,8 +204,20 @@ class Annotator:
         return self._shards
 
     def ledgers(self) -> list[FileLedger]:
-        """The ledger of every committed request file of the shards (created on first sight)."""
+        """The ledger of every committed request file of the shards (created on first sight):
+        from the state document when it is clean and covers the same shards (one read), else
+        from the ledgers themselves (the document is then written again at the step's end)."""
         if self._ledgers is None:
+            state = judge_state.load(self.storage)
+            if (
+                state is not None
+                and state.clean
+                and (self._shards is None or sorted(self._shards) == state.shards)
+            ):
+                self._shards = list(state.shards)
+                self._ledgers = {r.request_key: r for r in state.ledgers}
+                self._state_clean = True
+                return [self._ledgers[k] for k in sorted(self._ledgers)]
             found: dict[str, FileLedger] = {}
             for shard in self.shards:
                 for key in committed_request_files(self.storage, shard):
@@ -231,7 +247,7 @@ class Annotator:
             input_requests=count,
             input_tokens=tokens,
         )
-        ledgers.save(self.storage, record)
+        self._save(record)
         return record
 
     def _input_lines(self, key: str) -> Iterable[dict[str, Any]]:
@@ -317,7 +333,33 @@ class Annotator:
         )
 
     def _save(self, record: FileLedger) -> None:
+        self._open_state()
         ledgers.save(self.storage, record)
+
+    # ---- the state document (annotate.state): one read of every ledger
+
+    def _open_state(self) -> None:
+        """Before the first ledger save since the document was last written clean: mark it
+        open (or, for an Annotator of some shards only, or while the ledgers load, delete it),
+        so no reader trusts it until it is written clean again."""
+        if self._state_clean is False:
+            return
+        if self._whole_run and self._ledgers is not None:
+            self._write_state(clean=False)
+        else:
+            self.storage.delete(layout.JUDGE_STATE)
+            self._state_clean = False
+
+    def _close_state(self) -> None:
+        """At the end of a step: write the document clean when it is open or was never
+        written by this Annotator (rebuilt from the ledgers)."""
+        if self._whole_run and self._ledgers is not None and self._state_clean is not True:
+            self._write_state(clean=True)
+
+    def _write_state(self, *, clean: bool) -> None:
+        state = judge_state.JudgeState(clean=clean, shards=self.shards, ledgers=self.ledgers())
+        judge_state.save(self.storage, state)
+        self._state_clean = clean
 
     # ---- one step
 
@@ -363,6 +405,7 @@ class Annotator:
                 raise FatalAnnotateError(str(error)) from None
         self._track_outage(report, started, answered)
         report.done = all(r.phase in ledgers.TERMINAL_PHASES for r in self.ledgers())
+        self._close_state()
         return report
 
     def _track_outage(self, report: StepReport, started: float, answered: int) -> None:
@@ -826,6 +869,7 @@ class Annotator:
                 for sub in record.submissions():
                     if sub.file_id is not None:
                         self.client.delete_file(sub.file_id)
+        self._close_state()
         return self.summary()
 
     def summary(self) -> AnnotateSummary:
