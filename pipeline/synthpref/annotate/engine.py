@@ -12,6 +12,13 @@ poll until the batch ends → ended → fetch output and error files into the at
 the failed and missing requests → pending (next attempt) while attempts remain. A batch that
 fails with `token_limit_exceeded` is created again later (same attempt, not counted as failed).
 
+Cost per step, flat in the number and size of the files: every batch in flight is polled from
+one paged listing (`BatchClient.batches`), not a retrieve each; uploads go from a spooled copy on
+disk; output and error files are downloaded in chunks to temp files and the result file is
+written line by line. The ledgers are read once per process; an Annotator of the whole run keeps
+them all in one state document too (`annotate.state`), which a fresh Annotator (the operator
+builds one per pass) reads instead of every ledger.
+
 Exactly once: an upload is recorded as intended before it happens and looked up by its file name
 after a crash; a batch carries metadata naming the run, request file, attempt and submission, and
 the engine looks for such a batch before it creates one; each custom_id appears in exactly one

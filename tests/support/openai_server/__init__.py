@@ -21,10 +21,13 @@ What a test controls:
   call is handled (e.g. kill a client process right after a batch was created, or delete an
   uploaded file before its batch is created), `chat_delay_s`, and outages: `go_down()` refuses
   connections (and drops requests on kept-alive ones) until `come_back()`, on the same port and
-  with the same state; `go_down_after(method, path, n)` starts one right after the n-th call.
+  with the same state; `go_down_after(method, path, n)` starts one right after the n-th call;
+  `cut_next` sends half a body and hangs up (a download that breaks mid-transfer);
+- paging: `files_page_limit` (the file listing's default page size, 10,000 as the service's).
 
-Everything it saw is inspectable: `calls` (method, path, status), `batches`, `files`,
-`max_concurrent_chat`. Run `python -m tests.support.openai_server --port N` for manual use.
+Everything it saw is inspectable: `calls` (method, path, status), `route_counts()` (calls per
+route, ids folded; also at `GET /_test/calls` for a server in another process), `batches`,
+`files`, `max_concurrent_chat`. Run `python -m tests.support.openai_server --port N` for manual use.
 
 Modules: `wire` (constants, errors, pages, bodies), `judging` (outcomes and replies),
 `records` (files, batches, calls, scripts, clocks), `core` (state and lifecycle), `files`,
