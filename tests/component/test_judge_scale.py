@@ -103,6 +103,7 @@ class CountingStorage(LocalStorage):
     def __init__(self, root: Path) -> None:
         super().__init__(root)
         self.reads: list[str] = []
+        self.writes: list[str] = []
 
     def exists(self, key: str) -> bool:
         self.reads.append(key)
@@ -115,6 +116,10 @@ class CountingStorage(LocalStorage):
     def list(self, prefix: str = "") -> list[str]:
         self.reads.append(prefix)
         return super().list(prefix)
+
+    def write_bytes(self, key: str, data: bytes) -> None:
+        self.writes.append(key)
+        super().write_bytes(key, data)
 
 
 def judge(storage: Storage, server: OpenAIServer, files: int | None = None) -> Annotator:
@@ -250,7 +255,7 @@ def test_a_pass_reads_the_judge_state_once_whatever_the_number_of_files(
 ) -> None:
     server.batch_script = lambda info: BatchScript(in_progress_s=30)
     storage = CountingStorage(tmp_path)
-    write_request_files(storage, files=6, requests=2)
+    write_request_files(storage, files=6, requests=60)  # progress every (scripted) second
     while not all(r.phase is Phase.SUBMITTED for r in judge(storage, server).ledgers()):
         judge(storage, server).step()
     state = judge_state.load(storage)
@@ -258,11 +263,14 @@ def test_a_pass_reads_the_judge_state_once_whatever_the_number_of_files(
 
     for _ in range(3):  # as the operator does: a fresh Annotator per pass, for status and step
         storage.reads.clear()
+        storage.writes.clear()
         status = Annotator(judge_spec(storage.uri, server.base_url), storage, "scale", None)
         status.summary()
         judge(storage, server).step()
         assert not [k for k in storage.reads if k.startswith(("judge/ledger/", "requests/"))]
         assert len(storage.reads) <= 8, storage.reads  # the document and the cancel marker
+    # Batch progress alone is one write of the document, not a ledger write per file.
+    assert storage.writes == [layout.JUDGE_STATE]
 
 
 def test_the_state_document_is_rebuilt_when_missing_or_left_open(

@@ -186,6 +186,7 @@ class Annotator:
         self._whole_run = shards is None
         self._ledgers: dict[str, FileLedger] | None = None
         self._state_clean: bool | None = None  # the stored document: clean, open, unknown
+        self._state_changed = False  # a change only the document records (batch progress)
         self._tag = _store_tag(storage)
         self._in_flight = 0
         self._spending = Spending()
@@ -358,10 +359,13 @@ class Annotator:
             self._state_clean = False
 
     def _close_state(self) -> None:
-        """At the end of a step: write the document clean when it is open or was never
-        written by this Annotator (rebuilt from the ledgers)."""
-        if self._whole_run and self._ledgers is not None and self._state_clean is not True:
+        """At the end of a step: write the document clean when it is open, was never written
+        by this Annotator (rebuilt from the ledgers), or records new batch progress."""
+        if not (self._whole_run and self._ledgers is not None):
+            return
+        if self._state_clean is not True or self._state_changed:
             self._write_state(clean=True)
+            self._state_changed = False
 
     def _write_state(self, *, clean: bool) -> None:
         state = judge_state.JudgeState(clean=clean, shards=self.shards, ledgers=self.ledgers())
@@ -553,8 +557,13 @@ class Annotator:
         before = (current.status, current.request_counts)
         self._record_batch(current, batch)
         if batch.status not in ENDED_STATUSES:
-            if (current.status, current.request_counts) != before:
+            if current.status != before[0]:
                 self._save(record)
+            elif current.request_counts != before[1]:
+                # Progress only: kept in the state document (one write per step for every
+                # file), not a ledger write per file per step; the ledger gets it with its
+                # next change.
+                self._state_changed = True
             return
         codes = {str(e["code"]) for e in current.errors}
         if batch.status == "failed" and TOKEN_LIMIT in codes:

@@ -1,6 +1,7 @@
 """The judge's state document: every request file's ledger in one object, read in one GET.
 
-Written by the annotate engine (`Annotator`) at the end of each step that changed a ledger, and
+Written by the annotate engine (`Annotator`) at the end of each step that changed a ledger or
+saw batches progress (request counts live here between a file's ledger writes), and
 read when an Annotator first needs its ledgers: the operator builds one per reconcile pass (for
 its observer and for its step), so a run's judge state costs one read per pass instead of
 several per request file. Key: `layout.JUDGE_STATE`.
