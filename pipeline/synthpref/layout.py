@@ -73,6 +73,8 @@ def result_for_request(request_key: str, attempt: int = 1) -> str:
 JUDGE_LEDGER_PREFIX = "judge/ledger/"
 JUDGE_RESUBMIT_PREFIX = "judge/resubmit/"
 JUDGE_CANCEL_MARKER = "judge/cancel.json"
+# Every ledger in one document (annotate.state), derived from them, for one read per pass.
+JUDGE_STATE = "judge/state.json"
 
 
 def _request_stem(request_key: str) -> str:

@@ -262,6 +262,8 @@ class S3Storage(Storage):
     # Writers spool to memory up to this size, then to a temp file; boto3 switches to
     # multipart upload for large objects on its own.
     SPOOL_BYTES = 32 * 1024 * 1024
+    # Objects from this size up are sent as a multipart upload, in parts of this size.
+    MULTIPART_BYTES = 8 * 1024 * 1024
     LIST_PAGE_SIZE = 1000
 
     def __init__(self, uri: str, client: S3Client, retry: RetryPolicy | None = None) -> None:
@@ -336,9 +338,17 @@ class S3Storage(Storage):
 
             def upload() -> None:  # every try sends the whole object again
                 view = io.BufferedReader(_SpoolView(spool))
-                self.client.upload_fileobj(view, self.bucket, self._key(key))
+                self.client.upload_fileobj(
+                    view, self.bucket, self._key(key), Config=self._transfer()
+                )
 
             self._call(f"write {key}", upload)
+
+    def _transfer(self) -> Any:
+        from boto3.s3.transfer import TransferConfig
+
+        size = self.MULTIPART_BYTES
+        return TransferConfig(multipart_threshold=size, multipart_chunksize=size, max_concurrency=4)
 
     def write_bytes(self, key: str, data: bytes) -> None:
         self._call(

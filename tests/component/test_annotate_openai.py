@@ -408,7 +408,7 @@ def test_rate_limit_and_server_error_bursts_are_survived(
     spec, storage = mixed
     server.fail_next("POST", "/v1/files", 429, count=3, retry_after=0.01)
     server.fail_next("POST", "/v1/batches", 500, count=2)
-    server.fail_next("GET", "/v1/batches/", 429, count=4)
+    server.fail_next("GET", "/v1/batches", 429, count=4)  # polls: listings
     server.fail_next("GET", "/v1/files/", 502, count=2)
 
     summary = annotator(spec, storage).run_until_done()
@@ -514,7 +514,7 @@ def test_larger_run_with_every_fault_at_once_matches_the_reference(
 
     server.batch_script = batch_script
     server.request_script = request_script
-    server.fail_next("GET", "/v1/batches/", 429, count=5, retry_after=0.01)
+    server.fail_next("GET", "/v1/batches", 429, count=5, retry_after=0.01)
     server.fail_next("POST", "/v1/batches", 503, count=3)
 
     summary = annotator(spec, storage).run_until_done()
@@ -632,7 +632,8 @@ def test_resumed_run_after_kill_mid_poll_fetches_everything_once(
     spec, storage = mixed
     server.batch_script = lambda info: BatchScript(in_progress_s=8)
     files = request_files(storage)
-    run_child_until_killed(spec, storage, server, tmp_path, "GET", "/v1/batches/", len(files) + 2)
+    # Listings: one before each creation (the crash lookup), then one per poll step.
+    run_child_until_killed(spec, storage, server, tmp_path, "GET", "/v1/batches", len(files) + 2)
     polled = [r for r in annotator(spec, storage).ledgers() if r.phase is ledgers.Phase.SUBMITTED]
     assert polled
 
@@ -759,10 +760,9 @@ def test_input_file_deleted_before_batch_create_is_uploaded_again(
     [
         ("POST", "/v1/files", 400, "uploading again (repair 1 of 3)"),
         ("POST", "/v1/batches", 404, "uploading again and creating a new batch (repair 1 of 3)"),
-        ("GET", "/v1/batches/", 404, "uploading again and creating a new batch (repair 1 of 3)"),
         ("GET", "/v1/files/", 404, "uploading again and creating a new batch (repair 1 of 3)"),
     ],
-    ids=["upload", "create", "retrieve", "download"],
+    ids=["upload", "create", "download"],
 )
 def test_an_api_error_on_any_call_is_recorded_and_repaired(
     mixed: tuple[PreferenceRunSpec, LocalStorage],
@@ -782,6 +782,30 @@ def test_an_api_error_on_any_call_is_recorded_and_repaired(
     (error,) = [e for r in engine.ledgers() for e in r.api_errors]
     assert (error.status, error.message, error.outcome) == (status, "Scripted API error.", outcome)
     assert error.attempt == 1 and error.at > 0
+    assert_each_request_once(storage)
+
+
+def test_a_batch_gone_from_the_listing_is_retrieved_and_repaired(
+    mixed: tuple[PreferenceRunSpec, LocalStorage], server: OpenAIServer
+) -> None:
+    spec, storage = mixed
+    gone: list[str] = []
+
+    def vanish(call: Call) -> None:  # the service forgets the batch it just created
+        assert call.response is not None
+        gone.append(str(call.response["id"]))
+        del server.batches[gone[-1]]
+
+    server.hook("POST", "/v1/batches", vanish, when="after", times=1)
+
+    engine = annotator(spec, storage)
+    summary = engine.run_until_done()
+
+    assert summary.done == summary.requests and summary.failed == 0
+    (error,) = [e for r in engine.ledgers() for e in r.api_errors]
+    assert error.call == f"retrieve batch {gone[0]}" and error.status == 404
+    assert error.outcome == "uploading again and creating a new batch (repair 1 of 3)"
+    assert [c.status for c in server.calls_to("GET", f"/v1/batches/{gone[0]}")] == [404]
     assert_each_request_once(storage)
 
 

@@ -18,14 +18,14 @@ Kubernetes Secret is mounted into it).
 from __future__ import annotations
 
 import functools
-import io
 import logging
 import os
 import random
 import time
-from collections.abc import Callable
-from typing import Any, Final, TypeVar
+from collections.abc import Callable, Collection, Iterator
+from typing import IO, Any, Final, TypeVar
 
+import httpx2
 import openai
 
 from synthpref.backends.openai_chat import retry_after_seconds, transport_cause
@@ -38,6 +38,8 @@ log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 ENDPOINT: Final = "/v1/chat/completions"
+DOWNLOAD_CHUNK_BYTES: Final = 1024 * 1024
+BATCH_PAGE: Final = 100  # the most batches one listing page may hold
 
 
 class FatalApiError(SynthprefError, RuntimeError):
@@ -195,24 +197,50 @@ class BatchClient:
 
     # ---- files
 
-    def upload(self, filename: str, data: bytes) -> Any:
+    def upload(self, filename: str, data: IO[bytes]) -> Any:
+        """Upload `data` (a seekable file, sent in chunks; every retry starts it again)."""
         return self._call(
             f"upload {filename}",
-            lambda: self._client.files.create(file=(filename, io.BytesIO(data)), purpose="batch"),
+            lambda: self._client.files.create(file=(filename, data), purpose="batch"),
         )
 
     def find_file(self, filename: str, size: int) -> Any | None:
-        """An uploaded batch input file with this name and size (an upload not yet recorded)."""
-        page = self._call("list files", lambda: self._client.files.list(purpose="batch"))
-        for item in page.data:
-            if item.filename == filename and item.bytes == size:
-                return item
-        return None
+        """An uploaded batch input file with this name and size (an upload not yet recorded),
+        searched through every page of the file listing."""
+        after: str | None = None
+        while True:
+            page = self._call("list files", functools.partial(self._list_files, after))
+            for item in page.data:
+                if item.filename == filename and item.bytes == size:
+                    return item
+            if not page.data or not page.has_more:
+                return None
+            after = page.data[-1].id
 
-    def content(self, file_id: str) -> bytes:
-        return self._call(
-            f"download file {file_id}", lambda: self._client.files.content(file_id).content
-        )
+    def _list_files(self, after: str | None) -> Any:
+        if after is None:
+            return self._client.files.list(purpose="batch")
+        return self._client.files.list(purpose="batch", after=after)
+
+    def download(self, file_id: str, into: IO[bytes]) -> int:
+        """Stream a file's content into `into` (from its start; a retry starts it again) in
+        chunks of DOWNLOAD_CHUNK_BYTES, so memory stays flat in the file's size; its size."""
+
+        def fetch() -> int:
+            into.seek(0)
+            into.truncate()
+            with self._client.with_streaming_response.files.content(file_id) as response:
+                try:
+                    for chunk in response.iter_bytes(DOWNLOAD_CHUNK_BYTES):
+                        into.write(chunk)
+                except httpx2.HTTPError as error:  # the connection broke mid-body
+                    raise openai.APIConnectionError(
+                        message=f"{type(error).__name__}: {error}", request=response.http_request
+                    ) from error
+            into.flush()
+            return into.tell()
+
+        return self._call(f"download file {file_id}", fetch)
 
     def delete_file(self, file_id: str) -> None:
         try:
@@ -241,23 +269,45 @@ class BatchClient:
     def find_batch(self, metadata: dict[str, str], since: float) -> Any | None:
         """The newest batch whose metadata includes `metadata`, created at or after `since`
         (server time); the listing is newest first, so the search stops at older batches."""
+        for batch in self._batches_since(since):
+            found = batch.metadata or {}
+            if all(found.get(k) == v for k, v in metadata.items()):
+                return batch
+        return None
+
+    def batches(self, ids: Collection[str], since: float) -> dict[str, Any]:
+        """The batches named in `ids`, by id, from one paged listing (newest first, 100 a
+        page) that stops once every one was seen or at batches created before `since`
+        (server time): one call per page however many batches are in flight, instead of one
+        retrieve each. A batch the listing does not show is missing from the answer."""
+        wanted = set(ids)
+        found: dict[str, Any] = {}
+        if not wanted:
+            return found
+        for batch in self._batches_since(since):
+            if batch.id in wanted:
+                found[batch.id] = batch
+                if len(found) == len(wanted):
+                    break
+        return found
+
+    def _batches_since(self, since: float) -> Iterator[Any]:
+        """Every batch created at or after `since`, newest first, a page per call."""
         after: str | None = None
         while True:
             page = self._call("list batches", functools.partial(self._list_batches, after))
             for batch in page.data:
                 if batch.created_at < since:
-                    return None
-                found = batch.metadata or {}
-                if all(found.get(k) == v for k, v in metadata.items()):
-                    return batch
+                    return
+                yield batch
             if not page.data or not page.has_more:
-                return None
+                return
             after = page.data[-1].id
 
     def _list_batches(self, after: str | None) -> Any:
         if after is None:
-            return self._client.batches.list(limit=100)
-        return self._client.batches.list(limit=100, after=after)
+            return self._client.batches.list(limit=BATCH_PAGE)
+        return self._client.batches.list(limit=BATCH_PAGE, after=after)
 
     def retrieve(self, batch_id: str) -> Any:
         return self._call(

@@ -12,6 +12,13 @@ poll until the batch ends → ended → fetch output and error files into the at
 the failed and missing requests → pending (next attempt) while attempts remain. A batch that
 fails with `token_limit_exceeded` is created again later (same attempt, not counted as failed).
 
+Cost per step, flat in the number and size of the files: every batch in flight is polled from
+one paged listing (`BatchClient.batches`), not a retrieve each; uploads go from a spooled copy on
+disk; output and error files are downloaded in chunks to temp files and the result file is
+written line by line. The ledgers are read once per process; an Annotator of the whole run keeps
+them all in one state document too (`annotate.state`), which a fresh Annotator (the operator
+builds one per pass) reads instead of every ledger.
+
 Exactly once: an upload is recorded as intended before it happens and looked up by its file name
 after a crash; a batch carries metadata naming the run, request file, attempt and submission, and
 the engine looks for such a batch before it creates one; each custom_id appears in exactly one
@@ -47,14 +54,17 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import tempfile
 import time
 from collections import Counter
-from collections.abc import Callable, Collection, Iterable
+from collections.abc import Callable, Collection, Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any
+from typing import IO, Any
 
 from synthpref import layout
 from synthpref.annotate import ledger as ledgers
+from synthpref.annotate import state as judge_state
 from synthpref.annotate.client import ApiRequestError, BatchClient, FatalApiError, TransientApiError
 from synthpref.annotate.estimate import request_tokens
 from synthpref.annotate.ledger import ApiErrorRecord, FileLedger, Phase, Submission
@@ -172,11 +182,16 @@ class Annotator:
         self.sleep = sleep
         self.max_creations_per_hour = max_creations_per_hour
         self._shards = list(shards) if shards is not None else None
+        # Only an Annotator of every shard keeps the state document (annotate.state).
+        self._whole_run = shards is None
         self._ledgers: dict[str, FileLedger] | None = None
+        self._state_clean: bool | None = None  # the stored document: clean, open, unknown
+        self._state_changed = False  # a change only the document records (batch progress)
         self._tag = _store_tag(storage)
         self._in_flight = 0
         self._spending = Spending()
         self._recent_creations = 0
+        self._listed: dict[str, Any] = {}  # this step's listing of submitted batches, by id
         # The endpoint's outage, in this Annotator's clock; a caller that builds a fresh
         # Annotator per step (the operator) passes the `failing_since` it last saw.
         self.failing_since = failing_since
@@ -197,8 +212,20 @@ class Annotator:
         return self._shards
 
     def ledgers(self) -> list[FileLedger]:
-        """The ledger of every committed request file of the shards (created on first sight)."""
+        """The ledger of every committed request file of the shards (created on first sight):
+        from the state document when it is clean and covers the same shards (one read), else
+        from the ledgers themselves (the document is then written again at the step's end)."""
         if self._ledgers is None:
+            state = judge_state.load(self.storage)
+            if (
+                state is not None
+                and state.clean
+                and (self._shards is None or sorted(self._shards) == state.shards)
+            ):
+                self._shards = list(state.shards)
+                self._ledgers = {r.request_key: r for r in state.ledgers}
+                self._state_clean = True
+                return [self._ledgers[k] for k in sorted(self._ledgers)]
             found: dict[str, FileLedger] = {}
             for shard in self.shards:
                 for key in committed_request_files(self.storage, shard):
@@ -228,7 +255,7 @@ class Annotator:
             input_requests=count,
             input_tokens=tokens,
         )
-        ledgers.save(self.storage, record)
+        self._save(record)
         return record
 
     def _input_lines(self, key: str) -> Iterable[dict[str, Any]]:
@@ -314,7 +341,36 @@ class Annotator:
         )
 
     def _save(self, record: FileLedger) -> None:
+        self._open_state()
         ledgers.save(self.storage, record)
+
+    # ---- the state document (annotate.state): one read of every ledger
+
+    def _open_state(self) -> None:
+        """Before the first ledger save since the document was last written clean: mark it
+        open (or, for an Annotator of some shards only, or while the ledgers load, delete it),
+        so no reader trusts it until it is written clean again."""
+        if self._state_clean is False:
+            return
+        if self._whole_run and self._ledgers is not None:
+            self._write_state(clean=False)
+        else:
+            self.storage.delete(layout.JUDGE_STATE)
+            self._state_clean = False
+
+    def _close_state(self) -> None:
+        """At the end of a step: write the document clean when it is open, was never written
+        by this Annotator (rebuilt from the ledgers), or records new batch progress."""
+        if not (self._whole_run and self._ledgers is not None):
+            return
+        if self._state_clean is not True or self._state_changed:
+            self._write_state(clean=True)
+            self._state_changed = False
+
+    def _write_state(self, *, clean: bool) -> None:
+        state = judge_state.JudgeState(clean=clean, shards=self.shards, ledgers=self.ledgers())
+        judge_state.save(self.storage, state)
+        self._state_clean = clean
 
     # ---- one step
 
@@ -330,7 +386,21 @@ class Annotator:
         self._in_flight = self._tokens_in_flight()
         self._spending = self.spending()
         self._recent_creations = self._creations_last_hour(self.clock())
+        down = False
+        try:
+            self._listed = self._list_submitted(only)
+        except TransientApiError as error:
+            self._listed = {}
+            report.transient_errors.append(f"poll: {error}")
+            down = self.client.last_failure is not None
+        except ApiRequestError as error:  # the listing refused: each file is retrieved instead
+            self._listed = {}
+            log.warning("judge: %s; retrieving each batch instead", error)
+        except FatalApiError as error:
+            raise FatalAnnotateError(str(error)) from None
         for record in self.ledgers():
+            if down:
+                break  # the endpoint is down: the files wait for the next step
             if record.phase in ledgers.TERMINAL_PHASES:
                 continue
             if only is not None and record.phase not in only:
@@ -339,14 +409,14 @@ class Annotator:
                 self._advance(record, report, cancelled)
             except TransientApiError as error:
                 report.transient_errors.append(f"{record.request_key}: {error}")
-                if self.client.last_failure is not None:
-                    break  # the endpoint is down: the other files wait for the next step
+                down = self.client.last_failure is not None
             except ApiRequestError as error:
                 self._api_error(record, error, report)
             except FatalApiError as error:
                 raise FatalAnnotateError(str(error)) from None
         self._track_outage(report, started, answered)
         report.done = all(r.phase in ledgers.TERMINAL_PHASES for r in self.ledgers())
+        self._close_state()
         return report
 
     def _track_outage(self, report: StepReport, started: float, answered: int) -> None:
@@ -396,16 +466,20 @@ class Annotator:
         return self._in_flight == 0 or self._in_flight + record.input_tokens <= budget
 
     def _upload(self, record: FileLedger, report: StepReport) -> None:
-        data = self.storage.read_bytes(record.input_key)
-        filename = self._filename(record)
-        existing = None
-        if record.current is not None and record.current.file_id is None:
-            # An upload was intended before a crash: it may have happened.
-            existing = self.client.find_file(filename, len(data))
-        else:
-            record.current = Submission(attempt=record.attempt, input_key=record.input_key)
-            self._save(record)
-        uploaded = existing or self.client.upload(filename, data)
+        with tempfile.TemporaryFile() as data:  # on disk: memory stays flat in the file's size
+            for chunk in self.storage.read_chunks(record.input_key):
+                data.write(chunk)
+            data.flush()  # the upload sizes the file by its length on disk
+            size = data.tell()
+            filename = self._filename(record)
+            existing = None
+            if record.current is not None and record.current.file_id is None:
+                # An upload was intended before a crash: it may have happened.
+                existing = self.client.find_file(filename, size)
+            else:
+                record.current = Submission(attempt=record.attempt, input_key=record.input_key)
+                self._save(record)
+            uploaded = existing or self.client.upload(filename, data)
         assert record.current is not None
         record.current.file_id = uploaded.id
         record.current.uploaded_at = float(uploaded.created_at)
@@ -459,15 +533,37 @@ class Annotator:
             {"code": e.code, "message": e.message, "line": e.line, "param": e.param} for e in errors
         ]
 
+    def _list_submitted(self, only: Collection[Phase] | None) -> dict[str, Any]:
+        """The batches of every submitted file, by id, from one paged listing (`client.batches`)
+        that reaches back to the oldest upload among them; {} when none is in flight."""
+        if only is not None and Phase.SUBMITTED not in only:
+            return {}
+        submitted = [
+            r.current
+            for r in self.ledgers()
+            if r.phase is Phase.SUBMITTED and r.current is not None and r.current.batch_id
+        ]
+        if not submitted:
+            return {}
+        since = min(s.uploaded_at or 0.0 for s in submitted) - SEARCH_MARGIN_S
+        return self.client.batches([str(s.batch_id) for s in submitted], since)
+
     def _poll(self, record: FileLedger, report: StepReport) -> None:
         current = record.current
         assert current is not None and current.batch_id is not None
-        batch = self.client.retrieve(current.batch_id)
+        # The step's listing; a batch it did not show (e.g. gone) is retrieved on its own, so
+        # its 404 is repaired as before.
+        batch = self._listed.get(current.batch_id) or self.client.retrieve(current.batch_id)
         before = (current.status, current.request_counts)
         self._record_batch(current, batch)
         if batch.status not in ENDED_STATUSES:
-            if (current.status, current.request_counts) != before:
+            if current.status != before[0]:
                 self._save(record)
+            elif current.request_counts != before[1]:
+                # Progress only: kept in the state document (one write per step for every
+                # file), not a ledger write per file per step; the ledger gets it with its
+                # next change.
+                self._state_changed = True
             return
         codes = {str(e["code"]) for e in current.errors}
         if batch.status == "failed" and TOKEN_LIMIT in codes:
@@ -508,22 +604,29 @@ class Annotator:
         self._save(record)
 
     def _fetch(self, record: FileLedger, report: StepReport, cancelled: bool) -> None:
+        """Download the batch's output and error files (streamed to temp files) and write the
+        attempt's result file line by line as they are read: memory stays flat in their size."""
         current = record.current
         assert current is not None
-        output = self._lines(current.output_file_id)
-        errors = self._lines(current.error_file_id)
         missing = MISSING
         if current.status == "cancelled":
             missing = "cancelled"
         elif current.status == "failed":
             codes = sorted({str(e["code"]) for e in current.errors}) or ["unknown"]
             missing = "batch_failed_" + "_".join(codes)
+        stopped = cancelled or current.status == "cancelled"
         ids = [str(line["custom_id"]) for line in self._input_lines(record.input_key)]
-        results = sort_results(ids, output, errors, missing)
-        resubmit = bool(results.failed) and record.attempt < self.judge.max_attempts
-        if cancelled or current.status == "cancelled":
-            resubmit = False
-        self._write_results(record, current, results, final=not resubmit)
+        with tempfile.TemporaryFile() as output, tempfile.TemporaryFile() as errors:
+            self._download(current.output_file_id, output)
+            self._download(current.error_file_id, errors)
+            with self._result_writer(record, current) as write:
+                results = sort_results(ids, _lines(output), _lines(errors), missing, sink=write)
+                resubmit = bool(results.failed) and record.attempt < self.judge.max_attempts
+                resubmit = resubmit and not stopped
+                if not resubmit:
+                    for custom_id in sorted(results.failed):
+                        write(results.failure_lines[custom_id])
+            self._commit_results(record, current, results, final=not resubmit)
         record.done += len(results.ok)
         record.tokens_used += results.tokens
         record.input_tokens_used += results.prompt_tokens
@@ -538,33 +641,37 @@ class Annotator:
             )
         else:
             record.failed = dict(Counter(record.failed) + Counter(results.failed.values()))
-            stopped = cancelled or current.status == "cancelled"
             record.phase = Phase.CANCELLED if stopped else Phase.DONE
             report.actions.append(
                 f"{record.request_key}: fetched {len(results.ok)}, {len(results.failed)} failed"
             )
         self._save(record)
 
-    def _lines(self, file_id: str | None) -> list[str]:
-        if file_id is None:
-            return []
-        return self.client.content(file_id).decode("utf-8").splitlines()
+    def _download(self, file_id: str | None, into: IO[bytes]) -> None:
+        if file_id is not None:
+            self.client.download(file_id, into)
+        into.seek(0)
 
-    def _write_results(
+    @contextmanager
+    def _result_writer(
+        self, record: FileLedger, current: Submission
+    ) -> Iterator[Callable[[str], None]]:
+        """A writer of the attempt's result file, one line per call; the file is in place when
+        this ends (not yet committed: `_commit_results` does that)."""
+        key = layout.result_for_request(record.request_key, record.attempt)
+        with self.storage.open_writer(key) as stream:
+            yield lambda line: stream.write(line.strip() + "\n")
+        current.result_key = key
+
+    def _commit_results(
         self, record: FileLedger, current: Submission, results: SortedResults, *, final: bool
     ) -> None:
         key = layout.result_for_request(record.request_key, record.attempt)
         started = current.created_at if current.created_at is not None else self.clock()
-        lines = list(results.ok.values())
-        if final:
-            lines += [results.failure_lines[c] for c in sorted(results.failed)]
-        with self.storage.open_writer(key) as stream:
-            for line in lines:
-                stream.write(line.strip() + "\n")
         self.storage.commit(
             key,
             {
-                "rows": len(lines),
+                "rows": len(results.ok) + (len(results.failed) if final else 0),
                 "batch_id": current.batch_id,
                 "ok": len(results.ok),
                 "failed": len(results.failed) if final else 0,
@@ -574,7 +681,18 @@ class Annotator:
                 TIMING_KEY: span(started, self.clock() - started),
             },
         )
-        current.result_key = key
+
+    def _write_results(
+        self, record: FileLedger, current: Submission, results: SortedResults, *, final: bool
+    ) -> None:
+        """Write and commit results sorted in memory (a file that ends without a fetch)."""
+        with self._result_writer(record, current) as write:
+            for line in results.ok.values():
+                write(line)
+            if final:
+                for custom_id in sorted(results.failed):
+                    write(results.failure_lines[custom_id])
+        self._commit_results(record, current, results, final=final)
 
     def _resubmit(self, record: FileLedger, failed: set[str]) -> None:
         attempt = record.attempt + 1
@@ -767,6 +885,7 @@ class Annotator:
                 for sub in record.submissions():
                     if sub.file_id is not None:
                         self.client.delete_file(sub.file_id)
+        self._close_state()
         return self.summary()
 
     def summary(self) -> AnnotateSummary:
@@ -794,3 +913,9 @@ class Annotator:
         result.failed_by_reason = dict(sorted(reasons.items()))
         result.phases = dict(sorted(phases.items()))
         return result
+
+
+def _lines(spool: IO[bytes]) -> Iterator[str]:
+    """The lines of a downloaded file, read one at a time."""
+    for raw in spool:
+        yield raw.decode("utf-8")

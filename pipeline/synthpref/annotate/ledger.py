@@ -8,7 +8,8 @@ operator's planner. Keys live under `judge/` beside the run's other artifacts (n
   `requests/shard-NNNNN-part-PPP.jsonl`;
 - `judge/resubmit/shard-NNNNN-part-PPP-attempt-AA.jsonl`: the requests of a later attempt
   (those that failed or were missing in the attempt before);
-- `judge/cancel.json`: present once the run was cancelled (no more submissions).
+- `judge/cancel.json`: present once the run was cancelled (no more submissions);
+- `judge/state.json`: every ledger in one document, derived from them (`annotate.state`).
 
 The custom_ids that are done are the 200 lines of the committed result files the ledger names
 (`layout.result_for_request(request_key, attempt)`, one per attempt), so the ledger itself stays

@@ -11,7 +11,7 @@ sums the `usage.total_tokens` the service reported on every line it answered
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
 from pydantic import ValidationError
@@ -67,8 +67,12 @@ def sort_results(
     output_lines: Iterable[str],
     error_lines: Iterable[str],
     missing_reason: str = MISSING,
+    sink: Callable[[str], None] | None = None,
 ) -> SortedResults:
-    """Results of one batch: each input custom_id ends in exactly one of `ok` and `failed`."""
+    """Results of one batch: each input custom_id ends in exactly one of `ok` and `failed`.
+
+    With `sink`, each ok line is handed to it as it is read (the first one per custom_id) and
+    `ok` maps the ids to "" instead of keeping the lines: memory holds ids, not replies."""
     expected = set(input_ids)
     result = SortedResults()
     for text in [*output_lines, *error_lines]:
@@ -88,7 +92,11 @@ def sort_results(
             continue
         reason = _reason(line)
         if reason is None:
-            result.ok[custom_id] = text
+            if sink is None:
+                result.ok[custom_id] = text
+            elif custom_id not in result.ok:
+                sink(text)
+                result.ok[custom_id] = ""
             result.failed.pop(custom_id, None)
             result.failure_lines.pop(custom_id, None)
         elif custom_id not in result.ok:
