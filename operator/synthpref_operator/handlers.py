@@ -29,6 +29,7 @@ import kopf
 
 from synthpref.logs import run_context
 from synthpref.spec import API_GROUP, API_VERSION
+from synthpref_operator.artifact_memory import RELIST_SECONDS
 from synthpref_operator.crd import CATALOG_PLURAL, PLURAL
 from synthpref_operator.metrics import OperatorMetrics
 from synthpref_operator.names import FINALIZER, LABEL_MANAGED_BY, LABEL_RUN, MANAGED_BY
@@ -48,6 +49,9 @@ class OperatorConfig:
     interval: float = 10.0
     metrics: OperatorMetrics | None = None
     workers: int = DEFAULT_WORKERS
+    # Seconds between full looks at a busy run's storage (between them, only the parts whose
+    # stage Job changed are listed: `artifact_memory.py`).
+    relist_seconds: float = RELIST_SECONDS
 
 
 def _client_configuration(kubeconfig: str | None) -> Any:
@@ -126,7 +130,7 @@ def build_registry(config: OperatorConfig) -> kopf.OperatorRegistry:
     api_client = client.ApiClient(configuration)
     if config.metrics is not None:
         config.metrics.count_api_requests(api_client)
-    reconciler = Reconciler(api_client, config.settings, config.metrics)
+    reconciler = Reconciler(api_client, config.settings, config.metrics, config.relist_seconds)
     events = RunEventFilter()
 
     @kopf.on.login(registry=registry)

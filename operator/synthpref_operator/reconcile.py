@@ -39,6 +39,7 @@ from synthpref_operator.admission import (
     touching,
 )
 from synthpref_operator.apply import Applier
+from synthpref_operator.artifact_memory import RELIST_SECONDS
 from synthpref_operator.blocked import blocked_status, observation_reason
 from synthpref_operator.catalogs import catalog_pass
 from synthpref_operator.crd import PLURAL
@@ -99,11 +100,15 @@ class Reconciler:
     """Runs reconcile passes for the runs of one operator process."""
 
     def __init__(
-        self, api_client: Any, settings: OperatorSettings, metrics: OperatorMetrics | None = None
+        self,
+        api_client: Any,
+        settings: OperatorSettings,
+        metrics: OperatorMetrics | None = None,
+        relist_seconds: float = RELIST_SECONDS,
     ) -> None:
         self.applier = Applier(api_client, settings, metrics)
         self.metrics = metrics
-        self.cache = RunCache(metrics)
+        self.cache = RunCache(metrics, relist_seconds)
         self._slots: dict[tuple[str, str], _Slot] = {}
         self._lock = threading.Lock()
 

@@ -21,7 +21,7 @@ from typing import Any
 from synthpref.spec import PreferenceRunSpec
 from synthpref.storage import S3Storage, Storage
 from synthpref_operator.admission import SecretFacts
-from synthpref_operator.artifact_memory import ArtifactMemory
+from synthpref_operator.artifact_memory import RELIST_SECONDS, ArtifactMemory
 from synthpref_operator.metrics import OperatorMetrics
 from synthpref_operator.observe import open_run_storage, secret_value
 
@@ -30,23 +30,30 @@ _StorageKey = tuple[Any, ...]
 
 @dataclass
 class _Entry:
+    memory: ArtifactMemory
     values: dict[tuple[str, str], tuple[str, str]] = field(default_factory=dict)
     storage_key: _StorageKey | None = None
     storage: Storage | None = None
-    memory: ArtifactMemory = field(default_factory=ArtifactMemory)
 
 
 class RunCache:
     """Per run (namespace, name): cached Secret values, storage and artifact memory."""
 
-    def __init__(self, metrics: OperatorMetrics | None = None) -> None:
+    def __init__(
+        self, metrics: OperatorMetrics | None = None, relist_seconds: float = RELIST_SECONDS
+    ) -> None:
         self._metrics = metrics
+        self._relist_seconds = relist_seconds
         self._entries: dict[tuple[str, str], _Entry] = {}
         self._lock = threading.Lock()
 
     def _entry(self, namespace: str, run: str) -> _Entry:
         with self._lock:
-            return self._entries.setdefault((namespace, run), _Entry())
+            entry = self._entries.get((namespace, run))
+            if entry is None:
+                entry = _Entry(ArtifactMemory(relist_seconds=self._relist_seconds))
+                self._entries[(namespace, run)] = entry
+            return entry
 
     def forget(self, namespace: str, run: str) -> None:
         with self._lock:
