@@ -10,8 +10,9 @@ commits before its pod ends, so a part can only have changed when its Job's obse
 last looked at. A part is looked at again then, when it was never looked at, and everything
 every `relist_seconds` as a safety net (and to show shards committed by a worker still
 running). The pipeline never undoes a commit except when a run is retried (a Failed run's
-Jobs are recreated and redo what is missing) or its spec changes, so a change of either
-(`basis`) forgets everything. A fresh memory looks at everything: the first pass of a process.
+Jobs are recreated and redo what is missing) or its spec changes, so a change of either, or a
+run deleted and made again under the same name (`Basis`), forgets everything. A fresh
+memory looks at everything: the first pass of a process.
 """
 
 from __future__ import annotations
@@ -34,6 +35,9 @@ PARSE = "dataset/"  # with the summary and the report
 def generation_part(model: str) -> str:
     return f"generations/{model}/"
 
+
+# The run object's uid, generation and retry annotation: what the memory holds for.
+Basis = tuple[str, int, str | None]
 
 # What of a Job's state tells that its workers committed something since.
 JobMark = tuple[tuple[str, int, bool, bool, tuple[int, ...]], ...]
@@ -62,7 +66,7 @@ class ArtifactMemory:
     """One run's storage as last seen: counts per part, the manifest, summary and report."""
 
     relist_seconds: float = RELIST_SECONDS
-    basis: tuple[int, str | None] | None = None  # (generation, retry annotation) seen under
+    basis: Basis | None = None
     manifest: tuple[int, int] | None = None  # (shards, prompts)
     counts: dict[str, int] = field(default_factory=dict)
     marks: dict[str, JobMark] = field(default_factory=dict)
@@ -71,7 +75,7 @@ class ArtifactMemory:
     report_uri: str | None = None
     report_error: str | None = None
 
-    def rebase(self, basis: tuple[int, str | None]) -> None:
+    def rebase(self, basis: Basis) -> None:
         """Forget everything when the run's spec or retry annotation changed."""
         if self.basis != basis:
             self.forget()

@@ -235,7 +235,8 @@ class Reconciler:
         try:
             jobs = observe_jobs(self.applier.batch, namespace, name, self.applier.core)
             storage = self.cache.storage(spec, self.applier.core, namespace, name, secrets)
-            memory = self.cache.artifact_memory(namespace, name, (generation, retry))
+            basis = (str(run["metadata"].get("uid") or ""), generation, retry)
+            memory = self.cache.artifact_memory(namespace, name, basis)
             artifacts = observe_artifacts(spec, storage, memory, jobs, time.monotonic())
             judge: JudgeLedger | None = None
             if (

@@ -21,7 +21,7 @@ from typing import Any
 from synthpref.spec import PreferenceRunSpec
 from synthpref.storage import S3Storage, Storage
 from synthpref_operator.admission import SecretFacts
-from synthpref_operator.artifact_memory import RELIST_SECONDS, ArtifactMemory
+from synthpref_operator.artifact_memory import RELIST_SECONDS, ArtifactMemory, Basis
 from synthpref_operator.metrics import OperatorMetrics
 from synthpref_operator.observe import open_run_storage, secret_value
 
@@ -107,11 +107,9 @@ class RunCache:
         entry.storage_key, entry.storage = key, storage
         return storage
 
-    def artifact_memory(
-        self, namespace: str, run: str, basis: tuple[int, str | None]
-    ) -> ArtifactMemory:
-        """The run's artifact memory, forgotten first when `basis` (generation, retry
-        annotation) changed since the last pass."""
+    def artifact_memory(self, namespace: str, run: str, basis: Basis) -> ArtifactMemory:
+        """The run's artifact memory, forgotten first when `basis` (the run's uid, generation
+        and retry annotation) changed since the last pass."""
         memory = self._entry(namespace, run).memory
         memory.rebase(basis)
         return memory

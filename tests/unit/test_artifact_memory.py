@@ -108,15 +108,20 @@ def test_a_retry_or_spec_change_forgets_what_was_seen(
     storage: ListingSpy, spec: PreferenceRunSpec
 ) -> None:
     memory = ArtifactMemory()
-    memory.rebase((1, None))
+    memory.rebase(("uid-1", 1, None))
     observe_artifacts(spec, storage, memory, {}, now=0.0)
     storage.uncommit(layout.PROMPTS_MANIFEST)
     storage.delete(layout.PROMPTS_MANIFEST)  # as prepare does when it cuts shards again
     storage.listed.clear()
-    memory.rebase((1, None))  # same basis: remembered
+    memory.rebase(("uid-1", 1, None))  # same basis: remembered
     assert observe_artifacts(spec, storage, memory, {}, now=1.0).shards == SHARDS
-    memory.rebase((1, "again"))  # retried: looks again
+    memory.rebase(("uid-1", 1, "again"))  # retried: looks again
     assert observe_artifacts(spec, storage, memory, {}, now=2.0).shards is None
+    storage.write_json(layout.PROMPTS_MANIFEST, {"shards": SHARDS, "prompts": 6})
+    assert observe_artifacts(spec, storage, memory, {}, now=3.0).shards == SHARDS
+    storage.delete(layout.PROMPTS_MANIFEST)
+    memory.rebase(("uid-2", 1, "again"))  # deleted and made again under the same name
+    assert observe_artifacts(spec, storage, memory, {}, now=4.0).shards is None
 
 
 def test_the_judge_and_the_outcome_are_looked_at_when_their_jobs_change(

@@ -109,7 +109,7 @@ def test_storage_requests_are_counted_by_operation(s3_endpoint: str, s3_uri: str
 
 def test_artifact_memory_is_forgotten_on_a_new_basis() -> None:
     cache = RunCache()
-    memory = cache.artifact_memory("ns", "r", (1, None))
+    memory = cache.artifact_memory("ns", "r", ("u", 1, None))
     memory.manifest = (3, 6)
-    assert cache.artifact_memory("ns", "r", (1, None)).manifest == (3, 6)
-    assert cache.artifact_memory("ns", "r", (2, None)).manifest is None
+    assert cache.artifact_memory("ns", "r", ("u", 1, None)).manifest == (3, 6)
+    assert cache.artifact_memory("ns", "r", ("u", 2, None)).manifest is None
