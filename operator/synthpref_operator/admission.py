@@ -162,6 +162,7 @@ class SecretFacts:
     found: bool
     labels: Mapping[str, str] = field(default_factory=dict)
     error: str | None = None  # why it could not be read (e.g. "HTTP 403"), if it could not
+    resource_version: str = ""  # changes whenever the Secret does (values cached by it)
 
 
 def secret_uses(spec: PreferenceRunSpec) -> list[SecretUse]:

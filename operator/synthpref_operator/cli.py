@@ -14,7 +14,7 @@ from pathlib import Path
 import click
 
 from synthpref_operator.crd import CHECKED_IN, catalog_crd_yaml, crd_yaml
-from synthpref_operator.settings import SETTINGS_ENV
+from synthpref_operator.settings import DEFAULT_WORKERS, SETTINGS_ENV
 
 
 @click.group("operator")
@@ -101,7 +101,15 @@ def crd_command(
     type=click.FloatRange(min=0.1),
     default=10.0,
     show_default=True,
-    help="Seconds between reconcile passes of a run (besides events).",
+    help="Seconds between reconcile passes of a run that is not done (besides events).",
+)
+@click.option(
+    "--workers",
+    type=click.IntRange(min=1),
+    default=DEFAULT_WORKERS,
+    show_default=True,
+    help="Threads for reconcile passes, and connections to the API server: how many runs "
+    "can be reconciled at once (raise it for more than ~50 busy runs).",
 )
 @click.option(
     "--log-level",
@@ -158,6 +166,7 @@ def run_command(
     image: str | None,
     cpu_image: str | None,
     interval: float,
+    workers: int,
     log_level: str,
     log_format: str,
     metrics_port: int,
@@ -206,6 +215,7 @@ def run_command(
         kubeconfig=kubeconfig,
         settings=settings,
         interval=interval,
+        workers=workers,
     )
     service = ServiceConfig(
         log_level=log_level,

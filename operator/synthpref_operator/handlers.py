@@ -1,13 +1,16 @@
 """The kopf operator: thin handlers that hand every trigger to one reconcile pass.
 
-`build_registry` registers, for PreferenceRuns: an event handler (any change) and a timer
-(`interval`) that both call `Reconciler.request`, and a delete handler (behind a finalizer)
+`build_registry` registers, for PreferenceRuns: an event handler and a timer (`interval`) that
+both call `Reconciler.request` (the event handler only when something a pass reads changed, and
+the timer only while the run is not done: `triggers.py`), and a delete handler (behind a finalizer)
 that cancels in-flight judge batches per `spec.deletionPolicy`, keeping the finalizer and
 retrying with backoff while they cannot be cancelled (see `deletion.py`); for the operator's
 Jobs: an event handler that reconciles the owning run; for ModelCatalogs: an event handler that
 reconciles the runs naming the catalog (a held run resolves, a started one gets its
 `CatalogChanged` Event). Handlers are sync, so kopf runs them in worker threads and the event
-loop never blocks. kopf keeps its own bookkeeping in
+loop never blocks; `OperatorConfig.workers` sizes that thread pool and the API client's
+connection pool (each pass holds a thread while it waits on the API server and storage, so
+the pool bounds how many runs make progress at once). kopf keeps its own bookkeeping in
 `synthpref.dev` annotations; the run's status is written only by the reconcile pass.
 `OperatorThread` runs the kopf operator in a thread: `synthpref operator run` (see
 `service.py`) and the tests both use it.
@@ -26,11 +29,13 @@ import kopf
 
 from synthpref.logs import run_context
 from synthpref.spec import API_GROUP, API_VERSION
+from synthpref_operator.artifact_memory import RELIST_SECONDS
 from synthpref_operator.crd import CATALOG_PLURAL, PLURAL
 from synthpref_operator.metrics import OperatorMetrics
 from synthpref_operator.names import FINALIZER, LABEL_MANAGED_BY, LABEL_RUN, MANAGED_BY
 from synthpref_operator.reconcile import Reconciler
-from synthpref_operator.settings import OperatorSettings
+from synthpref_operator.settings import DEFAULT_WORKERS, OperatorSettings
+from synthpref_operator.triggers import RunEventFilter, settled
 
 log = logging.getLogger(__name__)
 
@@ -43,6 +48,10 @@ class OperatorConfig:
     settings: OperatorSettings = field(default_factory=OperatorSettings)
     interval: float = 10.0
     metrics: OperatorMetrics | None = None
+    workers: int = DEFAULT_WORKERS
+    # Seconds between full looks at a busy run's storage (between them, only the parts whose
+    # stage Job changed are listed: `artifact_memory.py`).
+    relist_seconds: float = RELIST_SECONDS
 
 
 def _client_configuration(kubeconfig: str | None) -> Any:
@@ -83,8 +92,10 @@ def _connection_info(configuration: Any) -> kopf.ConnectionInfo:
     )
 
 
-def kopf_settings() -> kopf.OperatorSettings:
+def kopf_settings(workers: int = DEFAULT_WORKERS) -> kopf.OperatorSettings:
     settings = kopf.OperatorSettings()
+    # Sync handlers run in this pool (asyncio's default: min(32, cpus + 4) threads).
+    settings.execution.max_workers = workers
     settings.persistence.finalizer = FINALIZER
     settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=API_GROUP)
     settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
@@ -115,21 +126,45 @@ def build_registry(config: OperatorConfig) -> kopf.OperatorRegistry:
 
     registry = kopf.OperatorRegistry()
     configuration = _client_configuration(config.kubeconfig)
-    reconciler = Reconciler(client.ApiClient(configuration), config.settings, config.metrics)
+    configuration.connection_pool_maxsize = config.workers  # one connection per pass in flight
+    api_client = client.ApiClient(configuration)
+    if config.metrics is not None:
+        config.metrics.count_api_requests(api_client)
+    reconciler = Reconciler(api_client, config.settings, config.metrics, config.relist_seconds)
+    events = RunEventFilter()
 
     @kopf.on.login(registry=registry)
     def login(**_: Any) -> kopf.ConnectionInfo:
         return _connection_info(configuration)
 
     @kopf.on.event(API_GROUP, API_VERSION, PLURAL, registry=registry)
-    def run_changed(*, name: str, namespace: str | None, type: str, **_: Any) -> None:
-        if type != "DELETED" and namespace:
-            reconciler.request(namespace, name)
+    def run_changed(
+        *, name: str, namespace: str | None, type: str, body: kopf.Body, **_: Any
+    ) -> None:
+        if not namespace:
+            return
+        if type == "DELETED":
+            events.forget(namespace, name)
+            reconciler.forget(namespace, name)
+        elif events.wants_pass(namespace, name, body):
+            reconciler.request(namespace, name, "event")
+        elif config.metrics is not None:
+            config.metrics.run_events_ignored.inc()
 
-    @kopf.timer(API_GROUP, API_VERSION, PLURAL, interval=config.interval, registry=registry)
+    def working(body: kopf.Body, **_: Any) -> bool:
+        return not settled(body)
+
+    @kopf.timer(
+        API_GROUP,
+        API_VERSION,
+        PLURAL,
+        interval=config.interval,
+        when=working,
+        registry=registry,
+    )
     def run_tick(*, name: str, namespace: str | None, **_: Any) -> None:
         if namespace:
-            reconciler.request(namespace, name)
+            reconciler.request(namespace, name, "timer")
 
     @kopf.on.event("batch", "v1", "jobs", labels={LABEL_MANAGED_BY: MANAGED_BY}, registry=registry)
     def job_changed(
@@ -137,14 +172,14 @@ def build_registry(config: OperatorConfig) -> kopf.OperatorRegistry:
     ) -> None:
         run = labels.get(LABEL_RUN)
         if run and namespace and type != "DELETED":
-            reconciler.request(namespace, run)
+            reconciler.request(namespace, run, "job")
 
     @kopf.on.event(API_GROUP, API_VERSION, CATALOG_PLURAL, registry=registry)
     def catalog_changed(*, name: str, namespace: str | None, type: str, **_: Any) -> None:
         if type == "DELETED" or not namespace:
             return
         for run in reconciler.runs_using_catalog(namespace, name):
-            reconciler.request(namespace, run)
+            reconciler.request(namespace, run, "catalog")
 
     @kopf.on.delete(API_GROUP, API_VERSION, PLURAL, registry=registry)
     def run_deleted(
@@ -184,7 +219,7 @@ class OperatorThread:
             asyncio.run(
                 kopf.operator(
                     registry=self.registry,
-                    settings=kopf_settings(),
+                    settings=kopf_settings(self.config.workers),
                     standalone=True,
                     clusterwide=self.config.cluster_wide,
                     namespaces=self.config.namespaces,

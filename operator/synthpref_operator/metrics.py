@@ -1,7 +1,9 @@
 """The operator's Prometheus metrics and its HTTP endpoints (/metrics, /healthz, /readyz).
 
 `OperatorMetrics` owns a private registry: counters and a histogram that the reconcile pass and
-the applier update (`reconcile.Reconciler`, `apply.Applier`), and `RunStatusCollector`, which
+the applier update (`reconcile.Reconciler`, `apply.Applier`), the requests the operator makes of
+storage and of the API server (counted by hooks on the clients: `count_storage_requests`,
+`count_api_requests`), and `RunStatusCollector`, which
 keeps the last `RunStatus` of each run and turns it into gauges at scrape time (runs per phase,
 stage timings, shard and judge progress). `serve` runs a threaded HTTP server for them.
 Everything here is thread-safe: reconcile passes run in kopf's worker threads.
@@ -231,11 +233,59 @@ class OperatorMetrics:
             buckets=RECONCILE_BUCKETS,
             registry=self.registry,
         )
+        self.reconcile_passes = Counter(
+            "synthpref_reconcile_passes",
+            "Reconcile passes, by what asked for them (event: the run changed, job: one of its "
+            "Jobs changed, timer, catalog: its ModelCatalog changed, again: a follow-up pass).",
+            ["trigger"],
+            registry=self.registry,
+        )
+        self.run_events_ignored = Counter(
+            "synthpref_run_events_ignored",
+            "PreferenceRun watch events that asked for no pass (nothing a pass reads changed, "
+            "e.g. the operator's own progress writes).",
+            registry=self.registry,
+        )
+        self.storage_requests = Counter(
+            "synthpref_storage_requests",
+            "HTTP requests the operator sent to run storage (S3), by operation: LIST, GET, "
+            "HEAD, PUT, POST, DELETE (retries included).",
+            ["operation"],
+            registry=self.registry,
+        )
+        self.api_requests = Counter(
+            "synthpref_api_requests",
+            "Requests of the reconcile passes to the Kubernetes API server, by HTTP method "
+            "(kopf's own watches not included).",
+            ["method"],
+            registry=self.registry,
+        )
         self.runs = RunStatusCollector(clock)
         self.registry.register(self.runs)
 
     def job_created(self, namespace: str, stage: Stage) -> None:
         self.jobs_created.labels(namespace=namespace, stage=stage.value).inc()
+
+    def count_storage_requests(self, client: Any) -> None:
+        """Count every HTTP request a boto3 S3 `client` sends (`synthpref_storage_requests`)."""
+
+        def on_send(request: Any, event_name: str = "", **_: Any) -> None:
+            operation = event_name.rsplit(".", 1)[-1]
+            verb = "LIST" if operation.startswith("List") else str(request.method).upper()
+            self.storage_requests.labels(operation=verb).inc()
+
+        client.meta.events.register("before-send.s3", on_send)
+
+    def count_api_requests(self, api_client: Any) -> None:
+        """Count every request a `kubernetes.client.ApiClient` sends (`synthpref_api_requests`)."""
+        rest = api_client.rest_client
+        send = rest.request
+
+        def request(method: str, *args: Any, **kwargs: Any) -> Any:
+            self.api_requests.labels(method=method.upper()).inc()
+            return send(method, *args, **kwargs)
+
+        rest.request = request
 
     def reconcile_failed(self, namespace: str) -> None:
         self.reconcile_errors.labels(namespace=namespace).inc()

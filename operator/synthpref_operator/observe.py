@@ -10,6 +10,7 @@ status or logs.
 from __future__ import annotations
 
 import re
+from collections.abc import Callable, Mapping
 from dataclasses import replace
 from typing import Any
 
@@ -19,6 +20,14 @@ from synthpref.spec import API_GROUP, API_VERSION, PreferenceRunSpec
 from synthpref.storage import COMMIT_SUFFIX, S3Storage, Storage, open_storage, s3_client
 from synthpref.storage_retry import RetryPolicy
 from synthpref_operator.admission import SecretFacts
+from synthpref_operator.artifact_memory import (
+    JUDGE,
+    MIX,
+    PARSE,
+    ArtifactMemory,
+    generation_part,
+    job_marks,
+)
 from synthpref_operator.catalogs import CatalogFacts
 from synthpref_operator.crd import CATALOG_PLURAL
 from synthpref_operator.names import (
@@ -173,41 +182,75 @@ def _count(keys: list[str], pattern: re.Pattern[str]) -> int:
     return sum(1 for k in keys if pattern.match(k))
 
 
-def observe_artifacts(spec: PreferenceRunSpec, storage: Storage) -> Artifacts:
-    """Committed shards per stage, from a few listings of the run's storage."""
-    if not storage.exists(layout.PROMPTS_MANIFEST):
-        return Artifacts(dataset_uri=storage.url("dataset/"))
-    manifest = storage.read_json(layout.PROMPTS_MANIFEST)
-    shards, prompts = int(manifest["shards"]), int(manifest.get("prompts", 0))
-    generations = storage.list("generations/")
-    generated = {
-        m.name: _count(
-            [k for k in generations if k.startswith(f"generations/{m.name}/")], _GEN_COMMIT
-        )
-        for m in spec.models
-    }
-    mixed = _count(storage.list("mix/"), _MIX_COMMIT)
-    judged = judged_shards(storage, shards) if mixed >= shards else 0
-    parsed = _count(storage.list("dataset/"), _PART_COMMIT)
-    summary = storage.read_json(layout.SUMMARY) if storage.exists(layout.SUMMARY) else None
-    report_uri = report_error = None
-    if summary is not None:
-        if storage.exists(layout.REPORT_HTML):
-            report_uri = storage.url(layout.REPORT_HTML)
-        if storage.exists(layout.REPORT_ERROR):
-            report_error = str(storage.read_json(layout.REPORT_ERROR).get("error", ""))
+def observe_artifacts(
+    spec: PreferenceRunSpec,
+    storage: Storage,
+    memory: ArtifactMemory | None = None,
+    jobs: Mapping[str, JobState] | None = None,
+    now: float = 0.0,
+) -> Artifacts:
+    """Committed shards per stage. Without `memory`, from full listings of the run's storage;
+    with it (kept across passes, see `artifact_memory.py`), only the parts whose stage Job
+    changed since they were last looked at (`jobs`: this pass's Jobs; `now`: monotonic time)
+    are listed again."""
+    memory = memory if memory is not None else ArtifactMemory()
+    if memory.manifest is None:
+        if not storage.exists(layout.PROMPTS_MANIFEST):
+            return Artifacts(dataset_uri=storage.url("dataset/"))
+        manifest = storage.read_json(layout.PROMPTS_MANIFEST)
+        memory.manifest = (int(manifest["shards"]), int(manifest.get("prompts", 0)))
+    shards, prompts = memory.manifest
+    marks = job_marks((jobs or {}).values())
+    parts = [generation_part(m.name) for m in spec.models] + [MIX, PARSE]
+    due = memory.due(parts, marks, now)
+    if len(due & {generation_part(m.name) for m in spec.models}) > 1:
+        listing = storage.list("generations/")  # one listing for several models
+        for model in spec.models:
+            part = generation_part(model.name)
+            if part in due:
+                mine = [k for k in listing if k.startswith(part)]
+                memory.saw(part, _count(mine, _GEN_COMMIT), marks)
+    else:
+        for model in spec.models:
+            part = generation_part(model.name)
+            if part in due:
+                memory.saw(part, _count(storage.list(part), _GEN_COMMIT), marks)
+    if MIX in due:
+        memory.saw(MIX, _count(storage.list("mix/"), _MIX_COMMIT), marks)
+    mixed = memory.counts[MIX]
+    if mixed >= shards:
+        parts.append(JUDGE)
+        if JUDGE in memory.due([JUDGE], marks, now):
+            memory.saw(JUDGE, judged_shards(storage, shards), marks)
+            due.add(JUDGE)
+    if PARSE in due:
+        memory.saw(PARSE, _count(storage.list("dataset/"), _PART_COMMIT), marks)
+        _observe_outcome(storage, memory)
+    memory.looked(due, parts, now)
     return Artifacts(
         shards=shards,
         prompts=prompts,
-        generated=generated,
+        generated={m.name: memory.counts[generation_part(m.name)] for m in spec.models},
         mixed=mixed,
-        judged=judged,
-        parsed=parsed,
-        summary=summary,
+        judged=memory.counts.get(JUDGE, 0) if mixed >= shards else 0,
+        parsed=memory.counts[PARSE],
+        summary=memory.summary,
         dataset_uri=storage.url("dataset/"),
-        report_uri=report_uri,
-        report_error=report_error,
+        report_uri=memory.report_uri,
+        report_error=memory.report_error,
     )
+
+
+def _observe_outcome(storage: Storage, memory: ArtifactMemory) -> None:
+    """The summary that ends the parse stage, and the report written before it."""
+    summary = storage.read_json(layout.SUMMARY) if storage.exists(layout.SUMMARY) else None
+    memory.summary = summary
+    memory.report_uri = memory.report_error = None
+    if summary is not None:
+        if storage.exists(layout.REPORT_HTML):
+            memory.report_uri = storage.url(layout.REPORT_HTML)
+        if storage.exists(layout.REPORT_ERROR):
+            memory.report_error = str(storage.read_json(layout.REPORT_ERROR).get("error", ""))
 
 
 def judged_shards(storage: Storage, shards: int) -> int:
@@ -312,23 +355,30 @@ def secret_value(core_api: Any, namespace: str, name: str, key: str) -> str:
 PASS_STORAGE_RETRY = RetryPolicy(deadline_s=20.0, max_delay_s=5.0)
 
 
-def open_run_storage(spec: PreferenceRunSpec, core_api: Any, namespace: str) -> Storage:
-    """The run's storage; S3 credentials come from the Secrets the spec names, if any."""
+def open_run_storage(
+    spec: PreferenceRunSpec,
+    core_api: Any,
+    namespace: str,
+    read_secret: Callable[[str, str], str] | None = None,
+) -> Storage:
+    """The run's storage; S3 credentials come from the Secrets the spec names, if any (read
+    by `read_secret(name, key)`: default `secret_value`, `run_cache` passes its cache)."""
     settings = spec.storage
     if not settings.uri.startswith("s3://") or settings.credentials is None:
         return open_storage(
             settings.uri, settings.endpoint_url, settings.region, PASS_STORAGE_RETRY
         )
+    if read_secret is None:
+
+        def read_secret(name: str, key: str) -> str:
+            return secret_value(core_api, namespace, name, key)
+
     creds = settings.credentials
     client = s3_client(
         settings.endpoint_url,
         settings.region,
-        access_key_id=secret_value(
-            core_api, namespace, creds.access_key_id.name, creds.access_key_id.key
-        ),
-        secret_access_key=secret_value(
-            core_api, namespace, creds.secret_access_key.name, creds.secret_access_key.key
-        ),
+        access_key_id=read_secret(creds.access_key_id.name, creds.access_key_id.key),
+        secret_access_key=read_secret(creds.secret_access_key.name, creds.secret_access_key.key),
     )
     return S3Storage(settings.uri, client, PASS_STORAGE_RETRY)
 
@@ -356,7 +406,11 @@ def observe_secrets(core_api: Any, namespace: str, names: list[str]) -> dict[str
                 found[name] = SecretFacts(found=False, error=f"HTTP {error.status}")
             continue
         metadata = json.loads(reply.data).get("metadata") or {}
-        found[name] = SecretFacts(found=True, labels=dict(metadata.get("labels") or {}))
+        found[name] = SecretFacts(
+            found=True,
+            labels=dict(metadata.get("labels") or {}),
+            resource_version=str(metadata.get("resourceVersion") or ""),
+        )
     return found
 
 

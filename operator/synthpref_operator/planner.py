@@ -263,8 +263,26 @@ def _stage_jobs(spec: PreferenceRunSpec, run: str, stage: Stage) -> list[tuple[s
     return [(job_name(run, stage), None)]
 
 
+# At most this many shards or ranges of shards are named in a message (the status stays small).
+_SHARDS_SHOWN = 20
+
+
 def _describe_shards(shards: list[int]) -> str:
-    return ", ".join(str(s) for s in shards) if shards else "?"
+    """`0, 2, 5-9`: runs of three or more as ranges, then `... and N more` past a few."""
+    if not shards:
+        return "?"
+    runs: list[list[int]] = []
+    for shard in sorted(set(shards)):
+        if runs and shard == runs[-1][-1] + 1:
+            runs[-1].append(shard)
+        else:
+            runs.append([shard])
+    items: list[str] = []
+    for run in runs:
+        items += [f"{run[0]}-{run[-1]}"] if len(run) >= 3 else [str(s) for s in run]
+    shown = ", ".join(items[:_SHARDS_SHOWN])
+    extra = len(items) - _SHARDS_SHOWN
+    return f"{shown} and {extra} more" if extra > 0 else shown
 
 
 def _failed_shards(art: Artifacts, job: JobState) -> list[int]:

@@ -1,9 +1,11 @@
 """One reconcile pass of a PreferenceRun: observe, plan, apply, write status once, emit Events.
 
-Called by the kopf handlers (`handlers.py`) on every run or Job event and on a timer, always in
+Called by the kopf handlers (`handlers.py`) on run and Job events and on a timer, always in
 a worker thread (never on the event loop). Passes of one run never overlap: a request that
 comes while a pass runs makes that pass run once more (`request`). Everything is recomputed
-from the cluster and storage on every pass, so a restarted operator simply carries on.
+from the cluster and storage, so a restarted operator simply carries on; between passes a run
+keeps only caches (`run_cache.RunCache`: Secret values by resourceVersion, its storage client,
+and what its storage showed, looked at again where a stage Job changed).
 """
 
 from __future__ import annotations
@@ -30,12 +32,14 @@ from synthpref.spec import (
 from synthpref.storage import Storage, StorageError
 from synthpref_operator.admission import (
     Problem,
+    SecretFacts,
     admission_problems,
     admission_status,
     secrets_to_observe,
     touching,
 )
 from synthpref_operator.apply import Applier
+from synthpref_operator.artifact_memory import RELIST_SECONDS
 from synthpref_operator.blocked import blocked_status, observation_reason
 from synthpref_operator.catalogs import catalog_pass
 from synthpref_operator.crd import PLURAL
@@ -64,6 +68,7 @@ from synthpref_operator.planner import (
     plan,
     retry_requested,
 )
+from synthpref_operator.run_cache import RunCache
 from synthpref_operator.settings import OperatorSettings
 from synthpref_operator.status import (
     TERMINAL_PHASES,
@@ -88,43 +93,67 @@ def rfc3339(moment: dt.datetime | None = None) -> str:
 @dataclass
 class _Slot:
     running: bool = False
-    again: bool = False
+    again: str | None = None  # the trigger of a request that came during the pass
 
 
 class Reconciler:
     """Runs reconcile passes for the runs of one operator process."""
 
     def __init__(
-        self, api_client: Any, settings: OperatorSettings, metrics: OperatorMetrics | None = None
+        self,
+        api_client: Any,
+        settings: OperatorSettings,
+        metrics: OperatorMetrics | None = None,
+        relist_seconds: float = RELIST_SECONDS,
     ) -> None:
         self.applier = Applier(api_client, settings, metrics)
         self.metrics = metrics
+        self.cache = RunCache(metrics, relist_seconds)
         self._slots: dict[tuple[str, str], _Slot] = {}
         self._lock = threading.Lock()
 
     # ---- coalescing
 
-    def request(self, namespace: str, name: str) -> None:
-        """Reconcile now, or make the pass in progress for this run run once more."""
+    def request(self, namespace: str, name: str, trigger: str = "event") -> None:
+        """Reconcile now, or make the pass in progress for this run run once more.
+        `trigger` (event, job, timer, catalog) only labels the pass in the metrics."""
         key = (namespace, name)
         with self._lock:
             slot = self._slots.setdefault(key, _Slot())
             if slot.running:
-                slot.again = True
+                slot.again = trigger
                 return
             slot.running = True
         try:
             while True:
+                if self.metrics is not None:
+                    self.metrics.reconcile_passes.labels(trigger=trigger).inc()
                 self.reconcile(namespace, name)
                 with self._lock:
-                    if not slot.again:
+                    if slot.again is None:
                         slot.running = False
                         return
-                    slot.again = False
+                    trigger, slot.again = slot.again, None
         except BaseException:
             with self._lock:
                 slot.running = False
             raise
+
+    def _again(self, namespace: str, name: str) -> None:
+        """Make the pass in progress run once more (its status write lost a conflict, and the
+        change that caused it may be one that asks for no pass, e.g. kopf's finalizer)."""
+        with self._lock:
+            slot = self._slots.get((namespace, name))
+            if slot is not None and slot.running and slot.again is None:
+                slot.again = "again"
+
+    def forget(self, namespace: str, name: str) -> None:
+        """The run is gone: drop what its passes kept (Secret values, clients, memory)."""
+        self.cache.forget(namespace, name)
+        with self._lock:
+            slot = self._slots.get((namespace, name))
+            if slot is not None and not slot.running:
+                del self._slots[(namespace, name)]
 
     # ---- the pass
 
@@ -189,7 +218,7 @@ class Reconciler:
         ):
             return previous  # nothing to do until the spec changes (see planner._reassess)
         # Before any Secret value is read, storage opened, the judge called or a Job created.
-        problems = self._admission_problems(spec, namespace)
+        problems, secrets = self._admission(spec, namespace)
         admitted, held_events = admission_status(previous, problems, generation, now)
         if problems:  # the Admitted condition's Warning Event says it already
             held, _ = blocked_status(
@@ -205,8 +234,10 @@ class Reconciler:
             return held
         try:
             jobs = observe_jobs(self.applier.batch, namespace, name, self.applier.core)
-            storage = open_run_storage(spec, self.applier.core, namespace)
-            artifacts = observe_artifacts(spec, storage)
+            storage = self.cache.storage(spec, self.applier.core, namespace, name, secrets)
+            basis = (str(run["metadata"].get("uid") or ""), generation, retry)
+            memory = self.cache.artifact_memory(namespace, name, basis)
+            artifacts = observe_artifacts(spec, storage, memory, jobs, time.monotonic())
             judge: JudgeLedger | None = None
             if (
                 spec.judge.backend is JudgeBackend.OPENAI
@@ -259,7 +290,10 @@ class Reconciler:
         if (body != previous.to_body() or not run.get("status")) and not (
             self.applier.write_status(run, body)
         ):
-            return  # conflict: the next pass recomputes everything, events included
+            # Conflict: the next pass recomputes everything, events included.
+            meta = run["metadata"]
+            self._again(meta["namespace"], meta["name"])
+            return
         for event in events:
             self.applier.emit(run, event)
 
@@ -289,12 +323,19 @@ class Reconciler:
             }
         )
 
-    def _admission_problems(self, spec: PreferenceRunSpec, namespace: str) -> list[Problem]:
-        """What the run names but may not use (reads the named Secrets' metadata only)."""
+    def _admission(
+        self, spec: PreferenceRunSpec, namespace: str
+    ) -> tuple[list[Problem], dict[str, SecretFacts]]:
+        """What the run names but may not use, and what was seen of the Secrets it names
+        (their metadata only)."""
         settings = self.applier.settings
         names = secrets_to_observe(spec, settings)
         secrets = observe_secrets(self.applier.core, namespace, names)
-        return admission_problems(spec, settings, namespace, secrets)
+        return admission_problems(spec, settings, namespace, secrets), secrets
+
+    def _admission_problems(self, spec: PreferenceRunSpec, namespace: str) -> list[Problem]:
+        """What the run names but may not use (reads the named Secrets' metadata only)."""
+        return self._admission(spec, namespace)[0]
 
     def runs_using_catalog(self, namespace: str, catalog: str) -> list[str]:
         """Names of the runs in `namespace` whose spec.modelCatalog names `catalog`."""

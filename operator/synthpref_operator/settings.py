@@ -16,6 +16,10 @@ from synthpref.spec import Toleration, validation_problems
 from synthpref_operator.admission import ANY, parse_endpoint
 
 SETTINGS_ENV = "SYNTHPREF_OPERATOR_SETTINGS"
+# Threads for reconcile passes, and API-server connections (`synthpref operator run --workers`):
+# enough for a pass of each of ~50 busy runs at once; a pass mostly waits on the API server
+# and storage.
+DEFAULT_WORKERS = 64
 
 
 class OperatorSettings(BaseModel):

@@ -166,6 +166,7 @@ def test_documented_defaults() -> None:
     }
     assert v["operator"] == {
         "reconcileIntervalSeconds": 10,
+        "workers": 64,
         "logLevel": "info",
         "logFormat": "json",
         "env": [],

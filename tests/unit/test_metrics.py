@@ -353,3 +353,39 @@ def test_jobs_are_counted_only_when_this_call_created_them(
     jobs = "synthpref_jobs_created_total"
     assert value(samples, jobs, namespace="a", stage="prepare") == 1
     assert value(samples, jobs, namespace="a", stage="generate") == 1
+
+
+def test_passes_are_counted_by_trigger_and_a_lost_status_write_runs_again(
+    metrics: OperatorMetrics, server: MetricsServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    subject = reconciler(metrics)
+    calls: list[str] = []
+
+    def one_pass(namespace: str, name: str) -> RunStatus | None:
+        calls.append(name)
+        if len(calls) == 1:
+            subject.request(namespace, name, "job")  # comes while the pass runs
+        if len(calls) == 2:
+            subject._again(namespace, name)  # its status write lost a conflict
+        return None
+
+    monkeypatch.setattr(subject, "_reconcile", one_pass)
+    subject.request("a", "r1", "timer")
+    assert calls == ["r1"] * 3
+    samples = scrape(server)
+    for trigger in ("timer", "job", "again"):
+        assert value(samples, "synthpref_reconcile_passes_total", trigger=trigger) == 1
+
+
+def test_api_server_requests_are_counted_by_method(metrics: OperatorMetrics) -> None:
+    from kubernetes import client
+    from urllib3.exceptions import MaxRetryError
+
+    configuration = client.Configuration()
+    configuration.host = "http://127.0.0.1:9"  # nothing listens: the request is still sent
+    configuration.retries = 0
+    api = client.ApiClient(configuration)
+    metrics.count_api_requests(api)
+    with pytest.raises(MaxRetryError):
+        client.CoreV1Api(api).read_namespaced_secret("s", "ns", _request_timeout=5)
+    assert metrics.registry.get_sample_value("synthpref_api_requests_total", {"method": "GET"}) == 1

@@ -1,0 +1,113 @@
+"""What one run's storage showed at earlier passes, so that a pass looks again only where
+something can have changed; pure (no I/O, no clock: the caller passes the time).
+
+`observe.observe_artifacts` keeps one `ArtifactMemory` per run (`run_cache.RunCache`). Storage
+is divided into parts, one per stage Job that writes it: `generations/<model>/` (that model's
+generation Job), `mix/`, the vLLM judge's `requests/` and `results/`, and `dataset/` with the
+summary and report (the parse Job). Only a stage's workers commit into its part, and a worker
+commits before its pod ends, so a part can only have changed when its Job's observed state
+(`JobMark`: succeeded count, completion, failure, failed indexes) changed since the part was
+last looked at. A part is looked at again then, when it was never looked at, and everything
+every `relist_seconds` as a safety net (and to show shards committed by a worker still
+running). The pipeline never undoes a commit except when a run is retried (a Failed run's
+Jobs are recreated and redo what is missing) or its spec changes, so a change of either, or a
+run deleted and made again under the same name (`Basis`), forgets everything. A fresh
+memory looks at everything: the first pass of a process.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from synthpref_operator.names import Stage
+from synthpref_operator.planner import JobState
+
+# A full look at a run's storage at least this often, seconds.
+RELIST_SECONDS = 120.0
+
+MIX = "mix/"
+JUDGE = "judge"  # the vLLM judge's requests/ and results/
+PARSE = "dataset/"  # with the summary and the report
+
+
+def generation_part(model: str) -> str:
+    return f"generations/{model}/"
+
+
+# The run object's uid, generation and retry annotation: what the memory holds for.
+Basis = tuple[str, int, str | None]
+
+# What of a Job's state tells that its workers committed something since.
+JobMark = tuple[tuple[str, int, bool, bool, tuple[int, ...]], ...]
+
+
+def job_part(job: JobState) -> str | None:
+    """The part of storage a stage Job's workers commit into (None: prepare)."""
+    if job.stage is Stage.GENERATE and job.model is not None:
+        return generation_part(job.model)
+    return {Stage.MIX: MIX, Stage.JUDGE: JUDGE, Stage.PARSE: PARSE}.get(job.stage)
+
+
+def job_marks(jobs: Iterable[JobState]) -> dict[str, JobMark]:
+    """Per part, the state of the Jobs that write it (sorted, so equal states compare equal)."""
+    marks: dict[str, list[tuple[str, int, bool, bool, tuple[int, ...]]]] = {}
+    for job in jobs:
+        part = job_part(job)
+        if part is not None:
+            entry = (job.name, job.succeeded, job.complete, job.failed, job.failed_indexes)
+            marks.setdefault(part, []).append(entry)
+    return {part: tuple(sorted(entries)) for part, entries in marks.items()}
+
+
+@dataclass
+class ArtifactMemory:
+    """One run's storage as last seen: counts per part, the manifest, summary and report."""
+
+    relist_seconds: float = RELIST_SECONDS
+    basis: Basis | None = None
+    manifest: tuple[int, int] | None = None  # (shards, prompts)
+    counts: dict[str, int] = field(default_factory=dict)
+    marks: dict[str, JobMark] = field(default_factory=dict)
+    listed_at: float | None = None  # when everything was last looked at
+    summary: dict[str, Any] | None = None
+    report_uri: str | None = None
+    report_error: str | None = None
+
+    def rebase(self, basis: Basis) -> None:
+        """Forget everything when the run's spec or retry annotation changed."""
+        if self.basis != basis:
+            self.forget()
+            self.basis = basis
+
+    def forget(self) -> None:
+        self.manifest = None
+        self.counts.clear()
+        self.marks.clear()
+        self.listed_at = None
+        self.summary = None
+        self.report_uri = self.report_error = None
+
+    def due(self, parts: Iterable[str], marks: Mapping[str, JobMark], now: float) -> set[str]:
+        """The parts to look at now: never looked at, their Jobs changed, or all of them when
+        the last full look is `relist_seconds` old."""
+        wanted = set(parts)
+        if self.listed_at is None or now - self.listed_at >= self.relist_seconds:
+            return wanted
+        return {
+            part
+            for part in wanted
+            if part not in self.counts or marks.get(part, ()) != self.marks.get(part, ())
+        }
+
+    def saw(self, part: str, count: int, marks: Mapping[str, JobMark]) -> None:
+        """Record a look at `part`, under the Job state the pass observed before it."""
+        self.counts[part] = count
+        self.marks[part] = marks.get(part, ())
+
+    def looked(self, looked: set[str], parts: Iterable[str], now: float) -> None:
+        """After a pass looked at `looked`: when that was every part, the relist interval
+        starts again."""
+        if looked >= set(parts):
+            self.listed_at = now
