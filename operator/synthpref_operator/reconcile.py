@@ -14,6 +14,7 @@ import datetime as dt
 import logging
 import threading
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from typing import Any, cast
 
@@ -54,7 +55,6 @@ from synthpref_operator.observe import (
     observe_judge,
     observe_secrets,
     open_run_storage,
-    secret_value,
 )
 from synthpref_operator.planner import (
     CreateJob,
@@ -269,7 +269,7 @@ class Reconciler:
             elif isinstance(action, DeleteJob):
                 self.applier.delete_job(namespace, action)
             elif isinstance(action, StepJudge):
-                judge_error, outage = self._step_judge(spec, storage, run, previous)
+                judge_error, outage = self._step_judge(spec, storage, run, previous, secrets)
                 if judge_error is not None or outage is not None:
                     # The judge cannot go on (the run fails), or its endpoint is down (the
                     # status says so while it retries): plan again with what the step saw.
@@ -353,11 +353,21 @@ class Reconciler:
 
     # ---- the OpenAI judge
 
-    def _api_key(self, spec: PreferenceRunSpec, namespace: str) -> str | None:
+    def _api_key(
+        self,
+        spec: PreferenceRunSpec,
+        namespace: str,
+        run: str,
+        secrets: Mapping[str, SecretFacts] | None = None,
+    ) -> str | None:
+        """The judge's API key: from the run's cache while the Secret's resourceVersion (read
+        by admission this pass, in `secrets`) is unchanged; read afresh when it is unknown."""
         ref = spec.judge.openai.api_key_secret
         if ref is None:
             return None  # BatchClient falls back to the operator's own environment variable
-        return secret_value(self.applier.core, namespace, ref.name, ref.key)
+        facts = (secrets or {}).get(ref.name)
+        version = facts.resource_version if facts is not None else ""
+        return self.cache.secret(self.applier.core, namespace, run, ref.name, ref.key, version)
 
     def _annotator(
         self,
@@ -365,19 +375,25 @@ class Reconciler:
         storage: Storage,
         run: dict[str, Any],
         failing_since: float | None = None,
+        secrets: Mapping[str, SecretFacts] | None = None,
     ) -> Any:
         from synthpref.annotate.client import BatchClient
         from synthpref.annotate.engine import Annotator
 
         meta = run["metadata"]
-        key = self._api_key(spec, meta["namespace"])
+        key = self._api_key(spec, meta["namespace"], meta["name"], secrets)
         # One quick retry per call: a pass must not hold a worker thread for minutes; the next
         # pass tries again, and the outage is tracked across passes in the status.
         client = BatchClient(spec.judge.openai, api_key=key, max_retries=JUDGE_RETRIES_PER_PASS)
         return Annotator(spec, storage, meta["name"], client, failing_since=failing_since)
 
     def _step_judge(
-        self, spec: PreferenceRunSpec, storage: Storage, run: dict[str, Any], previous: RunStatus
+        self,
+        spec: PreferenceRunSpec,
+        storage: Storage,
+        run: dict[str, Any],
+        previous: RunStatus,
+        secrets: Mapping[str, SecretFacts],
     ) -> tuple[str | None, JudgeOutage | None]:
         """One ledger step: (the error when the judge cannot go on, the endpoint's outage)."""
         from synthpref.annotate.client import FatalApiError
@@ -387,7 +403,7 @@ class Reconciler:
         since = judge_status.endpoint_failing_since if judge_status is not None else None
         try:
             annotator = self._annotator(
-                spec, storage, run, _parse_time(since).timestamp() if since else None
+                spec, storage, run, _parse_time(since).timestamp() if since else None, secrets
             )
         except (FatalApiError, LookupError) as error:
             return str(error), None
