@@ -21,6 +21,7 @@ What runs:
 from __future__ import annotations
 
 import json
+import math
 import os
 import socket
 import subprocess
@@ -64,7 +65,7 @@ AUDIT_POLICY = {
     "omitStages": ["RequestReceived", "ResponseStarted"],
     "rules": [{"level": "Metadata", "users": [OPERATOR_USER]}, {"level": "None"}],
 }
-PROMPT_WORDS = "please explain how the tides depend on the moon and the sun in simple words".split()
+PROMPT_WORDS = "please explain how the tides depend on the moon and the sun in simple words"
 
 
 class BenchError(RuntimeError):
@@ -170,7 +171,7 @@ def quantiles(values: list[float]) -> dict[str, float | None]:
     ordered = sorted(values)
 
     def rank(q: float) -> float:
-        return ordered[min(len(ordered) - 1, max(0, round(q * len(ordered) + 0.5) - 1))]
+        return ordered[min(len(ordered) - 1, max(0, math.ceil(q * len(ordered)) - 1))]
 
     return {"n": len(ordered), "p50": rank(0.5), "p95": rank(0.95), "max": ordered[-1]}
 
@@ -196,8 +197,7 @@ def figures(a: Snapshot, b: Snapshot, runs: int, interval: float) -> dict[str, A
     api = Counter({k: b.api[k] - a.api.get(k, 0) for k in b.api})
     api = Counter({k: v for k, v in api.items() if v})
     buckets = {
-        le: count - a.metrics["buckets"].get(le, 0.0)
-        for le, count in b.metrics["buckets"].items()
+        le: count - a.metrics["buckets"].get(le, 0.0) for le, count in b.metrics["buckets"].items()
     }
     fitting = [le for le in sorted(buckets) if le >= interval]
     over = int(passes - buckets[fitting[0]]) if fitting and passes else 0
@@ -458,7 +458,7 @@ class Harness:
             s3 = self.s3()
             for start in range(0, prompts, per_file):
                 lines = (
-                    json.dumps({"text": f"{i}: " + " ".join(PROMPT_WORDS[: 5 + i % 9])})
+                    json.dumps({"text": f"{i}: " + " ".join(PROMPT_WORDS.split()[: 5 + i % 9])})
                     for i in range(start, min(prompts, start + per_file))
                 )
                 body = ("\n".join(lines) + "\n").encode()
@@ -493,7 +493,9 @@ class Harness:
             "judge": {"backend": "vllm", "model": "org/judge", "gpus": 1},
         }
 
-    def create_run(self, name: str, size: RunSize, *, stall_generation_at: int | None = None) -> None:
+    def create_run(
+        self, name: str, size: RunSize, *, stall_generation_at: int | None = None
+    ) -> None:
         """Create a PreferenceRun (and tell the simulator, first)."""
         from kubernetes import client
 
@@ -530,7 +532,7 @@ class Harness:
             )
 
         def gone() -> bool:
-            listing = custom.list_namespaced_custom_object(
+            listing: Any = custom.list_namespaced_custom_object(
                 API_GROUP, API_VERSION, NAMESPACE, "preferenceruns"
             )
             left = {r["metadata"]["name"] for r in listing.get("items") or []}
@@ -544,7 +546,7 @@ class Harness:
     def phases(self) -> dict[str, str]:
         from kubernetes import client
 
-        listing = client.CustomObjectsApi(self.api).list_namespaced_custom_object(
+        listing: Any = client.CustomObjectsApi(self.api).list_namespaced_custom_object(
             API_GROUP, API_VERSION, NAMESPACE, "preferenceruns"
         )
         return {

@@ -14,21 +14,22 @@ as it came (headers, signature and all) and the answer sent back, except where a
 
 Counters (`requests`, `slowdowns`, `failed_in_outage`, `cuts`) say what was injected;
 `operations` counts every request by S3 operation (LIST, GET, HEAD, PUT, DELETE, POST; see
-`s3_operation`), so a benchmark can count what one client asks of S3. It is one threaded `ThreadingHTTPServer` on 127.0.0.1 speaking real HTTP/1.1, started and stopped as a
-context manager.
+`s3_operation`), so a benchmark can count what one client asks of S3. It is one threaded
+`ThreadingHTTPServer` on 127.0.0.1 speaking real HTTP/1.1, started and stopped as a context
+manager.
 """
 
 from __future__ import annotations
 
 import enum
 import http.client
-from collections import Counter
 import random
 import socket
 import struct
 import threading
 import time
 import uuid
+from collections import Counter
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from types import TracebackType

@@ -196,7 +196,7 @@ class StageSimulator:
         def run() -> None:
             try:
                 target()
-            except Exception as error:  # noqa: BLE001 - reported in the figures
+            except Exception as error:  # reported with the figures
                 if not self._stop.is_set():
                     log.exception("simulator thread failed")
                     self.errors.append(f"{threading.current_thread().name}: {error!r}")
@@ -205,13 +205,16 @@ class StageSimulator:
 
     # ---- watching
 
-    def _watch(self, lister: Callable[..., Any], handle: Callable[[str, dict[str, Any]], None], **kw: Any) -> None:
+    def _watch(
+        self, lister: Callable[..., Any], handle: Callable[[str, dict[str, Any]], None], **kw: Any
+    ) -> None:
         from kubernetes import watch
         from kubernetes.client import ApiException
 
         version = ""
         while not self._stop.is_set():
-            stream = watch.Watch()
+            make: Any = watch.Watch
+            stream = make()
             try:
                 for event in stream.stream(
                     lister, self.namespace, resource_version=version, timeout_seconds=30, **kw
@@ -316,7 +319,9 @@ class StageSimulator:
             if complete:
                 self._write_job_status(job)
 
-    def _put(self, storage: Storage, key: str, info: dict[str, Any], data: bytes | None = None) -> None:
+    def _put(
+        self, storage: Storage, key: str, info: dict[str, Any], data: bytes | None = None
+    ) -> None:
         storage.write_bytes(key, self.payload if data is None else data)
         storage.commit(key, info)
         with self._lock:
@@ -326,7 +331,10 @@ class StageSimulator:
         """Commit what the stage's worker commits for `shard`, and note stage completions."""
         storage, spec, shards = run.storage, run.spec, run.shards
         size = spec.prompts.shard_size
-        rows = lambda s: min(size, run.prompts - s * size)  # noqa: E731
+
+        def rows(s: int) -> int:
+            return min(size, run.prompts - s * size)
+
         clock = self.clocks[run.name]
         if job.stage == "prepare":
             for s in range(shards):
