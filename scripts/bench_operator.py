@@ -84,6 +84,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--small-shards", type=int, default=20, help="steady: the small size")
     parser.add_argument("--window", type=float, default=30.0, help="steady: seconds measured")
     parser.add_argument("--work-dir", type=Path, help="keep the logs there")
+    parser.add_argument(
+        "--operator-arg",
+        action="append",
+        default=[],
+        help="one more `synthpref operator run` argument (repeatable): --operator-arg=--workers=64",
+    )
     args = parser.parse_args(argv)
     for key, value in DEFAULTS[args.scenario].items():
         if getattr(args, key) is None:
@@ -278,6 +284,7 @@ def main(argv: list[str] | None = None) -> int:
         "shard_seconds": args.shard_seconds,
         "object_bytes": args.object_bytes,
         "sim_workers": args.sim_workers,
+        "operator_args": tuple(args.operator_arg),
     }
     started = time.monotonic()
     with harness(build_binaries(quiet=True), args.work_dir, **options) as h:
@@ -293,6 +300,7 @@ def main(argv: list[str] | None = None) -> int:
         "sizes": sizes,
         "interval": args.interval,
         "shard_seconds": args.shard_seconds,
+        "operator_args": args.operator_arg,
         "bench_wall_s": round(time.monotonic() - started, 1),
         "work_dir": work_dir,
         **result,

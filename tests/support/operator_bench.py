@@ -135,7 +135,8 @@ def scrape(port: int) -> dict[str, Any]:
                 elif sample.name.endswith("_sum"):
                     found["sum"] = sample.value
         elif family.type == "counter" and any(
-            word in family.name for word in ("storage", "api_request", "trigger")
+            word in family.name
+            for word in ("storage", "api_request", "reconcile_passes", "events_ignored")
         ):
             for sample in family.samples:
                 if sample.name.endswith("_total"):
@@ -268,6 +269,7 @@ class Harness:
     object_bytes: int = 1024
     sim_workers: int = 8
     log_level: str = "warning"
+    operator_args: tuple[str, ...] = ()  # more `synthpref operator run` flags
     cp: ControlPlane | None = None
     api: Any = None
     proxy: S3FaultProxy | None = None
@@ -422,6 +424,7 @@ class Harness:
                 json.dumps(settings),
                 "--log-level",
                 self.log_level,
+                *self.operator_args,
             ],
             self.work_dir / "logs" / "operator.log",
             env=dict(os.environ),  # $PYTHONPATH picks the checkout measured
