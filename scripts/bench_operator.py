@@ -61,7 +61,7 @@ GOAL_O1_RATIO = 1.5
 DEFAULTS: dict[str, dict[str, Any]] = {
     "concurrent": {"runs": 50, "models": 20, "shards": 20, "shard_size": 100, "replicas": 20},
     "big-run": {"runs": 1, "models": 20, "shards": 1000, "shard_size": 1000, "replicas": 20},
-    "steady": {"runs": 5, "models": 20, "shards": 1000, "shard_size": 10, "replicas": 20},
+    "steady": {"runs": 2, "models": 4, "shards": 1000, "shard_size": 10, "replicas": 20},
 }
 
 
