@@ -166,8 +166,8 @@ def goals(scenario: str, result: dict[str, Any], args: argparse.Namespace) -> li
     """Each goal the scenario can judge: what, the figure, PASS/FAIL."""
     found: list[dict[str, Any]] = []
 
-    def goal(what: str, value: Any, ok: bool) -> None:
-        found.append({"goal": what, "value": value, "pass": bool(ok)})
+    def goal(what: str, value: Any, ok: bool | None) -> None:
+        found.append({"goal": what, "value": value, "pass": None if ok is None else bool(ok)})
 
     windows = [result["totals"]] if "totals" in result else []
     windows += [result[k] for k in ("terminal", "stalled_small", "stalled_large") if k in result]
@@ -203,13 +203,14 @@ def goals(scenario: str, result: dict[str, Any], args: argparse.Namespace) -> li
             result["stalled_small"]["s3_per_pass"],
             result["stalled_large"]["s3_per_pass"],
         )
-        ratio = (large / small) if small and large is not None else None
-        goal(
+        what = (
             f"S3 per pass O(1) in shards ({args.small_shards} -> {args.shards}: ratio <= "
-            f"{GOAL_O1_RATIO:g})",
-            f"{small} -> {large}",
-            ratio is not None and ratio <= GOAL_O1_RATIO,
+            f"{GOAL_O1_RATIO:g})"
         )
+        if small is None or large is None:  # a window without passes: nothing to divide
+            goal(what, f"{small} -> {large} (a window had no passes: not judged)", None)
+        else:
+            goal(what, f"{small} -> {large}", small > 0 and large / small <= GOAL_O1_RATIO)
     return found
 
 
@@ -268,7 +269,7 @@ def table(scenario: str, result: dict[str, Any], found: list[dict[str, Any]]) ->
             )
     lines.append(f"largest status object: {result.get('max_status_bytes')} bytes")
     for row in found:
-        mark = "PASS" if row["pass"] else "FAIL"
+        mark = {True: "PASS", False: "FAIL", None: "N/A"}[row["pass"]]
         lines.append(f"[{mark}] {row['goal']}: {row['value']}")
     return "\n".join(lines)
 
