@@ -12,9 +12,11 @@ as it came (headers, signature and all) and the answer sent back, except where a
 - `cut_gets(after_bytes, count)`: the next `count` GETs whose body is longer announce the full
   Content-Length, send `after_bytes` of it and drop the connection (a stream broken mid-read).
 
-Counters (`requests`, `slowdowns`, `failed_in_outage`, `cuts`) say what was injected. It is one
-threaded `ThreadingHTTPServer` on 127.0.0.1 speaking real HTTP/1.1, started and stopped as a
-context manager.
+Counters (`requests`, `slowdowns`, `failed_in_outage`, `cuts`) say what was injected;
+`operations` counts every request by S3 operation (LIST, GET, HEAD, PUT, DELETE, POST; see
+`s3_operation`), so a benchmark can count what one client asks of S3. It is one threaded
+`ThreadingHTTPServer` on 127.0.0.1 speaking real HTTP/1.1, started and stopped as a context
+manager.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ import struct
 import threading
 import time
 import uuid
+from collections import Counter
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from types import TracebackType
@@ -60,6 +63,14 @@ def s3_error_xml(code: str, message: str) -> bytes:
     ).encode()
 
 
+def s3_operation(method: str, path: str) -> str:
+    """The S3 operation of a path-style request: a GET of the bucket itself is a LIST."""
+    bucket_only = urlsplit(path).path.strip("/").count("/") == 0
+    if method == "GET" and bucket_only:
+        return "LIST"
+    return method
+
+
 class S3FaultProxy:
     """The proxy's knobs and counters; see the module docstring."""
 
@@ -71,6 +82,7 @@ class S3FaultProxy:
         self.slowdowns = 0
         self.failed_in_outage = 0
         self.cuts = 0
+        self.operations: Counter[str] = Counter()
         self._rng = random.Random(seed)
         self._lock = threading.Lock()
         self._window: _Window | None = None
@@ -174,10 +186,11 @@ class S3FaultProxy:
 
     # ---- what the handler asks
 
-    def _admit(self) -> str:
+    def _admit(self, method: str, path: str) -> str:
         """What to do with a request that just came in: 'outage', 'slowdown' or 'forward'."""
         with self._lock:
             self.requests += 1
+            self.operations[s3_operation(method, path)] += 1
             if self._scheduled is not None and self.requests > self._scheduled[0]:
                 _, mode, seconds = self._scheduled
                 self._scheduled = None
@@ -251,7 +264,7 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _serve(self) -> None:
         proxy = self.proxy
-        decision = proxy._admit()
+        decision = proxy._admit(self.command, self.path)
         if decision == "outage":
             if proxy._outage_mode() is Outage.UNAVAILABLE:
                 self._read_body()
