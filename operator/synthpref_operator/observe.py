@@ -165,8 +165,12 @@ def unschedulable(pod: dict[str, Any]) -> str | None:
 
 
 def unscheduled_pods(core_api: Any, namespace: str, run: str) -> dict[str, str]:
-    """Job name -> why one of its pods cannot be scheduled, over the run's pods (one list)."""
-    pods = core_api.list_namespaced_pod(namespace, label_selector=run_selector(run))
+    """Job name -> why one of its pods cannot be scheduled, over the run's pending pods (one
+    list; the API server filters by phase, so a run's thousands of running or finished pods
+    are not sent on every pass)."""
+    pods = core_api.list_namespaced_pod(
+        namespace, label_selector=run_selector(run), field_selector="status.phase=Pending"
+    )
     serialize = core_api.api_client.sanitize_for_serialization
     found: dict[str, str] = {}
     for item in pods.items:

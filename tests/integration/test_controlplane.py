@@ -19,6 +19,8 @@ from kubernetes import client
 
 from synthpref_operator.devcluster.controlplane import ControlPlane
 from synthpref_operator.devcluster.kubelet import TestKubelet, in_namespace, job_index
+from synthpref_operator.names import run_selector
+from synthpref_operator.observe import JOB_NAME_LABEL, unscheduled_pods
 from tests.support.polling import wait_for
 
 pytestmark = pytest.mark.cluster
@@ -377,7 +379,13 @@ def test_gpu_slots_serialize_pods(
         script = "import time; time.sleep(1.5)"
         for name in ("gpu-a", "gpu-b"):
             core.create_namespaced_pod(namespace, gpu_pod(name, 1, script))
-        core.create_namespaced_pod(namespace, gpu_pod("gpu-big", 2, script))
+        big = gpu_pod("gpu-big", 2, script)
+        big["metadata"]["labels"] = {
+            **(big["metadata"].get("labels") or {}),
+            **dict(part.split("=") for part in run_selector("r1").split(",")),
+            JOB_NAME_LABEL: "r1-big",
+        }
+        core.create_namespaced_pod(namespace, big)
 
         def unschedulable(name: str) -> bool:
             pod = core.read_namespaced_pod_status(name, namespace)
@@ -400,6 +408,9 @@ def test_gpu_slots_serialize_pods(
         assert runs[0].finished_at <= runs[1].started_at, "two 1-GPU pods overlapped on 1 slot"
         assert unschedulable("gpu-big")
         assert core.read_namespaced_pod("gpu-big", namespace).spec.node_name is None
+        # The operator's view: the run's pending pods, filtered by phase on the API server.
+        waiting = unscheduled_pods(core, namespace, "r1")
+        assert list(waiting) == ["r1-big"] and "gpu-big" in waiting["r1-big"]
         node = core.read_node(test_kubelet.node_name)
         assert node.status.allocatable["nvidia.com/gpu"] == "1"
     finally:
