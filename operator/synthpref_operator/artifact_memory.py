@@ -7,12 +7,15 @@ generation Job), `mix/`, the vLLM judge's `requests/` and `results/`, and `datas
 summary and report (the parse Job). Only a stage's workers commit into its part, and a worker
 commits before its pod ends, so a part can only have changed when its Job's observed state
 (`JobMark`: succeeded count, completion, failure, failed indexes) changed since the part was
-last looked at. A part is looked at again then, when it was never looked at, and everything
-every `relist_seconds` as a safety net (and to show shards committed by a worker still
-running). The pipeline never undoes a commit except when a run is retried (a Failed run's
-Jobs are recreated and redo what is missing) or its spec changes, so a change of either, or a
-run deleted and made again under the same name (`Basis`), forgets everything. A fresh
-memory looks at everything: the first pass of a process.
+last looked at. A part is looked at again at once when its Job completed or failed (what the
+next stage waits for), at most every `progress_seconds` while its Job only makes progress (the
+status's shard counts; a big run's twenty generation Jobs change every second, and listing a
+part of 1,000 shards on each change made passes slower than the reconcile interval), when it
+was never looked at, and everything every `relist_seconds` as a safety net (and to show shards
+committed by a worker still running). The pipeline never undoes a commit except when a run is
+retried (a Failed run's Jobs are recreated and redo what is missing) or its spec changes, so
+a change of either, or a run deleted and made again under the same name (`Basis`), forgets
+everything. A fresh memory looks at everything: the first pass of a process.
 """
 
 from __future__ import annotations
@@ -26,6 +29,9 @@ from synthpref_operator.planner import JobState
 
 # A full look at a run's storage at least this often, seconds.
 RELIST_SECONDS = 120.0
+# A part whose Job only made progress (more indexes succeeded) is looked at again at most this
+# often, seconds.
+PROGRESS_SECONDS = 15.0
 
 MIX = "mix/"
 JUDGE = "judge"  # the vLLM judge's requests/ and results/
@@ -66,11 +72,13 @@ class ArtifactMemory:
     """One run's storage as last seen: counts per part, the manifest, summary and report."""
 
     relist_seconds: float = RELIST_SECONDS
+    progress_seconds: float = PROGRESS_SECONDS
     basis: Basis | None = None
     manifest: tuple[int, int] | None = None  # (shards, prompts)
     counts: dict[str, int] = field(default_factory=dict)
     marks: dict[str, JobMark] = field(default_factory=dict)
     listed_at: float | None = None  # when everything was last looked at
+    looked_at: dict[str, float] = field(default_factory=dict)  # per part
     summary: dict[str, Any] | None = None
     report_uri: str | None = None
     report_error: str | None = None
@@ -85,29 +93,44 @@ class ArtifactMemory:
         self.manifest = None
         self.counts.clear()
         self.marks.clear()
+        self.looked_at.clear()
         self.listed_at = None
         self.summary = None
         self.report_uri = self.report_error = None
 
     def due(self, parts: Iterable[str], marks: Mapping[str, JobMark], now: float) -> set[str]:
-        """The parts to look at now: never looked at, their Jobs changed, or all of them when
-        the last full look is `relist_seconds` old."""
+        """The parts to look at now: never looked at, their Jobs ended or failed since, their
+        Jobs made progress and the part's last look is `progress_seconds` old, or all of them
+        when the last full look is `relist_seconds` old."""
         wanted = set(parts)
         if self.listed_at is None or now - self.listed_at >= self.relist_seconds:
             return wanted
-        return {
-            part
-            for part in wanted
-            if part not in self.counts or marks.get(part, ()) != self.marks.get(part, ())
-        }
+        return {part for part in wanted if self._changed(part, marks.get(part, ()), now)}
 
-    def saw(self, part: str, count: int, marks: Mapping[str, JobMark]) -> None:
-        """Record a look at `part`, under the Job state the pass observed before it."""
+    def _changed(self, part: str, mark: JobMark, now: float) -> bool:
+        if part not in self.counts:
+            return True
+        before = self.marks.get(part, ())
+        if mark == before:
+            return False
+        if _outcome(mark) != _outcome(before):
+            return True
+        return now - self.looked_at.get(part, float("-inf")) >= self.progress_seconds
+
+    def saw(self, part: str, count: int, marks: Mapping[str, JobMark], now: float = 0.0) -> None:
+        """Record a look at `part` at `now`, under the Job state the pass observed before it."""
         self.counts[part] = count
         self.marks[part] = marks.get(part, ())
+        self.looked_at[part] = now
 
     def looked(self, looked: set[str], parts: Iterable[str], now: float) -> None:
         """After a pass looked at `looked`: when that was every part, the relist interval
         starts again."""
         if looked >= set(parts):
             self.listed_at = now
+
+
+def _outcome(mark: JobMark) -> tuple[tuple[str, bool, bool, tuple[int, ...]], ...]:
+    """A part's Jobs without their succeeded counts: which Jobs, and whether they completed,
+    failed, or lost indexes."""
+    return tuple((name, complete, failed, lost) for name, _, complete, failed, lost in mark)

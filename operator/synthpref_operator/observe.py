@@ -207,28 +207,29 @@ def observe_artifacts(
     marks = job_marks((jobs or {}).values())
     parts = [generation_part(m.name) for m in spec.models] + [MIX, PARSE]
     due = memory.due(parts, marks, now)
-    if len(due & {generation_part(m.name) for m in spec.models}) > 1:
+    due_models = len(due & {generation_part(m.name) for m in spec.models})
+    if due_models > 1 and one_listing_is_cheaper(shards, len(spec.models), due_models):
         listing = storage.list("generations/")  # one listing for several models
         for model in spec.models:
             part = generation_part(model.name)
             if part in due:
                 mine = [k for k in listing if k.startswith(part)]
-                memory.saw(part, _count(mine, _GEN_COMMIT), marks)
+                memory.saw(part, _count(mine, _GEN_COMMIT), marks, now)
     else:
         for model in spec.models:
             part = generation_part(model.name)
             if part in due:
-                memory.saw(part, _count(storage.list(part), _GEN_COMMIT), marks)
+                memory.saw(part, _count(storage.list(part), _GEN_COMMIT), marks, now)
     if MIX in due:
-        memory.saw(MIX, _count(storage.list("mix/"), _MIX_COMMIT), marks)
+        memory.saw(MIX, _count(storage.list("mix/"), _MIX_COMMIT), marks, now)
     mixed = memory.counts[MIX]
     if mixed >= shards:
         parts.append(JUDGE)
         if JUDGE in memory.due([JUDGE], marks, now):
-            memory.saw(JUDGE, judged_shards(storage, shards), marks)
+            memory.saw(JUDGE, judged_shards(storage, shards), marks, now)
             due.add(JUDGE)
     if PARSE in due:
-        memory.saw(PARSE, _count(storage.list("dataset/"), _PART_COMMIT), marks)
+        memory.saw(PARSE, _count(storage.list("dataset/"), _PART_COMMIT), marks, now)
         _observe_outcome(storage, memory)
     memory.looked(due, parts, now)
     return Artifacts(
@@ -243,6 +244,17 @@ def observe_artifacts(
         report_uri=memory.report_uri,
         report_error=memory.report_error,
     )
+
+
+# Keys in one page of an S3 listing.
+LIST_PAGE_KEYS = 1000
+
+
+def one_listing_is_cheaper(shards: int, models: int, due_models: int) -> bool:
+    """Whether listing all of generations/ takes no more pages than listing the `due_models`
+    models' prefixes one by one (each model has two keys per shard: data and marker)."""
+    per_model = -(-2 * shards // LIST_PAGE_KEYS)
+    return -(-2 * shards * models // LIST_PAGE_KEYS) <= due_models * per_model
 
 
 def _observe_outcome(storage: Storage, memory: ArtifactMemory) -> None:

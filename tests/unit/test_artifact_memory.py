@@ -14,7 +14,7 @@ from synthpref.spec import PreferenceRunSpec
 from synthpref.storage import LocalStorage
 from synthpref_operator.artifact_memory import ArtifactMemory, job_marks
 from synthpref_operator.names import Stage
-from synthpref_operator.observe import observe_artifacts
+from synthpref_operator.observe import observe_artifacts, one_listing_is_cheaper
 from synthpref_operator.planner import JobState
 from tests.builders import spec_dict
 
@@ -80,15 +80,44 @@ def test_steady_state_lists_nothing_and_a_changed_job_lists_its_part_only(
     # The Job shows nothing new yet: nothing is listed (the commit is seen later).
     unchanged = observe_artifacts(spec, storage, memory, generating(0), now=1.0)
     assert storage.listed == [] and unchanged.generated["m0"] == 0
-    # An index of m0's Job succeeded: only m0's prefix is listed again.
-    seen = observe_artifacts(spec, storage, memory, generating(1), now=2.0)
+    # An index of m0's Job succeeded: progress is shown at most every progress_seconds (15),
+    # counted from the part's last look (at 0.0); then only m0's prefix is listed again.
+    early = observe_artifacts(spec, storage, memory, generating(1), now=2.0)
+    assert storage.listed == [] and early.generated["m0"] == 0
+    seen = observe_artifacts(spec, storage, memory, generating(1), now=15.0)
     assert storage.listed == ["generations/m0/"]
     assert seen.generated == {"m0": 1, "m1": 0, "m2": 0, "m3": 0}
     storage.listed.clear()
     commit(storage, layout.generation_shard("m0", 1))
     commit(storage, layout.generation_shard("m0", 2))
-    done = observe_artifacts(spec, storage, memory, generating(2, complete=True), now=3.0)
+    # The Job completed: looked at at once, whatever the time since the last look.
+    done = observe_artifacts(spec, storage, memory, generating(2, complete=True), now=16.0)
     assert storage.listed == ["generations/m0/"] and done.generated["m0"] == SHARDS
+
+
+def test_a_failed_job_is_looked_at_at_once(storage: ListingSpy, spec: PreferenceRunSpec) -> None:
+    memory = ArtifactMemory()
+    observe_artifacts(spec, storage, memory, generating(0), now=0.0)
+    commit(storage, layout.generation_shard("m0", 0))
+    storage.listed.clear()
+    job = JobState("r-generate-m0", Stage.GENERATE, "m0", completions=2, succeeded=1, failed=True)
+    failed = observe_artifacts(spec, storage, memory, {job.name: job}, now=1.0)
+    assert storage.listed == ["generations/m0/"] and failed.generated["m0"] == 1
+
+
+@pytest.mark.parametrize(
+    ("shards", "models", "due", "one_listing"),
+    [
+        (3, 4, 2, True),  # small run: all of generations/ fits one page
+        (20, 20, 2, True),  # 800 keys: one page against two
+        (1000, 20, 3, False),  # 40 pages against 3 x 2
+        (1000, 20, 20, True),  # every model due: 40 pages either way
+    ],
+)
+def test_generations_are_listed_whole_only_when_that_takes_fewer_pages(
+    shards: int, models: int, due: int, one_listing: bool
+) -> None:
+    assert one_listing_is_cheaper(shards, models, due) is one_listing
 
 
 def test_everything_is_listed_again_every_relist_interval(
