@@ -99,10 +99,9 @@ def test_steady_state_measures_terminal_and_stalled_runs(
         well_formed(result[key])
     assert result["stalled_small"]["shards"] == 4
     assert result["stalled_large"]["shards"] == 8
-    # Stalled runs are reconciled: each pass of them observes storage.
+    # Stalled runs are still reconciled (timer passes), so the steady-state goal is judged.
     for key in ("stalled_small", "stalled_large"):
         assert result[key]["passes"] > 0
-        assert result[key]["s3_by_op"].get("LIST", 0) > 0
     goals = {g["goal"].split(" (")[0]: g for g in result["goals"]}
-    assert "S3 per pass O(1) in shards" in goals
+    assert goals["S3 per pass O(1) in shards"]["pass"] is not None
     assert "terminal runs cost nothing" in goals
