@@ -52,9 +52,10 @@ def bench(kube_bin_dir: Path, tmp_path: Path, *args: str) -> dict[str, Any]:
 
 def well_formed(window: dict[str, Any]) -> None:
     assert window["seconds"] > 0
-    assert window["cpu_s"] > 0
+    # A quiet window (finished runs, which cost nothing now) can use less than a clock tick.
+    assert window["cpu_s"] >= 0
     assert window["peak_rss_mib"] > 0
-    assert window["passes"] == sum(1 for _ in range(window["passes"]))
+    assert isinstance(window["passes"], int) and window["passes"] >= 0
 
 
 def test_concurrent_runs_succeed_and_every_hop_is_measured(
