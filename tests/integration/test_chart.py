@@ -233,6 +233,7 @@ def test_default_render(helm: Helm) -> None:
         "operator", "run",
         "--namespace", "ops",
         "--interval", "10",
+        "--workers", "64",
         "--log-level", "info",
         "--log-format", "json",
         "--metrics-port", "8080",
