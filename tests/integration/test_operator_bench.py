@@ -13,17 +13,11 @@ from typing import Any
 
 import pytest
 
+from tests.support.stage_simulator import HOPS
+
 pytestmark = [pytest.mark.cluster, pytest.mark.timeout(600)]
 
 ROOT = Path(__file__).resolve().parents[2]
-HOPS = (
-    "created->prepare",
-    "prepare->generate",
-    "generate->mix",
-    "mix->judge",
-    "judge->parse",
-    "parse->Succeeded",
-)
 
 
 def bench(kube_bin_dir: Path, tmp_path: Path, *args: str) -> dict[str, Any]:

@@ -44,12 +44,10 @@ from synthpref.stages.mix import MixSummary
 from synthpref.stages.parse import ParseSummary, dataset_key, write_run_summary
 from synthpref.stages.prepare import PrepareSummary
 from synthpref.storage import Storage
+from synthpref_operator.names import LABEL_MODEL, LABEL_RUN, LABEL_STAGE
 
 log = logging.getLogger(__name__)
 
-LABEL_RUN = "synthpref.dev/run"
-LABEL_STAGE = "synthpref.dev/stage"
-LABEL_MODEL = "synthpref.dev/model"
 STAGES = ("prepare", "generate", "mix", "judge", "parse")
 # Hops: from the event that ends a step to the next step's start, as the operator sees it.
 HOPS = (
