@@ -8,14 +8,16 @@ summary and report (the parse Job). Only a stage's workers commit into its part,
 commits before its pod ends, so a part can only have changed when its Job's observed state
 (`JobMark`: succeeded count, completion, failure, failed indexes) changed since the part was
 last looked at. A part is looked at again at once when its Job completed or failed (what the
-next stage waits for), at most every `progress_seconds` while its Job only makes progress (the
-status's shard counts; a big run's twenty generation Jobs change every second, and listing a
-part of 1,000 shards on each change made passes slower than the reconcile interval), when it
-was never looked at, and everything every `relist_seconds` as a safety net (and to show shards
-committed by a worker still running). The pipeline never undoes a commit except when a run is
-retried (a Failed run's Jobs are recreated and redo what is missing) or its spec changes, so
-a change of either, or a run deleted and made again under the same name (`Basis`), forgets
-everything. A fresh memory looks at everything: the first pass of a process.
+next stage waits for) and when it was never looked at; at most every `progress_seconds` while
+its Job only makes progress (the status's shard counts; a big run's twenty generation Jobs
+change every second, and listing a part of 1,000 shards on each change made passes slower than
+the reconcile interval); and every `relist_seconds` as a safety net (it also shows shards
+committed by a worker still running). Those routine looks are capped per pass, oldest first,
+so that no pass lists a big run's whole storage at once; a part with every shard committed
+gets none. The pipeline never undoes a commit except when a run is retried (a Failed run's
+Jobs are recreated and redo what is missing) or its spec changes, so a change of either, or a
+run deleted and made again under the same name (`Basis`), forgets everything. A fresh memory
+looks at everything: the first pass of a process.
 """
 
 from __future__ import annotations
@@ -27,11 +29,14 @@ from typing import Any
 from synthpref_operator.names import Stage
 from synthpref_operator.planner import JobState
 
-# A full look at a run's storage at least this often, seconds.
+# Each unfinished part of a run's storage is looked at least this often, seconds.
 RELIST_SECONDS = 120.0
 # A part whose Job only made progress (more indexes succeeded) is looked at again at most this
 # often, seconds.
 PROGRESS_SECONDS = 15.0
+# Routine looks (progress, safety net) per pass at most: a big run has twenty generation parts
+# of two listing pages each, and all of them at once made a pass slower than the interval.
+ROUTINE_PARTS_PER_PASS = 2
 
 MIX = "mix/"
 JUDGE = "judge"  # the vLLM judge's requests/ and results/
@@ -73,11 +78,11 @@ class ArtifactMemory:
 
     relist_seconds: float = RELIST_SECONDS
     progress_seconds: float = PROGRESS_SECONDS
+    routine_per_pass: int = ROUTINE_PARTS_PER_PASS
     basis: Basis | None = None
     manifest: tuple[int, int] | None = None  # (shards, prompts)
     counts: dict[str, int] = field(default_factory=dict)
     marks: dict[str, JobMark] = field(default_factory=dict)
-    listed_at: float | None = None  # when everything was last looked at
     looked_at: dict[str, float] = field(default_factory=dict)  # per part
     summary: dict[str, Any] | None = None
     report_uri: str | None = None
@@ -94,28 +99,43 @@ class ArtifactMemory:
         self.counts.clear()
         self.marks.clear()
         self.looked_at.clear()
-        self.listed_at = None
         self.summary = None
         self.report_uri = self.report_error = None
 
     def due(self, parts: Iterable[str], marks: Mapping[str, JobMark], now: float) -> set[str]:
-        """The parts to look at now: never looked at, their Jobs ended or failed since, their
-        Jobs made progress and the part's last look is `progress_seconds` old, or all of them
-        when the last full look is `relist_seconds` old."""
-        wanted = set(parts)
-        if self.listed_at is None or now - self.listed_at >= self.relist_seconds:
-            return wanted
-        return {part for part in wanted if self._changed(part, marks.get(part, ()), now)}
+        """The parts to look at now.
 
-    def _changed(self, part: str, mark: JobMark, now: float) -> bool:
-        if part not in self.counts:
-            return True
-        before = self.marks.get(part, ())
-        if mark == before:
+        Always: parts never looked at, and parts whose Jobs completed or failed since (what
+        the next stage waits for). Then at most `routine_per_pass` routine looks, oldest look
+        first: parts whose Jobs made progress and were last looked at `progress_seconds` ago,
+        before parts last looked at `relist_seconds` ago (the safety net). A final part (every
+        shard committed: nothing can change there) has no routine looks.
+        """
+        urgent: set[str] = set()
+        progress: list[tuple[float, str]] = []
+        safety: list[tuple[float, str]] = []
+        for part in parts:
+            mark = marks.get(part, ())
+            if part not in self.counts or _outcome(mark) != _outcome(self.marks.get(part, ())):
+                urgent.add(part)
+                continue
+            if self.final(part):
+                continue
+            last = self.looked_at.get(part, float("-inf"))
+            if mark != self.marks.get(part, ()) and now - last >= self.progress_seconds:
+                progress.append((last, part))
+            elif now - last >= self.relist_seconds:
+                safety.append((last, part))
+        oldest_first = sorted(progress, key=_when) + sorted(safety, key=_when)  # stable
+        routine = [part for _, part in oldest_first]
+        return urgent | set(routine[: self.routine_per_pass])
+
+    def final(self, part: str) -> bool:
+        """Every shard of the part is committed (and, for the parse part, the run summary
+        written): the pipeline never undoes a commit within one basis, so it cannot change."""
+        if self.manifest is None or self.counts.get(part, -1) < self.manifest[0]:
             return False
-        if _outcome(mark) != _outcome(before):
-            return True
-        return now - self.looked_at.get(part, float("-inf")) >= self.progress_seconds
+        return part != PARSE or self.summary is not None
 
     def saw(self, part: str, count: int, marks: Mapping[str, JobMark], now: float = 0.0) -> None:
         """Record a look at `part` at `now`, under the Job state the pass observed before it."""
@@ -123,11 +143,9 @@ class ArtifactMemory:
         self.marks[part] = marks.get(part, ())
         self.looked_at[part] = now
 
-    def looked(self, looked: set[str], parts: Iterable[str], now: float) -> None:
-        """After a pass looked at `looked`: when that was every part, the relist interval
-        starts again."""
-        if looked >= set(parts):
-            self.listed_at = now
+
+def _when(look: tuple[float, str]) -> float:
+    return look[0]
 
 
 def _outcome(mark: JobMark) -> tuple[tuple[str, bool, bool, tuple[int, ...]], ...]:

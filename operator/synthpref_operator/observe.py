@@ -223,15 +223,11 @@ def observe_artifacts(
     if MIX in due:
         memory.saw(MIX, _count(storage.list("mix/"), _MIX_COMMIT), marks, now)
     mixed = memory.counts[MIX]
-    if mixed >= shards:
-        parts.append(JUDGE)
-        if JUDGE in memory.due([JUDGE], marks, now):
-            memory.saw(JUDGE, judged_shards(storage, shards), marks, now)
-            due.add(JUDGE)
+    if mixed >= shards and JUDGE in memory.due([JUDGE], marks, now):
+        memory.saw(JUDGE, judged_shards(storage, shards), marks, now)
     if PARSE in due:
         memory.saw(PARSE, _count(storage.list("dataset/"), _PART_COMMIT), marks, now)
         _observe_outcome(storage, memory)
-    memory.looked(due, parts, now)
     return Artifacts(
         shards=shards,
         prompts=prompts,

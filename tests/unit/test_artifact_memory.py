@@ -12,7 +12,7 @@ import pytest
 from synthpref import layout
 from synthpref.spec import PreferenceRunSpec
 from synthpref.storage import LocalStorage
-from synthpref_operator.artifact_memory import ArtifactMemory, job_marks
+from synthpref_operator.artifact_memory import ArtifactMemory, JobMark, job_marks
 from synthpref_operator.names import Stage
 from synthpref_operator.observe import observe_artifacts, one_listing_is_cheaper
 from synthpref_operator.planner import JobState
@@ -120,17 +120,74 @@ def test_generations_are_listed_whole_only_when_that_takes_fewer_pages(
     assert one_listing_is_cheaper(shards, models, due) is one_listing
 
 
-def test_everything_is_listed_again_every_relist_interval(
+def test_every_part_is_listed_again_every_relist_interval_a_few_parts_a_pass(
     storage: ListingSpy, spec: PreferenceRunSpec
 ) -> None:
-    memory = ArtifactMemory(relist_seconds=60)
+    memory = ArtifactMemory(relist_seconds=60, routine_per_pass=2)
     observe_artifacts(spec, storage, memory, {}, now=0.0)
     commit(storage, layout.generation_shard("m1", 0))  # a worker still running committed
     storage.listed.clear()
     assert observe_artifacts(spec, storage, memory, {}, now=59.0).generated["m1"] == 0
     assert storage.listed == []
-    assert observe_artifacts(spec, storage, memory, {}, now=60.0).generated["m1"] == 1
-    assert sorted(storage.listed) == ["dataset/", "generations/", "mix/"]
+    # Six parts are due for the safety net; each pass takes two, in the order of the parts
+    # (two models of a small run: one listing of generations/ is the cheaper way).
+    passes = []
+    for now in (60.0, 61.0, 62.0):
+        storage.listed.clear()
+        seen = observe_artifacts(spec, storage, memory, {}, now=now)
+        passes.append(sorted(storage.listed))
+    assert passes == [["generations/"], ["generations/"], ["dataset/", "mix/"]]
+    assert seen.generated["m1"] == 1
+    storage.listed.clear()
+    observe_artifacts(spec, storage, memory, {}, now=119.0)
+    assert storage.listed == []  # each part's own look starts its interval again
+
+
+def test_progress_looks_come_first_and_are_capped_per_pass() -> None:
+    parts = ["generations/m0/", "generations/m1/", "generations/m2/", "mix/", "dataset/"]
+
+    def marks(succeeded: int, complete: str = "") -> dict[str, JobMark]:
+        jobs = [
+            JobState(
+                f"r-generate-{p}",
+                Stage.GENERATE,
+                p.split("/")[1],
+                completions=2,
+                succeeded=2 if p == complete else succeeded,
+                complete=p == complete,
+            )
+            for p in parts[:3]
+        ]
+        return job_marks(jobs)
+
+    memory = ArtifactMemory(relist_seconds=60, routine_per_pass=2, manifest=(10, 100))
+    for part in parts:
+        memory.saw(part, 0, marks(0), now=0.0)
+    assert memory.due(parts, marks(0), now=30.0) == set()
+    # All three Jobs made progress and the safety net is due too: progress first, two a pass.
+    assert memory.due(parts, marks(1), now=60.0) == {"generations/m0/", "generations/m1/"}
+    memory.saw("generations/m0/", 1, marks(1), now=60.0)
+    memory.saw("generations/m1/", 1, marks(1), now=60.0)
+    assert memory.due(parts, marks(1), now=60.5) == {"generations/m2/", "mix/"}
+    # A completed Job's part is looked at at once, beyond the cap.
+    done = marks(1, complete="generations/m0/")
+    assert memory.due(parts, done, now=61.0) == {"generations/m0/", "generations/m2/", "mix/"}
+
+
+def test_a_part_with_every_shard_committed_is_not_listed_again(
+    storage: ListingSpy, spec: PreferenceRunSpec
+) -> None:
+    for shard in range(SHARDS):
+        commit(storage, layout.generation_shard("m0", shard))
+    memory = ArtifactMemory(relist_seconds=60, routine_per_pass=10)
+    assert observe_artifacts(spec, storage, memory, {}, now=0.0).generated["m0"] == SHARDS
+    parts = [f"generations/m{i}/" for i in range(4)] + ["mix/", "dataset/"]
+    assert memory.due(parts, {}, now=60.0) == set(parts) - {"generations/m0/"}
+    # The parse part is final only once the run summary is there too.
+    memory.saw("dataset/", SHARDS, {}, now=60.0)
+    assert "dataset/" in memory.due(parts, {}, now=120.0)
+    memory.summary = {"pairs": 3}
+    assert "dataset/" not in memory.due(parts, {}, now=120.0)
 
 
 def test_a_retry_or_spec_change_forgets_what_was_seen(
