@@ -16,8 +16,9 @@ Job's status is written as the Job controller writes it; the judge is the vLLM b
 Job). So the figures are the operator's own: API requests from the apiserver's audit log (the
 operator's user only), S3 requests by operation through a counting proxy (the simulator writes
 to S3 directly), pass durations from the operator's reconcile histogram, CPU and peak RSS from
-/proc, stage hops from the simulator's clock (last commit of a stage -> next stage's Jobs seen
-created; parse's summary -> the run Succeeded).
+/proc, stage hops from the simulator's last commit of a stage to the next stage's Jobs created
+(the API server's time, from the audit log: the simulator's own watch lags when its workers are
+busy), and from parse's summary to the run seen Succeeded.
 
 Scenarios:
 - concurrent: `--runs` runs of `--models` models x `--shards` shards, all at once, to Succeeded;

@@ -29,6 +29,7 @@ import kopf
 
 from synthpref.logs import run_context
 from synthpref.spec import API_GROUP, API_VERSION
+from synthpref_operator.apply import CREATE_CONCURRENCY
 from synthpref_operator.artifact_memory import RELIST_SECONDS
 from synthpref_operator.crd import CATALOG_PLURAL, PLURAL
 from synthpref_operator.metrics import OperatorMetrics
@@ -126,7 +127,8 @@ def build_registry(config: OperatorConfig) -> kopf.OperatorRegistry:
 
     registry = kopf.OperatorRegistry()
     configuration = _client_configuration(config.kubeconfig)
-    configuration.connection_pool_maxsize = config.workers  # one connection per pass in flight
+    # One connection per pass in flight, and one per Job creation (`apply.create_jobs`).
+    configuration.connection_pool_maxsize = config.workers + CREATE_CONCURRENCY
     api_client = client.ApiClient(configuration)
     if config.metrics is not None:
         config.metrics.count_api_requests(api_client)

@@ -123,14 +123,24 @@ def pod_failure(pod: dict[str, Any]) -> str | None:
     return f"index {index}: {status.get('reason') or 'Failed'}"
 
 
+def _items(lister: Callable[..., Any], namespace: str, **selectors: str) -> list[dict[str, Any]]:
+    """A listing's items as the API server sent them (camelCase dicts). The client's models
+    are skipped: building them for a run's twenty Jobs and turning them back into dicts took
+    about 20 ms of CPU per pass."""
+    import json
+
+    reply = lister(namespace, _preload_content=False, **selectors)
+    return list(json.loads(reply.data).get("items") or [])
+
+
 def observe_jobs(
     batch_api: Any, namespace: str, run: str, core_api: Any = None
 ) -> dict[str, JobState]:
     """The run's Jobs by name (found by the run's labels). For a failed Job, `core_api` (when
     given) reads how its pods ended, so that the run's message says OOMKilled or the exit code."""
-    listed = batch_api.list_namespaced_job(namespace, label_selector=run_selector(run))
+    listed = _items(batch_api.list_namespaced_job, namespace, label_selector=run_selector(run))
     found: dict[str, JobState] = {}
-    states = [job_state(batch_api.api_client.sanitize_for_serialization(i)) for i in listed.items]
+    states = [job_state(item) for item in listed]
     live = [s for s in states if s is not None and not (s.complete or s.failed)]
     waiting = unscheduled_pods(core_api, namespace, run) if live and core_api is not None else {}
     for seen in states:
@@ -138,11 +148,12 @@ def observe_jobs(
             continue
         state = replace(seen, unschedulable=waiting.get(seen.name, ""))
         if state.failed and core_api is not None:
-            pods = core_api.list_namespaced_pod(
-                namespace, label_selector=f"{JOB_NAME_LABEL}={state.name}"
+            pods = _items(
+                core_api.list_namespaced_pod,
+                namespace,
+                label_selector=f"{JOB_NAME_LABEL}={state.name}",
             )
-            serialize = core_api.api_client.sanitize_for_serialization
-            endings = sorted({e for p in pods.items if (e := pod_failure(serialize(p)))})
+            endings = sorted({e for p in pods if (e := pod_failure(p))})
             state = replace(state, pod_failures=tuple(endings))
         found[state.name] = state
     return found
@@ -168,13 +179,14 @@ def unscheduled_pods(core_api: Any, namespace: str, run: str) -> dict[str, str]:
     """Job name -> why one of its pods cannot be scheduled, over the run's pending pods (one
     list; the API server filters by phase, so a run's thousands of running or finished pods
     are not sent on every pass)."""
-    pods = core_api.list_namespaced_pod(
-        namespace, label_selector=run_selector(run), field_selector="status.phase=Pending"
+    pods = _items(
+        core_api.list_namespaced_pod,
+        namespace,
+        label_selector=run_selector(run),
+        field_selector="status.phase=Pending",
     )
-    serialize = core_api.api_client.sanitize_for_serialization
     found: dict[str, str] = {}
-    for item in pods.items:
-        pod = serialize(item)
+    for pod in pods:
         why = unschedulable(pod)
         job = ((pod.get("metadata") or {}).get("labels") or {}).get(JOB_NAME_LABEL)
         if why and job and job not in found:

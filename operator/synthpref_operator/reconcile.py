@@ -260,11 +260,12 @@ class Reconciler:
             name, generation, admitted, jobs, artifacts, judge, estimate=estimate, retry=retry
         )
         actions, status = plan(spec, observed, now)
+        self.applier.create_jobs(run, spec, [a for a in actions if isinstance(a, CreateJob)])
         events: list[Event] = []
         for action in actions:
             if isinstance(action, CreateJob):
-                self.applier.create_job(run, spec, action)
-            elif isinstance(action, SuspendJob):
+                continue  # created above, together
+            if isinstance(action, SuspendJob):
                 self.applier.suspend_job(namespace, action)
             elif isinstance(action, DeleteJob):
                 self.applier.delete_job(namespace, action)

@@ -7,7 +7,8 @@ What runs:
 - `ControlPlane` (etcd, kube-apiserver, kube-controller-manager) without the Job controller:
   the simulator writes Job statuses instead. The apiserver writes an audit log of the
   operator's requests only (the operator has a user of its own, `OPERATOR_USER`), which
-  `AuditCounter` tallies by verb and resource;
+  `AuditCounter` tallies by verb and resource, keeping when each Job was created (the hops'
+  end);
 - moto's S3 server as a process; the operator reaches it through `S3FaultProxy` (no faults),
   which counts its requests by operation (LIST, GET, HEAD, PUT), while the simulator writes to
   moto directly;
@@ -20,6 +21,7 @@ What runs:
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import math
 import os
@@ -81,6 +83,7 @@ class AuditCounter:
     def __init__(self, path: Path) -> None:
         self.path = path
         self.counts: Counter[str] = Counter()
+        self.jobs_created_at: dict[str, float] = {}  # Job name -> when created (wall clock)
         self._offset = 0
         self._lock = threading.Lock()
 
@@ -101,6 +104,10 @@ class AuditCounter:
                     if ref.get("subresource"):
                         what += "/" + ref["subresource"]
                     self.counts[f"{event.get('verb')} {what}"] += 1
+                    code = (event.get("responseStatus") or {}).get("code")
+                    if event.get("verb") == "create" and what == "jobs" and code == 201:
+                        done = dt.datetime.fromisoformat(event["stageTimestamp"])
+                        self.jobs_created_at[ref.get("name", "")] = done.timestamp()
             return Counter(self.counts)
 
 
@@ -607,7 +614,10 @@ class Harness:
 
     def hop_figures(self) -> dict[str, Any]:
         assert self.sim is not None
-        hops = self.sim.hops()
+        # Job creation times from the API server, not the simulator's (possibly late) watch.
+        assert self.audit is not None
+        self.audit.poll()
+        hops = self.sim.hops(self.audit.jobs_created_at)
         every = [v for hop in HOPS for v in hops[hop]]
         return {
             "all": quantiles(every),

@@ -20,7 +20,10 @@ never data objects, so their size does not change its cost. The judge is the vLL
 Job whose results the simulator commits), so no judge API is measured here.
 
 It records when each run's stage became done (its last commit) and when the next stage's Jobs
-were seen created, for the stage-hop latencies, and the largest run status seen.
+were seen created, for the stage-hop latencies, and the largest run status seen. Its watch can
+lag behind the API server when its workers are busy, so `hops` takes each Job's creation time
+from the API server's audit log when given (`created_at`), and its own sighting otherwise.
+Times are wall-clock (`time.time`), to compare with the audit log's.
 """
 
 from __future__ import annotations
@@ -34,7 +37,7 @@ import logging
 import threading
 import time
 from collections import defaultdict
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -114,11 +117,12 @@ class _Job:
 
 @dataclass
 class _RunClock:
-    """Wall times (time.monotonic) of one run's milestones."""
+    """Wall times (time.time) of one run's milestones."""
 
     created: float | None = None
     stage_done: dict[str, float] = field(default_factory=dict)
-    jobs_seen: dict[str, list[float]] = field(default_factory=lambda: defaultdict(list))
+    # stage -> (when seen, Job name) of each of its Jobs
+    jobs_seen: dict[str, list[tuple[float, str]]] = field(default_factory=lambda: defaultdict(list))
     succeeded: float | None = None
     generated: int = 0
     mixed: int = 0
@@ -168,7 +172,7 @@ class StageSimulator:
     def add_run(self, run: SimRun) -> None:
         with self._lock:
             self.runs[run.name] = run
-            self.clocks[run.name].created = time.monotonic()
+            self.clocks[run.name].created = time.time()
 
     def start(self) -> StageSimulator:
         targets: list[tuple[str, Callable[[], None]]] = [
@@ -253,7 +257,7 @@ class StageSimulator:
             self.phases[name] = str(status.get("phase") or "")
             clock = self.clocks[name]
             if status.get("phase") == "Succeeded" and clock.succeeded is None:
-                clock.succeeded = time.monotonic()
+                clock.succeeded = time.time()
 
     def _on_job(self, kind: str, job: dict[str, Any]) -> None:
         if kind != "ADDED":
@@ -261,12 +265,12 @@ class StageSimulator:
         meta = job["metadata"]
         labels = meta.get("labels") or {}
         run_name, stage = labels.get(LABEL_RUN), labels.get(LABEL_STAGE)
-        seen = time.monotonic()
+        seen, scheduled = time.time(), time.monotonic()
         with self._lock:
             run = self.runs.get(run_name or "")
             if run is None or stage not in STAGES or meta["name"] in self.jobs:
                 return
-            self.clocks[run.name].jobs_seen[stage].append(seen)
+            self.clocks[run.name].jobs_seen[stage].append((seen, meta["name"]))
             completions = int((job.get("spec") or {}).get("completions") or 1)
             sim = _Job(meta["name"], run.name, stage, labels.get(LABEL_MODEL), completions)
             sim.started = _now_rfc3339()
@@ -276,7 +280,7 @@ class StageSimulator:
                 sim.left[index] = len(shards)
                 for k, shard in enumerate(shards):
                     self._seq += 1
-                    due = seen + (k + 1) * self.shard_seconds
+                    due = scheduled + (k + 1) * self.shard_seconds
                     heapq.heappush(self._due, (due, self._seq, sim.name, index, shard))
             self._wake.notify_all()
 
@@ -398,7 +402,7 @@ class StageSimulator:
 
     def _done(self, clock: _RunClock, stage: str) -> None:
         with self._lock:
-            clock.stage_done[stage] = time.monotonic()
+            clock.stage_done[stage] = time.time()
 
     # ---- the Job controller's part
 
@@ -451,8 +455,10 @@ class StageSimulator:
                 self.phases.get(name) == "Succeeded" for name in self.runs
             )
 
-    def hops(self) -> dict[str, list[float]]:
-        """Seconds of each hop, over the runs that made it."""
+    def hops(self, created_at: Mapping[str, float] | None = None) -> dict[str, list[float]]:
+        """Seconds of each hop, over the runs that made it; `created_at`: Job name -> when the
+        API server created it (wall clock), preferred to the simulator's sighting."""
+        created_at = created_at or {}
         found: dict[str, list[float]] = {hop: [] for hop in HOPS}
         with self._lock:
             clocks = {name: self.clocks[name] for name in self.runs}
@@ -473,7 +479,8 @@ class StageSimulator:
                 else:
                     seen = clock.jobs_seen.get(target) or []
                     want = expected[name] if target == "generate" else 1
-                    end = max(seen) if len(seen) >= want else None
+                    times = [created_at.get(job, at) for at, job in seen]
+                    end = max(times) if len(times) >= want else None
                 if start is not None and end is not None:
                     found[hop].append(max(0.0, end - start))
         return found
