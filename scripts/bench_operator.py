@@ -51,6 +51,7 @@ from tests.support.operator_bench import (  # noqa: E402
     harness,
     run_names,
 )
+from tests.support.stage_simulator import HOPS  # noqa: E402
 
 from synthpref_operator.devcluster.binaries import build_binaries  # noqa: E402
 
@@ -219,9 +220,7 @@ def goals(scenario: str, result: dict[str, Any], args: argparse.Namespace) -> li
 
 def _all_hops(result: dict[str, Any], args: argparse.Namespace) -> bool:
     hops = result["hops"]
-    return bool(result["all_succeeded"]) and all(
-        hops[h]["n"] == args.runs for h in hops if h != "all"
-    )
+    return bool(result["all_succeeded"]) and all(hops[h]["n"] == args.runs for h in HOPS)
 
 
 def _r(value: Any) -> Any:

@@ -619,9 +619,11 @@ class Harness:
         self.audit.poll()
         hops = self.sim.hops(self.audit.jobs_created_at)
         every = [v for hop in HOPS for v in hops[hop]]
+        seen = self.sim.hops()  # as the simulator saw the Jobs: how far its watch lagged
         return {
             "all": quantiles(every),
             **{hop: quantiles(values) for hop, values in hops.items()},
+            "all (simulator's watch)": quantiles([v for hop in HOPS for v in seen[hop]]),
         }
 
 
