@@ -158,7 +158,13 @@ def steady(h: Harness, args: argparse.Namespace) -> dict[str, Any]:
         for name in names:
             h.create_run(name, size_of(args, shards), stall_generation_at=half)
         h.wait_generated(names, half, args.timeout)
-        result[f"stalled_{label}"] = {"shards": shards, **window(h, args, args.runs)}
+        measured = window(h, args, args.runs)
+        phases = h.phases()
+        result[f"stalled_{label}"] = {
+            "shards": shards,
+            **measured,
+            "phases": _count(phases[n] for n in names),  # stalled runs must still be Running
+        }
         h.delete_runs(names)
     result["max_status_bytes"] = h.sim.max_status_bytes
     return result
@@ -209,7 +215,10 @@ def goals(scenario: str, result: dict[str, Any], args: argparse.Namespace) -> li
             f"S3 per pass O(1) in shards ({args.small_shards} -> {args.shards}: ratio <= "
             f"{GOAL_O1_RATIO:g})"
         )
-        if small is None or large is None:  # a window without passes: nothing to divide
+        stalled = [result[k]["phases"] for k in ("stalled_small", "stalled_large")]
+        if any(set(p) != {"Running"} for p in stalled):
+            goal(what, f"stalled runs not all Running ({stalled}): not judged", None)
+        elif small is None or large is None:  # a window without passes: nothing to divide
             goal(what, f"{small} -> {large} (a window had no passes: not judged)", None)
         else:
             # No storage requests at all in steady state is the best case, not a failure.

@@ -233,7 +233,8 @@ class Reconciler:
             self._write(run, previous, held, held_events)
             return held
         try:
-            jobs = observe_jobs(self.applier.batch, namespace, name, self.applier.core)
+            fresh = self.cache.fresh_jobs_needed(namespace, name)
+            jobs = observe_jobs(self.applier.batch, namespace, name, self.applier.core, fresh=fresh)
             storage = self.cache.storage(spec, self.applier.core, namespace, name, secrets)
             basis = (str(run["metadata"].get("uid") or ""), generation, retry)
             memory = self.cache.artifact_memory(namespace, name, basis)
@@ -268,6 +269,7 @@ class Reconciler:
             if isinstance(action, SuspendJob):
                 self.applier.suspend_job(namespace, action)
             elif isinstance(action, DeleteJob):
+                self.cache.jobs_deleted(namespace, name)
                 self.applier.delete_job(namespace, action)
             elif isinstance(action, StepJudge):
                 judge_error, outage = self._step_judge(spec, storage, run, previous, secrets)

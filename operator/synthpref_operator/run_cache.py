@@ -1,5 +1,6 @@
 """What the reconcile passes of one run keep between passes: the Secret values it read, its
-storage (with the S3 client built from those values) and its `ArtifactMemory`.
+storage (with the S3 client built from those values), its `ArtifactMemory`, and whether its
+last pass deleted Jobs.
 
 Used by `reconcile.Reconciler`, which forgets a run's entry when the run is deleted. Every
 pass reads the metadata of the Secrets a run names (admission, `observe.observe_secrets`);
@@ -34,6 +35,7 @@ class _Entry:
     values: dict[tuple[str, str], tuple[str, str]] = field(default_factory=dict)
     storage_key: _StorageKey | None = None
     storage: Storage | None = None
+    jobs_deleted: bool = False  # a pass deleted Jobs: the next one lists them consistently
 
 
 class RunCache:
@@ -106,6 +108,17 @@ class RunCache:
             self._metrics.count_storage_requests(storage.client)
         entry.storage_key, entry.storage = key, storage
         return storage
+
+    def jobs_deleted(self, namespace: str, run: str) -> None:
+        """A pass deleted some of the run's Jobs (a retry): the API server's cache may still
+        show them for a moment, failed, which would fail the retried run again."""
+        self._entry(namespace, run).jobs_deleted = True
+
+    def fresh_jobs_needed(self, namespace: str, run: str) -> bool:
+        """Whether this pass must list the run's Jobs consistently (once after a deletion)."""
+        entry = self._entry(namespace, run)
+        needed, entry.jobs_deleted = entry.jobs_deleted, False
+        return needed
 
     def artifact_memory(self, namespace: str, run: str, basis: Basis) -> ArtifactMemory:
         """The run's artifact memory, forgotten first when `basis` (the run's uid, generation

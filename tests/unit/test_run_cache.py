@@ -113,3 +113,12 @@ def test_artifact_memory_is_forgotten_on_a_new_basis() -> None:
     memory.manifest = (3, 6)
     assert cache.artifact_memory("ns", "r", ("u", 1, None)).manifest == (3, 6)
     assert cache.artifact_memory("ns", "r", ("u", 2, None)).manifest is None
+
+
+def test_the_pass_after_one_that_deleted_jobs_lists_them_consistently() -> None:
+    cache = RunCache()
+    assert cache.fresh_jobs_needed("ns", "r1") is False  # a run's passes read the cache
+    cache.jobs_deleted("ns", "r1")
+    assert cache.fresh_jobs_needed("ns", "r2") is False  # only the run that deleted
+    assert cache.fresh_jobs_needed("ns", "r1") is True
+    assert cache.fresh_jobs_needed("ns", "r1") is False  # once
