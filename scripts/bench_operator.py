@@ -163,7 +163,7 @@ def steady(h: Harness, args: argparse.Namespace) -> dict[str, Any]:
         result[f"stalled_{label}"] = {
             "shards": shards,
             **measured,
-            "phases": _count(phases[n] for n in names),  # stalled runs must still be Running
+            "phases": _count(phases[n] for n in names),  # stalled runs must still be Generating
         }
         h.delete_runs(names)
     result["max_status_bytes"] = h.sim.max_status_bytes
@@ -216,8 +216,8 @@ def goals(scenario: str, result: dict[str, Any], args: argparse.Namespace) -> li
             f"{GOAL_O1_RATIO:g})"
         )
         stalled = [result[k]["phases"] for k in ("stalled_small", "stalled_large")]
-        if any(set(p) != {"Running"} for p in stalled):
-            goal(what, f"stalled runs not all Running ({stalled}): not judged", None)
+        if any(set(p) != {"Generating"} for p in stalled):
+            goal(what, f"stalled runs not all Generating ({stalled}): not judged", None)
         elif small is None or large is None:  # a window without passes: nothing to divide
             goal(what, f"{small} -> {large} (a window had no passes: not judged)", None)
         else:

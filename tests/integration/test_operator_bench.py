@@ -98,9 +98,9 @@ def test_steady_state_measures_terminal_and_stalled_runs(
     assert result["stalled_large"]["shards"] == 8
     # Finished runs get no pass at all (the operator before issue 15 made one per interval).
     assert result["terminal"]["passes"] == 0 and result["terminal"]["s3_requests"] == 0
-    # The stalled runs are still running when their windows are measured, and get passes.
+    # The stalled runs are still generating when their windows are measured, and get passes.
     for key in ("stalled_small", "stalled_large"):
-        assert result[key]["phases"] == {"Running": 2}, key
+        assert result[key]["phases"] == {"Generating": 2}, key
         assert result[key]["passes"] > 0, key
     goals = {g["goal"].split(" (")[0]: g for g in result["goals"]}
     assert "S3 per pass O(1) in shards" in goals
