@@ -10,6 +10,7 @@ write.
 
 from __future__ import annotations
 
+import contextvars
 import datetime as dt
 import logging
 import threading
@@ -60,7 +61,11 @@ class Applier:
             for action in actions:
                 self.create_job(run, spec, action)
             return
-        futures = [self._pool().submit(self.create_job, run, spec, a) for a in actions]
+        # Each creation runs in a copy of this pass's context, so what it logs names the run.
+        futures = [
+            self._pool().submit(contextvars.copy_context().run, self.create_job, run, spec, a)
+            for a in actions
+        ]
         errors = [error for future in futures if (error := future.exception()) is not None]
         if errors:
             raise errors[0]
