@@ -1,17 +1,22 @@
 """Apply the planner's actions through the Kubernetes API, idempotently.
 
-Called by `reconcile.Reconciler` after `planner.plan`. A pass's new Jobs are created a few at
-a time (`create_jobs`): a stage of twenty models is twenty Jobs, and one by one, each a round
-trip to a busy API server, they made the hop between stages take seconds. Creating a Job that
-exists (409) is success; a missing Job to suspend or delete is nothing to do; the status is
-written in one JSON patch of the status subresource; Events go to the run after the status
-write.
+Called by `reconcile.Reconciler` after `planner.plan`. A pass starts its new Jobs' creations
+and goes on without waiting for them (`start_jobs`): they run on a small pool of threads shared
+by the whole process, `CREATE_CONCURRENCY` at once. Waiting made a pass as slow as the API
+server's queue of creations: when fifty runs reached a stage of twenty models together, passes
+waited tens of seconds for a thousand Jobs. The Job's creation brings the run's next pass (its
+watch event); a creation the API server refuses is logged with its reason, counted in
+`synthpref_reconcile_errors_total`, and planned again by a later pass. A Job already being
+created is not started twice; creating a Job that exists (409) is success; a missing Job to
+suspend or delete is nothing to do; the status is replaced through the status subresource;
+Events go to the run after the status write.
 """
 
 from __future__ import annotations
 
 import contextvars
 import datetime as dt
+import json
 import logging
 import threading
 import uuid
@@ -50,25 +55,81 @@ class Applier:
         self.jobs_created: list[str] = []
         self._creators: ThreadPoolExecutor | None = None
         self._creators_lock = threading.Lock()
+        self._in_flight: set[tuple[str, str]] = set()  # (namespace, Job name)
+        # Why the API server refused a run's Job, until the Job is created or no longer planned.
+        self._refused: dict[tuple[str, str], dict[str, str]] = {}  # (namespace, run) -> Job -> why
 
-    def create_jobs(
+    def start_jobs(
         self, run: dict[str, Any], spec: PreferenceRunSpec, actions: Sequence[CreateJob]
     ) -> None:
-        """Create the Jobs, up to `CREATE_CONCURRENCY` at once; when any creation fails, the
-        others still finish, then the first error is raised (the next pass creates what is
-        missing)."""
-        if len(actions) <= 1:
-            for action in actions:
-                self.create_job(run, spec, action)
-            return
-        # Each creation runs in a copy of this pass's context, so what it logs names the run.
-        futures = [
-            self._pool().submit(contextvars.copy_context().run, self.create_job, run, spec, a)
-            for a in actions
-        ]
-        errors = [error for future in futures if (error := future.exception()) is not None]
-        if errors:
-            raise errors[0]
+        """Start creating the Jobs that are not being created already, and return."""
+        namespace = run["metadata"]["namespace"]
+        for action in actions:
+            key = (namespace, action.name)
+            with self._creators_lock:
+                if key in self._in_flight:
+                    continue
+                self._in_flight.add(key)
+            # In a copy of this pass's context, so what the creation logs names the run.
+            self._pool().submit(
+                contextvars.copy_context().run, self._create_in_background, run, spec, action
+            )
+
+    def _create_in_background(
+        self, run: dict[str, Any], spec: PreferenceRunSpec, action: CreateJob
+    ) -> None:
+        meta = run["metadata"]
+        key = (meta["namespace"], action.name)
+        refusal: str | None = None
+        try:
+            self.create_job(run, spec, action)
+        except Exception as error:  # the pass has gone on: report it, a later pass retries
+            refusal = (
+                f"{error.status} {error.reason}: {_api_message(error)}"
+                if isinstance(error, ApiException)
+                else repr(error)
+            )
+            log.warning("cannot create Job %s/%s: %s", *key, refusal)
+            if self.metrics is not None:
+                self.metrics.reconcile_failed(key[0])
+        finally:
+            with self._creators_lock:
+                self._in_flight.discard(key)
+                run_key = (meta["namespace"], meta["name"])
+                if refusal is not None:
+                    self._refused.setdefault(run_key, {})[action.name] = refusal
+                elif action.name in self._refused.get(run_key, {}):
+                    del self._refused[run_key][action.name]
+
+    def refusal(self, namespace: str, run: str, planned: Sequence[CreateJob]) -> str | None:
+        """Why the API server refused the creation of one of the run's Jobs this pass plans
+        (the first by name), or None; a refused Job no longer planned is forgotten."""
+        wanted = {action.name for action in planned}
+        with self._creators_lock:
+            refused = self._refused.pop((namespace, run), {})
+            refused = {job: why for job, why in refused.items() if job in wanted}
+            if not refused:
+                return None
+            self._refused[(namespace, run)] = refused
+            job = min(refused)
+            return f"cannot create Job {job}: {refused[job]}"
+
+    def forget(self, namespace: str, run: str) -> None:
+        """The run is gone: drop its refusals."""
+        with self._creators_lock:
+            self._refused.pop((namespace, run), None)
+
+    def creating(self) -> int:
+        """How many Job creations are in flight."""
+        with self._creators_lock:
+            return len(self._in_flight)
+
+    def close(self) -> None:
+        """Let the creations in flight finish, then stop the pool."""
+        with self._creators_lock:
+            pool, self._creators = self._creators, None
+        if pool is not None:
+            pool.shutdown(wait=True)
 
     def _pool(self) -> ThreadPoolExecutor:
         with self._creators_lock:
@@ -174,3 +235,11 @@ class Applier:
             self.core.create_namespaced_event(meta["namespace"], body)
         except ApiException as error:  # an Event is best effort
             log.warning("cannot post Event %s on %s: %s", event.reason, meta["name"], error.status)
+
+
+def _api_message(error: ApiException) -> str:
+    """The API server's own words from an error's Status body (else its raw body)."""
+    try:
+        return str(json.loads(error.body or "")["message"])
+    except (TypeError, ValueError, KeyError):
+        return str(error.body or "")

@@ -3,7 +3,8 @@
 A run is blocked when the reconcile pass cannot do its work for a reason the run's author (or
 an admin) must fix and that fixes itself once fixed: a disallowed or missing Secret (the
 admission problems, `admission.py`), a Secret without the key the spec names, storage that
-cannot be reached, or worker pods that no node can take. The run keeps its phase (`Pending`
+cannot be reached, worker pods that no node can take, or a Job the API server refuses to
+create (a ResourceQuota, an admission policy). The run keeps its phase (`Pending`
 for a new run), its message says `blocked: ...`, the `Blocked` condition carries the reason
 (shown by `kubectl get prun -o wide`), and one Warning Event is emitted when the cause changes.
 Every pass that gets through to the planner has it set `Blocked` again: True while a pod
@@ -30,12 +31,13 @@ def blocked_status(
     *,
     event: bool = True,
     prefix: str = BLOCKED_PREFIX,
+    before: RunStatus | None = None,
 ) -> tuple[RunStatus, list[Event]]:
     """`previous` held where it is with `Blocked=True` and the message `prefix` + `message`,
-    and a Warning Event (with `event`) when the run was not blocked before or was blocked for
-    something else."""
+    and a Warning Event (with `event`) when the run was not blocked before (in `before`, by
+    default `previous`) or was blocked for something else."""
     text = prefix + message
-    was = previous.condition(ConditionType.BLOCKED)
+    was = (before or previous).condition(ConditionType.BLOCKED)
     conditions = set_condition(
         previous.conditions,
         ConditionType.BLOCKED,

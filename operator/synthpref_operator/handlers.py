@@ -127,7 +127,7 @@ def build_registry(config: OperatorConfig) -> kopf.OperatorRegistry:
 
     registry = kopf.OperatorRegistry()
     configuration = _client_configuration(config.kubeconfig)
-    # One connection per pass in flight, and one per Job creation (`apply.create_jobs`).
+    # One connection per pass in flight, and one per Job creation (`apply.Applier.start_jobs`).
     configuration.connection_pool_maxsize = config.workers + CREATE_CONCURRENCY
     api_client = client.ApiClient(configuration)
     if config.metrics is not None:
@@ -252,3 +252,4 @@ class OperatorThread:
     def stop(self, timeout: float = 30.0) -> None:
         self._stop.set()
         self._thread.join(timeout)
+        self.reconciler.applier.close()  # no creation outlives the operator

@@ -223,7 +223,7 @@ class OperatorMetrics:
         )
         self.reconcile_errors = Counter(
             "synthpref_reconcile_errors",
-            "Reconcile passes that raised an error.",
+            "Reconcile passes that raised an error, and Job creations the API server refused.",
             ["namespace"],
             registry=self.registry,
         )

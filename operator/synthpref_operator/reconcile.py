@@ -150,6 +150,7 @@ class Reconciler:
     def forget(self, namespace: str, name: str) -> None:
         """The run is gone: drop what its passes kept (Secret values, clients, memory)."""
         self.cache.forget(namespace, name)
+        self.applier.forget(namespace, name)
         with self._lock:
             slot = self._slots.get((namespace, name))
             if slot is not None and not slot.running:
@@ -261,11 +262,12 @@ class Reconciler:
             name, generation, admitted, jobs, artifacts, judge, estimate=estimate, retry=retry
         )
         actions, status = plan(spec, observed, now)
-        self.applier.create_jobs(run, spec, [a for a in actions if isinstance(a, CreateJob)])
+        creations = [a for a in actions if isinstance(a, CreateJob)]
+        self.applier.start_jobs(run, spec, creations)
         events: list[Event] = []
         for action in actions:
             if isinstance(action, CreateJob):
-                continue  # created above, together
+                continue  # started above, together
             if isinstance(action, SuspendJob):
                 self.applier.suspend_job(namespace, action)
             elif isinstance(action, DeleteJob):
@@ -283,6 +285,12 @@ class Reconciler:
                     break
             elif isinstance(action, Event):
                 events.append(action)
+        if (refusal := self.applier.refusal(namespace, name, creations)) is not None:
+            # An earlier pass's creation was refused (a quota, an admission policy): say so.
+            status, warnings = blocked_status(
+                status, Reason.JOB_REFUSED, refusal, generation, now, before=previous
+            )
+            events += warnings
         self._write(run, previous, status, events)
         return status
 

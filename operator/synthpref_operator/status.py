@@ -90,6 +90,7 @@ class Reason(StrEnum):
     STORAGE_UNREACHABLE = "StorageUnreachable"
     UNSCHEDULABLE = "Unschedulable"
     QUEUED = "Queued"
+    JOB_REFUSED = "JobRefused"
     RETRIED = "Retried"
 
 

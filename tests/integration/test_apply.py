@@ -1,16 +1,22 @@
 """Applying a pass's actions against the real API server (`apply.Applier`): a stage's Jobs
-are created together, and one refused Job neither stops the others nor goes unreported."""
+are started together without the pass waiting for them, one refused Job neither stops the
+others nor goes unreported (log line, metric, the run's next status), and what a creation
+logs names the run of the pass that started it."""
 
 from __future__ import annotations
 
+import io
+import json
 import logging
+import time
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from kubernetes import client
 
-from synthpref.logs import RunContextFilter, run_context
+from synthpref.logs import configure_logging, run_context
 from synthpref_operator.apply import Applier
+from synthpref_operator.metrics import OperatorMetrics
 from synthpref_operator.names import Stage
 from synthpref_operator.planner import CreateJob
 from synthpref_operator.settings import OperatorSettings
@@ -19,60 +25,91 @@ from tests.builders import make_spec
 pytestmark = pytest.mark.cluster
 
 
-class Collecting(logging.Handler):
-    """Keeps the records it is handed (after its filters have tagged them)."""
+@pytest.fixture
+def json_log() -> Iterator[io.StringIO]:
+    """The operator's JSON log lines, as production configures them; the root logger is put
+    back afterwards."""
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+    stream = io.StringIO()
+    configure_logging("info", "json", stream=stream)
+    yield stream
+    root.handlers[:] = handlers
+    root.setLevel(level)
 
-    def __init__(self) -> None:
-        super().__init__()
-        self.records: list[logging.LogRecord] = []
 
-    def emit(self, record: logging.LogRecord) -> None:
-        self.records.append(record)
+def settle(applier: Applier) -> None:
+    """Wait (generously: a loaded CI machine) until no creation is in flight."""
+    deadline = time.monotonic() + 120
+    while applier.creating() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert applier.creating() == 0
 
 
-def test_a_stages_jobs_are_created_together_and_a_refused_one_is_raised(
-    k8s_api_client: Any, namespace: str
+def generation_jobs(run: str, completions: int = 2) -> list[CreateJob]:
+    return [
+        CreateJob(f"{run}-generate-{m.name}", Stage.GENERATE, completions=completions, model=m.name)
+        for m in make_spec().models
+    ]
+
+
+def test_a_stages_jobs_are_started_together_and_a_refused_one_is_reported(
+    k8s_api_client: Any, namespace: str, json_log: io.StringIO
 ) -> None:
-    applier = Applier(k8s_api_client, OperatorSettings())
+    metrics = OperatorMetrics()
+    applier = Applier(k8s_api_client, OperatorSettings(), metrics)
     run = {"metadata": {"name": "r1", "namespace": namespace, "uid": "u-1"}}
     spec = make_spec()
-    good = [
-        CreateJob(f"r1-generate-{model.name}", Stage.GENERATE, completions=2, model=model.name)
-        for model in spec.models
-    ]
+    good = generation_jobs("r1")
     refused = CreateJob("R1_not_a_dns_name", Stage.GENERATE, completions=2, model="m0")
-    with pytest.raises(client.ApiException) as raised:
-        applier.create_jobs(run, spec, [*good[:2], refused, *good[2:]])
-    assert raised.value.status == 422
-    # Each of the others was created by this call (201), the refused one in their midst.
+    planned = [*good[:2], refused, *good[2:]]
+    with run_context(namespace, "r1"):
+        applier.start_jobs(run, spec, planned)
+        settle(applier)
+    # Each of the others was created (201), the refused one in their midst.
     assert sorted(applier.jobs_created) == [f"{namespace}/{a.name}" for a in good]
-    # The next pass plans them again: Jobs that exist are success, not errors. (The garbage
-    # collector may delete some meanwhile: their owner run does not exist; they are made again.)
-    applier.create_jobs(run, spec, good)
+    # The refusal: the API server's reason, for the run's next pass, the log and the metric.
+    why = applier.refusal(namespace, "r1", planned)
+    assert why is not None and why.startswith("cannot create Job R1_not_a_dns_name: 422")
+    assert "R1_not_a_dns_name" in why.split(": 422", 1)[1]  # the API server's own message
+    assert applier.refusal(namespace, "other-run", planned) is None
+    warnings = [
+        line
+        for line in map(json.loads, json_log.getvalue().splitlines())
+        if line["level"] == "warning"
+    ]
+    assert [(w["namespace"], w["run"]) for w in warnings] == [(namespace, "r1")]
+    assert "cannot create Job" in warnings[0]["message"] and "422" in warnings[0]["message"]
+    errors = metrics.registry.get_sample_value(
+        "synthpref_reconcile_errors_total", {"namespace": namespace}
+    )
+    assert errors == 1
+    # The next pass plans the good ones again: Jobs that exist are success, not errors; the
+    # refused Job no longer planned is forgotten. (The garbage collector may delete some
+    # meanwhile: their owner run does not exist; they are made again.)
+    applier.start_jobs(run, spec, good)
+    settle(applier)
+    assert applier.refusal(namespace, "r1", good) is None
+    assert applier.refusal(namespace, "r1", planned) is None
+    assert (
+        metrics.registry.get_sample_value(
+            "synthpref_reconcile_errors_total", {"namespace": namespace}
+        )
+        == 1
+    )
 
 
 def test_what_a_creation_logs_names_the_run_of_the_pass(
-    k8s_api_client: Any, namespace: str
+    k8s_api_client: Any, namespace: str, json_log: io.StringIO
 ) -> None:
     """Creations run on the applier's threads; their log lines still carry the pass's run."""
-    handler = Collecting()
-    handler.addFilter(RunContextFilter())
-    logger = logging.getLogger("synthpref_operator.apply")
-    logger.addHandler(handler)
-    level = logger.level
-    logger.setLevel(logging.INFO)
-    spec = make_spec()
+    applier = Applier(k8s_api_client, OperatorSettings())
     run = {"metadata": {"name": "r2", "namespace": namespace, "uid": "u-2"}}
-    actions = [
-        CreateJob(f"r2-generate-{model.name}", Stage.GENERATE, completions=1, model=model.name)
-        for model in spec.models
-    ]
-    try:
-        with run_context(namespace, "r2"):
-            Applier(k8s_api_client, OperatorSettings()).create_jobs(run, spec, actions)
-    finally:
-        logger.removeHandler(handler)
-        logger.setLevel(level)
-    created = [r for r in handler.records if "created Job" in r.getMessage()]
+    actions = generation_jobs("r2", completions=1)
+    with run_context(namespace, "r2"):
+        applier.start_jobs(run, make_spec(), actions)
+    applier.close()  # waits for the creations
+    lines = [json.loads(line) for line in json_log.getvalue().splitlines()]
+    created = [line for line in lines if "created Job" in line["message"]]
     assert len(created) == len(actions) > 1
-    assert {(r.namespace, r.run) for r in created} == {(namespace, "r2")}  # type: ignore[attr-defined]
+    assert {(line["namespace"], line["run"]) for line in created} == {(namespace, "r2")}

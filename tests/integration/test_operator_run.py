@@ -310,10 +310,15 @@ def test_suspend_then_resume(env: Env) -> None:
         env.wait_phase("paused", {"Generating"}, timeout=60)
         env.apply(env.manifest("paused", suspend=True))
         run = env.wait_phase("paused", {"Suspended"}, timeout=30)
-        time.sleep(2)
-        jobs = env.jobs()
-        generation = [j for n, j in jobs.items() if "-generate-" in n]
-        assert generation and all(j.spec.suspend for j in generation)
+        # A Job whose creation was in flight when the spec changed is suspended by a later pass.
+        deadline = time.monotonic() + 120
+        while True:
+            jobs = env.jobs()
+            generation = [j for n, j in jobs.items() if "-generate-" in n]
+            if len(generation) == len(MODELS) and all(j.spec.suspend for j in generation):
+                break
+            assert time.monotonic() < deadline, {n: j.spec.suspend for n, j in jobs.items()}
+            time.sleep(0.3)
         assert "mix" not in " ".join(jobs)
         suspended = {c["type"]: c for c in run["status"]["conditions"]}["Suspended"]
         assert suspended["status"] == "True"
@@ -332,8 +337,8 @@ def test_operator_restart_creates_no_duplicates(env: Env) -> None:
     first = env.operator()
     env.apply(env.manifest("again"))
     env.wait_phase("again", {"Generating"}, timeout=60)
+    first.stop()  # lets the creations it started finish
     created_first = list(first.reconciler.applier.jobs_created)
-    first.stop()
     second = env.operator()
     try:
         run = env.wait_phase("again", {"Succeeded", "Failed"})
@@ -348,3 +353,45 @@ def test_operator_restart_creates_no_duplicates(env: Env) -> None:
     # Every generation index ran once: the restart redid no work.
     runs = [r for r in env.kubelet.runs_in(env.namespace) if "-generate-" in r.name]
     assert len(runs) == len(MODELS) * 2
+
+
+def test_a_job_the_api_server_refuses_blocks_the_run_until_it_is_allowed(env: Env) -> None:
+    """A ResourceQuota lets only two Jobs in: prepare and one model's generation Job. The
+    run says why the others are missing (Blocked JobRefused, with the API server's words, and
+    a Warning Event), and goes on to Succeeded by itself once the quota is raised."""
+    core = client.CoreV1Api(env.api)
+    quota = client.V1ResourceQuota(
+        metadata=client.V1ObjectMeta(name="jobs"),
+        spec=client.V1ResourceQuotaSpec(hard={"count/jobs.batch": "2"}),
+    )
+    core.create_namespaced_resource_quota(env.namespace, quota)
+
+    def blocked() -> dict[str, Any]:
+        conditions = (env.run("capped").get("status") or {}).get("conditions") or []
+        return next((c for c in conditions if c["type"] == "Blocked"), {})
+
+    operator = env.operator()
+    try:
+        env.apply(env.manifest("capped"))
+        deadline = time.monotonic() + 180
+        while not (
+            blocked().get("reason") == "JobRefused" and "-generate-" in blocked()["message"]
+        ):
+            assert time.monotonic() < deadline, env.run("capped").get("status")
+            time.sleep(0.5)
+        condition = blocked()
+        assert condition["status"] == "True"
+        assert "capped-generate-" in condition["message"] and "quota" in condition["message"]
+        assert env.run("capped")["status"]["message"] == condition["message"]
+        core.patch_namespaced_resource_quota(
+            "jobs", env.namespace, {"spec": {"hard": {"count/jobs.batch": "20"}}}
+        )
+        run = env.wait_phase("capped", {"Succeeded", "Failed"})
+    finally:
+        operator.stop()
+    assert run["status"]["phase"] == "Succeeded", run["status"]
+    assert blocked()["status"] == "False"
+    events = env.kubectl(
+        "get", "events", "-n", env.namespace, "--field-selector", "involvedObject.name=capped"
+    ).stdout
+    assert "JobRefused" in events, events

@@ -35,7 +35,8 @@ import yaml
 from synthpref_operator.devcluster.pki import CertificateAuthority, CertPair, write_signing_key_pair
 
 # Controllers of kube-controller-manager that the local cluster runs. Enough for Jobs,
-# CronJobs, Deployments, garbage collection, namespace deletion and default ServiceAccounts.
+# CronJobs, Deployments, garbage collection, namespace deletion, default ServiceAccounts and
+# ResourceQuotas.
 DEFAULT_CONTROLLERS: tuple[str, ...] = (
     "job-controller",
     "cronjob-controller",
@@ -48,6 +49,7 @@ DEFAULT_CONTROLLERS: tuple[str, ...] = (
     "pod-garbage-collector-controller",
     "deployment-controller",
     "replicaset-controller",
+    "resourcequota-controller",
 )
 
 SERVICE_CIDR = "10.96.0.0/16"
