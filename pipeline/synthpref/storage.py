@@ -39,7 +39,7 @@ from synthpref.storage_errors import (
     StorageUnavailableError,
     os_error_cause,
 )
-from synthpref.storage_lines import RawLine, split_lines
+from synthpref.storage_lines import LineBlock, RawLine, split_line_blocks, split_lines
 from synthpref.storage_retry import Retrier, RetryPolicy
 
 if TYPE_CHECKING:
@@ -80,6 +80,10 @@ class Storage(ABC):
     def read_raw_lines(self, key: str) -> Iterator[RawLine]:
         """Stream the lines of an object as bytes, with their numbers and byte offsets."""
         return split_lines(self.read_chunks(key))
+
+    def read_line_blocks(self, key: str) -> Iterator[LineBlock]:
+        """`read_raw_lines` a block of lines (with their endings) at a time."""
+        return split_line_blocks(self.read_chunks(key))
 
     def read_lines(self, key: str) -> Iterator[str]:
         """Stream the lines of a UTF-8 text object, without their line endings; a line that is

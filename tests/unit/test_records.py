@@ -152,6 +152,17 @@ def test_a_bad_line_is_named_by_uri_and_line(tmp_path: Path, line: bytes, proble
         list(read_records(storage, "g.jsonl", records.GenerationRecord))
 
 
+def test_records_before_a_bad_line_of_the_same_block_are_read_first(tmp_path: Path) -> None:
+    storage = LocalStorage(tmp_path)
+    good = b'{"prompt_id": "a", "model": "m", "text": "ok"}\n'
+    storage.write_bytes("g.jsonl", good * 50 + b"\r\n  \n" + good + b'{"prompt_id": 1}\n' + good)
+    storage.commit("g.jsonl", {})
+    read = read_records(storage, "g.jsonl", records.GenerationRecord)
+    assert [next(read).model for _ in range(51)] == ["m"] * 51
+    with pytest.raises(RowError, match=r"g\.jsonl:54: not a valid GenerationRow: "):
+        next(read)
+
+
 def test_a_line_that_is_not_utf8_is_named_with_its_byte_offset(tmp_path: Path) -> None:
     storage = LocalStorage(tmp_path)
     storage.write_bytes("g.jsonl", b'{"prompt_id": "a", "model": "m"}\n{"prompt_id": "\xff"}\n')
