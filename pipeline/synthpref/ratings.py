@@ -226,12 +226,17 @@ def parse_reply(text: str, count: int) -> list[Parsed]:
     """Ratings for `count` answers: JSON when the reply is a JSON object, else rubric text."""
     if count < 1:
         raise ValueError(f"count must be at least 1 (got {count})")
+    # A JSON object with only JSON whitespace around it is what the steps below would strip,
+    # find unfenced and decode: the fast path may take it as it is.
+    parsed = parse_schema_reply(text, count)
+    if parsed is not None:
+        return parsed
     stripped = text.strip()
     fenced = _FENCE.match(stripped)
     if fenced is not None:
         stripped = fenced.group(1).strip()
     if stripped.startswith("{"):
-        parsed = _json_reply(stripped, count)
-        if parsed is not None:
-            return parsed
+        json_parsed = _json_reply(stripped, count)
+        if json_parsed is not None:
+            return json_parsed
     return parse_text(text, count)

@@ -6,6 +6,7 @@ import json
 
 import pytest
 
+from synthpref import ratings
 from synthpref.ratings import (
     Parsed,
     RatingFailure,
@@ -13,6 +14,7 @@ from synthpref.ratings import (
     parse_json,
     parse_reply,
     parse_schema_reply,
+    parse_text,
     rating_value,
 )
 
@@ -288,3 +290,32 @@ def test_fast_path_takes_the_usual_replies(text: str, count: int, expected: list
 )
 def test_fast_path_leaves_every_other_shape_to_the_general_path(text: str) -> None:
     assert parse_schema_reply(text, 2) is None
+
+
+def general_reply(text: str, count: int) -> list[Parsed]:
+    """`parse_reply` without the fast path: strip, unfence, decode untyped, else rubric text."""
+    stripped = text.strip()
+    fenced = ratings._FENCE.match(stripped)
+    if fenced is not None:
+        stripped = fenced.group(1).strip()
+    if stripped.startswith("{"):
+        document = _json_document(stripped)
+        if isinstance(document, dict):
+            return parse_json(document, count)
+    return parse_text(text, count)
+
+
+REPLY_CASES: list[tuple[str, int]] = [
+    *FAST_PATH_CASES,
+    *((case[1], case[2]) for case in JSON_CASES),
+    *((case[1], case[2]) for case in TEXT_CASES),
+    *((f"\n {text}\r\n\t", count) for text, count in FAST_PATH_CASES),
+    *((f"\u00a0{text}\u2003", count) for text, count in FAST_PATH_CASES),
+    ("```json\n" + obj(4, 2) + "\n```", 2),
+    ("Rating: 4\n" + obj(4, 2), 2),
+]
+
+
+@pytest.mark.parametrize(("text", "count"), REPLY_CASES)
+def test_parse_reply_gives_what_the_general_path_gives(text: str, count: int) -> None:
+    assert typed(parse_reply(text, count)) == typed(general_reply(text, count))
