@@ -8,14 +8,18 @@ Not a test: run on demand, e.g.
 It writes synthetic prompt and generation shards into a scratch directory, then runs `mix` in a
 fresh process, answers every judge request with a deterministic JSON judgement (as the judge
 would, outside the timing), runs `parse` in a fresh process, and prints for each stage its wall
-time, input rows per second and the process's peak RSS. Flat peak RSS across sizes shows that
-memory does not grow with the dataset.
+time, its CPU time (on a busy machine the steadier figure), input rows per second and the
+process's peak RSS. Flat peak RSS across sizes shows that memory does not grow with the
+dataset.
 
 Beside each stage it prints its I/O floor, measured the same way (a fresh process): a plain read
 of the stage's input files plus a write (with fsync, as the stage's storage does) of the same
-bytes as the stage's output files, and the ratio stage / floor. `--prepare` also runs `prepare`
-on N prompt lines (every 20th a duplicate), the stage whose de-duplication set grows with N.
-`--profile` runs each stage under cProfile instead and prints its top functions.
+bytes as the stage's output files, and the ratio stage / floor; then its decode floor: the same
+read and write plus an untyped `msgspec.json.decode` of every input line (a nearer reference for
+a stage that must decode every line it reads), and the ratio stage / decode floor. `--prepare`
+also runs `prepare` on N prompt lines (every 20th a duplicate), the stage whose de-duplication
+set grows with N. `--profile` runs each stage under cProfile instead and prints its top
+functions.
 """
 
 from __future__ import annotations
@@ -135,8 +139,28 @@ STAGE_FILES = {
 }
 
 
-def io_floor(stage: str, root: Path) -> dict[str, Any]:
-    """Read the stage's inputs, then write its outputs' bytes again (fsync'd) elsewhere."""
+def read_inputs(paths: list[Path], decode: bool) -> int:
+    """Read the files (bytes read); with `decode`, msgspec-decode each of their lines, untyped."""
+    read_bytes = 0
+    for path in paths:
+        pending = b""  # a line split by a chunk boundary
+        with path.open("rb") as stream:
+            while chunk := stream.read(1024 * 1024):
+                read_bytes += len(chunk)
+                if decode:
+                    lines = (pending + chunk).split(b"\n")
+                    pending = lines.pop()
+                    for line in lines:
+                        if line:
+                            msgspec.json.decode(line)
+        if decode and pending.strip():
+            msgspec.json.decode(pending)
+    return read_bytes
+
+
+def io_floor(stage: str, root: Path, decode: bool = False) -> dict[str, Any]:
+    """Read the stage's inputs (decoding every line with `decode`), then write its outputs'
+    bytes again (fsync'd) elsewhere."""
     store = root / "store"
     inputs, outputs = (
         [p for g in globs for p in sorted(store.glob(g))] for globs in STAGE_FILES[stage]
@@ -144,12 +168,9 @@ def io_floor(stage: str, root: Path) -> dict[str, Any]:
     scratch = root / "floor"
     shutil.rmtree(scratch, ignore_errors=True)
     scratch.mkdir()
-    read_bytes = written = 0
+    written = 0
     started = time.perf_counter()
-    for path in inputs:
-        with path.open("rb") as stream:
-            while chunk := stream.read(1024 * 1024):
-                read_bytes += len(chunk)
+    read_bytes = read_inputs(inputs, decode)
     read_s = time.perf_counter() - started
     write_s = 0.0
     for number, path in enumerate(outputs):
@@ -163,7 +184,7 @@ def io_floor(stage: str, root: Path) -> dict[str, Any]:
         written += len(data)
     shutil.rmtree(scratch, ignore_errors=True)
     return {
-        "stage": f"floor-{stage}",
+        "stage": f"{'decode-' if decode else ''}floor-{stage}",
         "seconds": round(read_s + write_s, 2),
         "read_s": round(read_s, 2),
         "write_s": round(write_s, 2),
@@ -195,12 +216,14 @@ def run_prepare(root: Path, shard_size: int) -> dict[str, Any]:
         }
     )
     started = time.perf_counter()
+    cpu_started = time.process_time()
     summary = prepare(spec, LocalStorage(root / "prepared"))
     seconds = time.perf_counter() - started
     rows = summary.prompts + summary.duplicates
     return {
         "stage": "prepare",
         "seconds": round(seconds, 2),
+        "cpu_s": round(time.process_time() - cpu_started, 2),
         "input_rows": rows,
         "rows_per_s": round(rows / seconds),
         "peak_rss_mib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024),
@@ -213,6 +236,8 @@ def run_stage(stage: str, root: Path, models: int, shard_size: int) -> dict[str,
     """Run one stage (or its I/O floor) in this (fresh) process and return its figures."""
     if stage.startswith("floor-"):
         return io_floor(stage.removeprefix("floor-"), root)
+    if stage.startswith("decode-floor-"):
+        return io_floor(stage.removeprefix("decode-floor-"), root, decode=True)
     if stage == "prepare":
         return run_prepare(root, shard_size)
     from synthpref.stages.mix import run_mix
@@ -220,6 +245,7 @@ def run_stage(stage: str, root: Path, models: int, shard_size: int) -> dict[str,
 
     spec = bench_spec(root, models, shard_size)
     storage = LocalStorage(root / "store")
+    cpu_started = time.process_time()
     started = time.perf_counter()  # imports done: they are not the stage's work
     summary: Any
     if stage == "mix":
@@ -232,6 +258,7 @@ def run_stage(stage: str, root: Path, models: int, shard_size: int) -> dict[str,
     return {
         "stage": stage,
         "seconds": round(seconds, 2),
+        "cpu_s": round(time.process_time() - cpu_started, 2),
         "input_rows": rows,
         "rows_per_s": round(rows / seconds),
         "peak_rss_mib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024),
@@ -262,9 +289,12 @@ def in_fresh_process(stage: str, args: argparse.Namespace, root: Path) -> dict[s
     return dict(json.loads(output.strip().splitlines()[-1]))
 
 
-def show(figures: dict[str, Any], floor: dict[str, Any] | None) -> None:
+def show(
+    figures: dict[str, Any], floor: dict[str, Any] | None, decode_floor: dict[str, Any] | None
+) -> None:
     line = (
-        f"{figures['stage']:<7} {figures['input_rows']:>10} rows  {figures['seconds']:>8} s  "
+        f"{figures['stage']:<7} {figures['input_rows']:>10} rows  {figures['seconds']:>8} s "
+        f"(CPU {figures['cpu_s']} s)  "
         f"{figures['rows_per_s']:>8} rows/s  peak RSS {figures['peak_rss_mib']:>4} MiB"
     )
     if floor is not None:
@@ -272,6 +302,12 @@ def show(figures: dict[str, Any], floor: dict[str, Any] | None) -> None:
             f"  | floor {floor['seconds']} s (read {floor['read_mib']} MiB {floor['read_s']} s, "
             f"write {floor['written_mib']} MiB {floor['write_s']} s)  "
             f"stage/floor {figures['seconds'] / max(floor['seconds'], 0.01):.1f}"
+        )
+    if decode_floor is not None:
+        line += (
+            f"  | decode floor {decode_floor['seconds']} s "
+            f"(read+decode {decode_floor['read_s']} s)  "
+            f"stage/decode-floor {figures['seconds'] / max(decode_floor['seconds'], 0.01):.1f}"
         )
     if figures.get("pairs") is not None:
         line += f"  pairs {figures['pairs']}"
@@ -287,7 +323,7 @@ def main() -> None:
     parser.add_argument("--shard-size", type=int, default=1000)
     parser.add_argument("--workdir", type=Path, default=None)
     parser.add_argument("--prepare", action="store_true", help="also measure prepare")
-    parser.add_argument("--no-floor", action="store_true", help="skip the I/O floors")
+    parser.add_argument("--no-floor", action="store_true", help="skip the floors")
     parser.add_argument("--profile", action="store_true", help="cProfile each stage")
     parser.add_argument("--stage", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -301,7 +337,7 @@ def main() -> None:
     try:
         if args.prepare:
             write_raw_prompts(root, args.prompts)
-            show(in_fresh_process("prepare", args, root), None)
+            show(in_fresh_process("prepare", args, root), None, None)
             shutil.rmtree(root / "prepared", ignore_errors=True)
         started = time.perf_counter()
         build(root, args.prompts, args.models, args.shard_size)
@@ -314,10 +350,11 @@ def main() -> None:
             if stage == "parse":
                 simulate_judge(root, answers=4)
             figures = in_fresh_process(stage, args, root)
-            floor = None
+            floor = decode_floor = None
             if not (args.no_floor or args.profile):
                 floor = in_fresh_process(f"floor-{stage}", args, root)
-            show(figures, floor)
+                decode_floor = in_fresh_process(f"decode-floor-{stage}", args, root)
+            show(figures, floor, decode_floor)
     finally:
         if args.workdir is None:
             shutil.rmtree(root, ignore_errors=True)

@@ -94,21 +94,17 @@ def score_answers(
     `aspect_ratings[aspect][i]` is candidate i's rating (candidate order); an aspect whose
     request failed is simply absent.
     """
+    valid: list[dict[str, float]] = [{} for _ in range(count)]
     for aspect, values in aspect_ratings.items():
         if len(values) != count:
             raise ValueError(f"aspect {aspect!r}: {len(values)} ratings for {count} answers")
-    scores: list[AnswerScore | None] = []
-    for index in range(count):
-        valid = {
-            aspect: value
-            for aspect, values in aspect_ratings.items()
-            if isinstance(value := values[index], float)
-        }
-        if valid:
-            scores.append(AnswerScore(index, sum(valid.values()) / len(valid), valid))
-        else:
-            scores.append(None)
-    return scores
+        for ratings, value in zip(valid, values, strict=False):
+            if isinstance(value, float):
+                ratings[aspect] = value
+    return [
+        AnswerScore(index, sum(ratings.values()) / len(ratings), ratings) if ratings else None
+        for index, ratings in enumerate(valid)
+    ]
 
 
 def _qualifies(chosen: AnswerScore, rejected: AnswerScore, ties: TiesPolicy, margin: float) -> bool:
@@ -136,10 +132,9 @@ def binarize(
     rated = [s for s in scores if s is not None]
     if len(rated) < 2:
         return Outcome([], DropReason.TOO_FEW_RATED)
-    top = max(s.mean for s in rated)
-    if top - min(s.mean for s in rated) <= EPSILON and (
-        ties is TiesPolicy.DROP or min_margin > EPSILON
-    ):
+    means = [s.mean for s in rated]
+    top = max(means)
+    if top - min(means) <= EPSILON and (ties is TiesPolicy.DROP or min_margin > EPSILON):
         return Outcome([], DropReason.ALL_TIED)
     if strategy is BinarizationStrategy.ALL_PAIRS:
         pairs: list[Pair] = []

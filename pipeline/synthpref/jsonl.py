@@ -8,14 +8,15 @@ each line and names the object and line number of any bad one.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
-from typing import IO, Any, TypeVar
+from collections.abc import Callable, Iterable, Iterator
+from typing import Any, TypeVar
 
 import msgspec
 from pydantic import BaseModel, ValidationError
 
 from synthpref.errors import InputsNotReadyError, SynthprefError
-from synthpref.storage import Storage
+from synthpref.storage import ByteSink, Storage
+from synthpref.storage_lines import LineBlock
 
 RowT = TypeVar("RowT", bound=BaseModel)
 
@@ -86,7 +87,21 @@ def read_records(storage: Storage, key: str, kind: type[StructT]) -> Iterator[St
     decode = msgspec.json.Decoder(kind, strict=False).decode
     url = storage.url(key)
     schema = getattr(kind, "schema", kind.__name__)
-    for raw in storage.read_raw_lines(key):
+    for block in storage.read_line_blocks(key):
+        records: Iterable[StructT]
+        try:
+            # A line's ending is JSON whitespace: decoding a line with it gives the same record.
+            records = [decode(piece) for piece in block.pieces]
+        except msgspec.DecodeError:
+            records = _decode_lines(block, decode, url, schema)
+        yield from records
+
+
+def _decode_lines(
+    block: LineBlock, decode: Callable[[bytes], StructT], url: str, schema: str
+) -> Iterator[StructT]:
+    """A block's records line by line: blank lines skipped, a bad line raised as RowError."""
+    for raw in block.lines():
         try:
             yield decode(raw.data)
         except msgspec.DecodeError as error:
@@ -96,9 +111,10 @@ def read_records(storage: Storage, key: str, kind: type[StructT]) -> Iterator[St
             raise RowError(f"{url}:{raw.number}: not a valid {schema}: {error}") from None
 
 
-def write_lines(stream: IO[str], lines: Iterable[bytes]) -> tuple[int, int]:
-    """Write encoded lines (UTF-8, each with its newline) to a storage writer's text stream in
-    writes of about WRITE_BATCH_BYTES; returns (lines, bytes) written."""
+def write_lines(stream: ByteSink, lines: Iterable[bytes]) -> tuple[int, int]:
+    """Write encoded lines (UTF-8, each with its newline) to a storage byte writer
+    (`Storage.open_byte_writer`) in writes of about WRITE_BATCH_BYTES; returns (lines, bytes)
+    written."""
     count = size = batched = 0
     batch: list[bytes] = []
     for line in lines:
@@ -106,10 +122,10 @@ def write_lines(stream: IO[str], lines: Iterable[bytes]) -> tuple[int, int]:
         batched += len(line)
         count += 1
         if batched >= WRITE_BATCH_BYTES:
-            stream.write(b"".join(batch).decode("utf-8"))
+            stream.write(b"".join(batch))
             size += batched
             batch, batched = [], 0
-    stream.write(b"".join(batch).decode("utf-8"))
+    stream.write(b"".join(batch))
     return count, size + batched
 
 
@@ -122,7 +138,7 @@ def write_records(
     """`write_rows` for `synthpref.records` twins (the same bytes as their models would give):
     write them to `key`, then commit it with {"rows": n, **info}. Returns n."""
     encode = msgspec.json.Encoder().encode
-    with storage.open_writer(key) as stream:
+    with storage.open_byte_writer(key) as stream:
         count, _ = write_lines(stream, (encode(record) + b"\n" for record in records))
     storage.commit(key, {"rows": count, **(info or {})})
     return count

@@ -66,6 +66,10 @@ def encode_custom_id(shard: int, prompt_id: str, aspect: str) -> str:
     return custom_id
 
 
+def _has_line_break(text: str) -> bool:
+    return "\n" in text or "\r" in text
+
+
 def decode_custom_id(custom_id: str) -> RequestKey:
     """The (shard, prompt_id, aspect) of a custom id; CustomIdError when it is malformed."""
     match = _CUSTOM_ID.match(custom_id)
@@ -76,9 +80,21 @@ def decode_custom_id(custom_id: str) -> RequestKey:
     shard, aspect, prompt_id = match.groups()
     if aspect not in DEFAULT_ASPECTS:
         raise CustomIdError(f"malformed custom_id {custom_id[:80]!r}: unknown aspect {aspect!r}")
-    if "\n" in prompt_id or "\r" in prompt_id:
+    if _has_line_break(prompt_id):
         raise CustomIdError(f"malformed custom_id {custom_id[:80]!r}: line break in prompt id")
     return RequestKey(shard=int(shard), prompt_id=prompt_id, aspect=aspect)
+
+
+def in_shard(custom_id: str, shard: int) -> bool:
+    """`decode_custom_id(custom_id).shard == shard` (CustomIdError when it is malformed), with
+    neither the regular expression nor the key for a well-formed id of `shard` (what `parse`
+    meets on every result line)."""
+    prefix = f"{CUSTOM_ID_PREFIX}:{shard}:"
+    if shard >= 0 and custom_id.startswith(prefix):
+        aspect, _, prompt_id = custom_id[len(prefix) :].partition(":")
+        if aspect in DEFAULT_ASPECTS and prompt_id and not _has_line_break(prompt_id):
+            return True
+    return decode_custom_id(custom_id).shard == shard
 
 
 def build_request(row: MixRow, aspect: str, shard: int, judge: JudgeSpec) -> BatchRequestLine:

@@ -170,16 +170,73 @@ def _json_document(text: str) -> Any:
         return None
 
 
+class _Rated(msgspec.Struct):
+    """One answer's entry of a `templates.rating_schema` reply as the fast path reads it: a
+    numeric `rating` (other fields, the rationale, are skipped unread)."""
+
+    rating: int | float
+
+
+_decode_rated = msgspec.json.Decoder(dict[str, _Rated]).decode
+# The keys "1".."n" of a reply for n answers, made once per n.
+_ANSWER_KEYS: dict[int, tuple[str, ...]] = {}
+
+
+def _answer_keys(count: int) -> tuple[str, ...]:
+    keys = _ANSWER_KEYS.get(count)
+    if keys is None:
+        keys = _ANSWER_KEYS[count] = tuple(str(n) for n in range(1, count + 1))
+    return keys
+
+
+def parse_schema_reply(text: str, count: int) -> list[Parsed] | None:
+    """`parse_json` of the usual structured reply, {"1": {"rating": 4, ...}, ...}, decoded by a
+    typed decoder; None for any other document (the caller then takes the general path).
+
+    Every value must be an object with a JSON number `rating`, so none of `_json_value`'s other
+    cases (strings, N/A, a missing rating, a `ratings` list) can arise, and the result is what
+    the general path gives for the same text (tests/unit/test_ratings.py compares them)."""
+    try:
+        document = _decode_rated(text)
+    except msgspec.DecodeError:
+        return None
+    keys = _answer_keys(count)
+    if document.keys().isdisjoint(keys):
+        return [RatingFailure.UNPARSEABLE] * count
+    return [
+        RatingFailure.MISSING
+        if (item := document.get(key)) is None
+        else _in_range(float(item.rating))
+        for key in keys
+    ]
+
+
+def _json_reply(text: str, count: int) -> list[Parsed] | None:
+    """Ratings from a reply that is a JSON object; None when it is not one."""
+    fast = parse_schema_reply(text, count)
+    if fast is not None:
+        return fast
+    document = _json_document(text)
+    if isinstance(document, dict):
+        return parse_json(document, count)
+    return None
+
+
 def parse_reply(text: str, count: int) -> list[Parsed]:
     """Ratings for `count` answers: JSON when the reply is a JSON object, else rubric text."""
     if count < 1:
         raise ValueError(f"count must be at least 1 (got {count})")
+    # A JSON object with only JSON whitespace around it is what the steps below would strip,
+    # find unfenced and decode: the fast path may take it as it is.
+    parsed = parse_schema_reply(text, count)
+    if parsed is not None:
+        return parsed
     stripped = text.strip()
     fenced = _FENCE.match(stripped)
     if fenced is not None:
         stripped = fenced.group(1).strip()
     if stripped.startswith("{"):
-        document = _json_document(stripped)
-        if isinstance(document, dict):
-            return parse_json(document, count)
+        json_parsed = _json_reply(stripped, count)
+        if json_parsed is not None:
+            return json_parsed
     return parse_text(text, count)

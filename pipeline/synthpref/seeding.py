@@ -10,5 +10,5 @@ import hashlib
 
 def stable_seed(*parts: object) -> int:
     """A 63-bit seed from the parts' string forms (e.g. a base seed and a prompt id)."""
-    digest = hashlib.sha256("\x1f".join(str(p) for p in parts).encode("utf-8")).digest()
+    digest = hashlib.sha256("\x1f".join(map(str, parts)).encode("utf-8")).digest()
     return int.from_bytes(digest[:8], "big") >> 1

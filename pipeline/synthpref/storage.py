@@ -30,7 +30,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import IO, TYPE_CHECKING, Any, TypeVar
+from typing import IO, TYPE_CHECKING, Any, Protocol, TypeVar
 
 from synthpref import layout
 from synthpref.storage_errors import (
@@ -39,7 +39,7 @@ from synthpref.storage_errors import (
     StorageUnavailableError,
     os_error_cause,
 )
-from synthpref.storage_lines import RawLine, split_lines
+from synthpref.storage_lines import LineBlock, RawLine, split_line_blocks, split_lines
 from synthpref.storage_retry import Retrier, RetryPolicy
 
 if TYPE_CHECKING:
@@ -65,6 +65,22 @@ COMMIT_SUFFIX = ".commit"
 READ_CHUNK_BYTES = 1024 * 1024
 
 
+class ByteSink(Protocol):
+    """Where `Storage.open_byte_writer` takes bytes."""
+
+    def write(self, data: bytes, /) -> int: ...
+
+
+class _Utf8Sink:
+    """A ByteSink over a text stream: each write is decoded (UTF-8) and written as text."""
+
+    def __init__(self, stream: IO[str]) -> None:
+        self.stream = stream
+
+    def write(self, data: bytes, /) -> int:
+        return self.stream.write(data.decode("utf-8"))
+
+
 class Storage(ABC):
     """Artifacts of one run under one root URI."""
 
@@ -81,6 +97,10 @@ class Storage(ABC):
         """Stream the lines of an object as bytes, with their numbers and byte offsets."""
         return split_lines(self.read_chunks(key))
 
+    def read_line_blocks(self, key: str) -> Iterator[LineBlock]:
+        """`read_raw_lines` a block of lines (with their endings) at a time."""
+        return split_line_blocks(self.read_chunks(key))
+
     def read_lines(self, key: str) -> Iterator[str]:
         """Stream the lines of a UTF-8 text object, without their line endings; a line that is
         not UTF-8 raises NotUtf8Error naming `URI:line` and the byte offset."""
@@ -91,6 +111,15 @@ class Storage(ABC):
     @abstractmethod
     def open_writer(self, key: str) -> Any:
         """Context manager yielding a text stream; the object appears only on clean exit."""
+
+    @contextmanager
+    def open_byte_writer(self, key: str) -> Iterator[ByteSink]:
+        """`open_writer` for text already encoded as UTF-8 (e.g. JSON lines from msgspec): the
+        object has the bytes written, and each write must be whole UTF-8 characters. Here
+        each write goes to `open_writer`'s stream decoded; a backend that can store the bytes
+        as they are (LocalStorage) saves that decode and the stream's encode."""
+        with self.open_writer(key) as stream:
+            yield _Utf8Sink(stream)
 
     @abstractmethod
     def exists(self, key: str) -> bool: ...
@@ -222,6 +251,11 @@ class LocalStorage(Storage):
     @contextmanager
     def open_writer(self, key: str) -> Iterator[IO[str]]:
         with self._atomic_file(key, binary=False) as stream:
+            yield stream
+
+    @contextmanager
+    def open_byte_writer(self, key: str) -> Iterator[ByteSink]:
+        with self._atomic_file(key, binary=True) as stream:
             yield stream
 
     def write_bytes(self, key: str, data: bytes) -> None:

@@ -43,12 +43,34 @@ def _has_ending(chunk: bytes) -> bool:
     return b"\n" in chunk or b"\r" in chunk
 
 
-def split_lines(chunks: Iterable[bytes]) -> Iterator[RawLine]:
-    """The lines of the byte stream `chunks`; memory grows with the longest line only.
+class LineBlock(NamedTuple):
+    """Consecutive lines, as `bytes.splitlines(keepends=True)` gives them (each with its ending,
+    when it has one), and the number and starting byte offset of the first. A reader that
+    handles most lines alike (`jsonl.read_records`) takes a block at a time and makes a
+    `RawLine` only for the line it must report."""
+
+    number: int
+    offset: int
+    pieces: list[bytes]
+
+    def lines(self) -> Iterator[RawLine]:
+        """The block's lines as `RawLine`s (endings removed)."""
+        number, offset = self.number, self.offset
+        for piece in self.pieces:
+            # A piece holds one ending and its text cannot end in "\r" or "\n" (it would
+            # have been split there), so stripping them removes exactly the ending.
+            yield RawLine(number, offset, piece.rstrip(b"\r\n"))
+            number += 1
+            offset += len(piece)
+
+
+def split_line_blocks(chunks: Iterable[bytes]) -> Iterator[LineBlock]:
+    """The lines of the byte stream `chunks`, a block per chunk that ends at least one line;
+    memory grows with the chunk size and the longest line only.
 
     `bytes.splitlines` splits on exactly these endings ("\\n", "\\r\\n", "\\r"), in C."""
     pending: list[bytes] = []  # the start of a line whose end has not arrived yet
-    number = 0
+    number = 1  # of the pending line
     offset = 0  # of the pending line's first byte
     for chunk in chunks:
         if not chunk:
@@ -62,12 +84,15 @@ def split_lines(chunks: Iterable[bytes]) -> Iterator[RawLine]:
         # A line without its ending, or ending in a "\r" that may be the first half of
         # "\r\n", waits for the next chunk.
         pending = [pieces.pop()] if last.endswith(b"\r") or not _ended(last) else []
-        for piece in pieces:
-            number += 1
-            # A piece holds one ending and its text cannot end in "\r" or "\n" (it would
-            # have been split there), so stripping them removes exactly the ending.
-            yield RawLine(number, offset, piece.rstrip(b"\r\n"))
-            offset += len(piece)
+        if pieces:
+            yield LineBlock(number, offset, pieces)
+            number += len(pieces)
+            offset += sum(map(len, pieces))
     if pending:
-        number += 1
-        yield RawLine(number, offset, b"".join(pending).rstrip(b"\r\n"))
+        yield LineBlock(number, offset, [b"".join(pending)])
+
+
+def split_lines(chunks: Iterable[bytes]) -> Iterator[RawLine]:
+    """The lines of the byte stream `chunks`; memory grows with the longest line only."""
+    for block in split_line_blocks(chunks):
+        yield from block.lines()

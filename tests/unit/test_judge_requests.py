@@ -19,6 +19,7 @@ from synthpref.judge_requests import (
     encode_custom_id,
     encode_line,
     encode_request,
+    in_shard,
     split_parts,
 )
 from synthpref.rows import BatchRequestLine, Candidate, MixRow
@@ -85,6 +86,44 @@ def test_malformed_custom_id_is_rejected(custom_id: str) -> None:
 def test_encode_rejects_what_cannot_round_trip(shard: int, prompt_id: str, aspect: str) -> None:
     with pytest.raises(CustomIdError):
         encode_custom_id(shard, prompt_id, aspect)
+
+
+def shard_by_decoding(custom_id: str, shard: int) -> bool | str:
+    try:
+        return decode_custom_id(custom_id).shard == shard
+    except CustomIdError as error:
+        return f"CustomIdError: {error}"
+
+
+@pytest.mark.parametrize("shard", [-1, 0, 1, 12])
+@pytest.mark.parametrize(
+    "custom_id",
+    [
+        "sp:0:helpfulness:p",
+        "sp:1:honesty:id:with:colons",
+        "sp:12:truthfulness:x",
+        "sp:1:instruction_following:sp:3:honesty:nested",
+        "sp:1:honesty:",
+        "sp:1:honesty",
+        "sp:1:style:p",
+        "sp:1:Honesty:p",
+        "sp:01:honesty:p",
+        "sp:-1:honesty:p",
+        "sp:1:honesty:line\nbreak",
+        "sp:1:honesty:trailing\n",
+        "sp:1:honesty:carriage\rreturn",
+        "sp:1::p",
+        "sp:1:honesty::",
+        "xx:1:honesty:p",
+        "",
+    ],
+)
+def test_in_shard_is_what_decoding_says(custom_id: str, shard: int) -> None:
+    try:
+        fast: bool | str = in_shard(custom_id, shard)
+    except CustomIdError as error:
+        fast = f"CustomIdError: {error}"
+    assert fast == shard_by_decoding(custom_id, shard)
 
 
 def mix_row(

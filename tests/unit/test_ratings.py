@@ -6,7 +6,17 @@ import json
 
 import pytest
 
-from synthpref.ratings import Parsed, RatingFailure, parse_reply, rating_value
+from synthpref import ratings
+from synthpref.ratings import (
+    Parsed,
+    RatingFailure,
+    _json_document,
+    parse_json,
+    parse_reply,
+    parse_schema_reply,
+    parse_text,
+    rating_value,
+)
 
 U = RatingFailure.UNPARSEABLE
 M = RatingFailure.MISSING
@@ -204,3 +214,108 @@ def test_failures_are_never_numbers(text: str) -> None:
 def test_count_must_be_positive() -> None:
     with pytest.raises(ValueError, match="count"):
         parse_reply("Rating: 4", 0)
+
+
+# Replies the typed fast path (`parse_schema_reply`) may or may not take, good and malformed.
+FAST_PATH_CASES: list[tuple[str, int]] = [
+    *((case[1].strip().removeprefix("```json").strip("`\n"), case[2]) for case in JSON_CASES),
+    (obj(1, 2, 3, 4), 4),
+    (obj(5, 4.5, 1.0), 3),
+    (obj(0, 6, -1, 10**30), 4),
+    (obj(3, 3), 4),
+    (obj(3, 3, 3, 3, 3), 4),
+    (obj(True, 2), 2),
+    (obj(None, 2), 2),
+    (obj("4", 2), 2),
+    (obj([4], 2), 2),
+    (obj({"rating": 4}, 2), 2),
+    (json.dumps({"1": {"rationale": "r"}, "2": {"rating": 2}}), 2),
+    (json.dumps({"1": {"rating": 4}, "note": "x"}), 2),
+    (json.dumps({"1": 4, "2": {"rating": 2}}), 2),
+    (json.dumps({"2": {"rating": 2}, "9": {"rating": 1}}), 2),
+    (json.dumps({"9": {"rating": 1}}), 2),
+    (json.dumps({}), 2),
+    (json.dumps({"ratings": [{"rating": 4}, {"rating": 2}]}), 2),
+    (json.dumps({"ratings": {"rating": 4}, "1": {"rating": 2}}), 2),
+    ('{"1": {"rating": 2, "rating": 5}}', 1),
+    ('{"1": {"rating": 2, "rating": "x"}}', 1),
+    ('{"1": {"rating": 4}', 1),
+    ('{"1": {"rating": 4}} trailing', 1),
+    ('{"1": {"rating": NaN}}', 1),
+    ("[1, 2]", 2),
+]
+
+
+def typed(parsed: list[Parsed] | None) -> list[tuple[type, Parsed]] | None:
+    """Values with their types, so 4 and 4.0 (or a failure and its string) differ."""
+    return None if parsed is None else [(type(value), value) for value in parsed]
+
+
+@pytest.mark.parametrize(("text", "count"), FAST_PATH_CASES)
+def test_fast_path_gives_what_the_general_path_gives(text: str, count: int) -> None:
+    fast = parse_schema_reply(text, count)
+    if fast is None:
+        return  # not taken: parse_reply goes on to the general path itself
+    document = _json_document(text)
+    assert isinstance(document, dict)
+    assert typed(fast) == typed(parse_json(document, count))
+
+
+@pytest.mark.parametrize(
+    ("text", "count", "expected"),
+    [
+        (obj(4, 2, 5), 3, [4.0, 2.0, 5.0]),
+        (obj(0, 4.5), 2, [OOR, 4.5]),
+        (obj(3), 2, [3.0, M]),
+        (json.dumps({"7": {"rating": 3}}), 2, [U, U]),
+        ('{"1": {"rating": 2, "rating": 5}}', 1, [5.0]),
+    ],
+)
+def test_fast_path_takes_the_usual_replies(text: str, count: int, expected: list[Parsed]) -> None:
+    assert typed(parse_schema_reply(text, count)) == typed(expected)
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        obj("4", 2),
+        obj(None, 2),
+        obj(True, 2),
+        json.dumps({"1": {"rationale": "r"}, "2": {"rating": 2}}),
+        json.dumps({"ratings": [{"rating": 4}, {"rating": 2}]}),
+        json.dumps({"1": {"rating": 4}, "note": "x"}),
+        '{"1": {"rating": NaN}, "2": {"rating": 2}}',
+        '{"1": {"rating": 4}',
+    ],
+)
+def test_fast_path_leaves_every_other_shape_to_the_general_path(text: str) -> None:
+    assert parse_schema_reply(text, 2) is None
+
+
+def general_reply(text: str, count: int) -> list[Parsed]:
+    """`parse_reply` without the fast path: strip, unfence, decode untyped, else rubric text."""
+    stripped = text.strip()
+    fenced = ratings._FENCE.match(stripped)
+    if fenced is not None:
+        stripped = fenced.group(1).strip()
+    if stripped.startswith("{"):
+        document = _json_document(stripped)
+        if isinstance(document, dict):
+            return parse_json(document, count)
+    return parse_text(text, count)
+
+
+REPLY_CASES: list[tuple[str, int]] = [
+    *FAST_PATH_CASES,
+    *((case[1], case[2]) for case in JSON_CASES),
+    *((case[1], case[2]) for case in TEXT_CASES),
+    *((f"\n {text}\r\n\t", count) for text, count in FAST_PATH_CASES),
+    *((f"\u00a0{text}\u2003", count) for text, count in FAST_PATH_CASES),
+    ("```json\n" + obj(4, 2) + "\n```", 2),
+    ("Rating: 4\n" + obj(4, 2), 2),
+]
+
+
+@pytest.mark.parametrize(("text", "count"), REPLY_CASES)
+def test_parse_reply_gives_what_the_general_path_gives(text: str, count: int) -> None:
+    assert typed(parse_reply(text, count)) == typed(general_reply(text, count))

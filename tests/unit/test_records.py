@@ -14,7 +14,7 @@ from synthpref import jsonl, records, rows
 from synthpref.jsonl import RowError, read_records, read_rows, write_records, write_rows
 from synthpref.judge_requests import RequestEncoder, build_request, encode_line
 from synthpref.spec import DEFAULT_ASPECTS, JudgeSpec
-from synthpref.storage import LocalStorage, NotUtf8Error
+from synthpref.storage import LocalStorage, NotUtf8Error, Storage
 
 TWINS: list[tuple[Any, type[BaseModel]]] = [
     (records.PromptRecord, rows.PromptRow),
@@ -152,6 +152,17 @@ def test_a_bad_line_is_named_by_uri_and_line(tmp_path: Path, line: bytes, proble
         list(read_records(storage, "g.jsonl", records.GenerationRecord))
 
 
+def test_records_before_a_bad_line_of_the_same_block_are_read_first(tmp_path: Path) -> None:
+    storage = LocalStorage(tmp_path)
+    good = b'{"prompt_id": "a", "model": "m", "text": "ok"}\n'
+    storage.write_bytes("g.jsonl", good * 50 + b"\r\n  \n" + good + b'{"prompt_id": 1}\n' + good)
+    storage.commit("g.jsonl", {})
+    read = read_records(storage, "g.jsonl", records.GenerationRecord)
+    assert [next(read).model for _ in range(51)] == ["m"] * 51
+    with pytest.raises(RowError, match=r"g\.jsonl:54: not a valid GenerationRow: "):
+        next(read)
+
+
 def test_a_line_that_is_not_utf8_is_named_with_its_byte_offset(tmp_path: Path) -> None:
     storage = LocalStorage(tmp_path)
     storage.write_bytes("g.jsonl", b'{"prompt_id": "a", "model": "m"}\n{"prompt_id": "\xff"}\n')
@@ -207,3 +218,17 @@ def test_lines_written_in_many_batches_are_the_same_bytes(
     write_rows(storage, "slow.jsonl", prompts)
     assert storage.read_bytes("fast.jsonl") == storage.read_bytes("slow.jsonl")
     assert list(read_records(storage, "fast.jsonl", records.PromptRecord)) == twins
+
+
+def test_byte_writers_store_what_the_text_writer_stores(tmp_path: Path) -> None:
+    storage = LocalStorage(tmp_path)
+    text = f'{{"text": "{TRICKY}"}}\n' * 3
+    with storage.open_writer("text.jsonl") as stream:
+        stream.write(text)
+    with storage.open_byte_writer("bytes.jsonl") as sink:  # LocalStorage's own: bytes as given
+        sink.write(text.encode())
+    with Storage.open_byte_writer(storage, "decoded.jsonl") as sink:  # the default: decoded
+        for line in text.splitlines(keepends=True):
+            sink.write(line.encode())
+    stored = {key: storage.read_bytes(key) for key in ("bytes.jsonl", "decoded.jsonl")}
+    assert stored == {key: storage.read_bytes("text.jsonl") for key in stored}

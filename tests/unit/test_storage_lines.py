@@ -8,7 +8,7 @@ import io
 import pytest
 
 from synthpref.storage_errors import NotUtf8Error, StorageError
-from synthpref.storage_lines import RawLine, split_lines
+from synthpref.storage_lines import RawLine, split_line_blocks, split_lines
 
 SAMPLE = b'{"a": 1}\r\n\r\nsecond\rthird\n\xc3\xa9t\xc3\xa9\nlast'
 
@@ -55,6 +55,15 @@ def test_trailing_endings(data: bytes, expected: list[bytes]) -> None:
     assert [line.data for line in lines_of([data])] == expected
     python = [line.rstrip("\r\n") for line in io.StringIO(data.decode(), newline="")]
     assert [line.encode() for line in python] == expected
+
+
+@pytest.mark.parametrize("size", [1, 2, 3, 5, 7, 100])
+def test_blocks_hold_every_line_with_its_ending(size: int) -> None:
+    chunks = [SAMPLE[i : i + size] for i in range(0, len(SAMPLE), size)]
+    blocks = list(split_line_blocks(chunks))
+    assert all(block.pieces for block in blocks)
+    assert b"".join(piece for block in blocks for piece in block.pieces) == SAMPLE
+    assert [line for block in blocks for line in block.lines()] == lines_of([SAMPLE])
 
 
 def test_long_line_over_many_chunks() -> None:

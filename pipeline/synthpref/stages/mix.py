@@ -128,7 +128,7 @@ def _write_requests(
     total = 0
     for part, part_lines in parts:
         key = layout.request_file(shard, part)
-        with storage.open_writer(key) as stream:
+        with storage.open_byte_writer(key) as stream:
             count, size = write_lines(stream, (line.data for line in part_lines))
         storage.commit(key, {"rows": count, "bytes": size})
         written.append({"key": key, "requests": count, "bytes": size})

@@ -36,7 +36,7 @@ import msgspec
 from synthpref import layout
 from synthpref.binarize import binarize_prompt, preference_row, score_answers, to_candidate_order
 from synthpref.jsonl import read_records, write_records
-from synthpref.judge_requests import CustomIdError, decode_custom_id, encode_custom_id
+from synthpref.judge_requests import CustomIdError, encode_custom_id, in_shard
 from synthpref.outcome import assess
 from synthpref.ratings import Parsed, RatingFailure, parse_reply
 from synthpref.records import MixRecord, PreferenceRecord, ResultRecord
@@ -120,11 +120,10 @@ def read_replies(
     for key in result_files(storage, shard):
         for line in read_records(storage, key, ResultRecord):
             try:
-                request = decode_custom_id(line.custom_id)
+                known = in_shard(line.custom_id, shard)
             except CustomIdError:
-                summary.unknown_results += 1
-                continue
-            if request.shard != shard:
+                known = False
+            if not known:
                 summary.unknown_results += 1
                 continue
             if on_line is not None:
@@ -138,6 +137,13 @@ def read_replies(
 
 def _count(counts: dict[str, int], key: str) -> None:
     counts[key] = counts.get(key, 0) + 1
+
+
+def _count_ratings(summary: ParseSummary, parsed: list[Parsed]) -> None:
+    failures = [value for value in parsed if isinstance(value, RatingFailure)]
+    summary.valid_ratings += len(parsed) - len(failures)
+    for failure in failures:
+        _count(summary.rating_failures, failure.value)
 
 
 def parse_row(
@@ -159,11 +165,7 @@ def parse_row(
             continue
         summary.replies += 1
         parsed = to_candidate_order(parse_reply(reply, count), order)
-        for value in parsed:
-            if isinstance(value, RatingFailure):
-                _count(summary.rating_failures, value.value)
-            else:
-                summary.valid_ratings += 1
+        _count_ratings(summary, parsed)
         ratings[aspect] = parsed
     scores = score_answers(ratings, count)
     summary.unrated_answers += sum(score is None for score in scores)
