@@ -4,9 +4,10 @@ Called by `reconcile.Reconciler` after `planner.plan`. A pass starts its new Job
 and goes on without waiting for them (`start_jobs`): they run on a small pool of threads shared
 by the whole process, `CREATE_CONCURRENCY` at once. Waiting made a pass as slow as the API
 server's queue of creations: when fifty runs reached a stage of twenty models together, passes
-waited tens of seconds for a thousand Jobs. The Job's creation brings the run's next pass (its
-watch event); a creation the API server refuses is logged with its reason, counted in
-`synthpref_reconcile_errors_total`, and planned again by a later pass. A Job already being
+waited tens of seconds for a thousand Jobs. The run's next pass waits until its creations have
+ended (`on_settled`, `reconcile.Reconciler.request`); a creation the API server refuses is
+logged with its reason, counted in `synthpref_reconcile_errors_total`, kept for the run's next
+pass to show (`refusal`), and planned again by a later pass. A Job already being
 created is not started twice; creating a Job that exists (409) is success; a missing Job to
 suspend or delete is nothing to do; the status is replaced through the status subresource;
 Events go to the run after the status write.
@@ -20,7 +21,8 @@ import json
 import logging
 import threading
 import uuid
-from collections.abc import Sequence
+from collections import Counter
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, cast
 
@@ -56,6 +58,9 @@ class Applier:
         self._creators: ThreadPoolExecutor | None = None
         self._creators_lock = threading.Lock()
         self._in_flight: set[tuple[str, str]] = set()  # (namespace, Job name)
+        self._runs_creating: Counter[tuple[str, str]] = Counter()  # (namespace, run) -> in flight
+        # Called (on a creation's thread) when the last creation in flight for a run ends.
+        self.on_settled: Callable[[str, str], None] | None = None
         # Why the API server refused a run's Job, until the Job is created or no longer planned.
         self._refused: dict[tuple[str, str], dict[str, str]] = {}  # (namespace, run) -> Job -> why
 
@@ -63,13 +68,14 @@ class Applier:
         self, run: dict[str, Any], spec: PreferenceRunSpec, actions: Sequence[CreateJob]
     ) -> None:
         """Start creating the Jobs that are not being created already, and return."""
-        namespace = run["metadata"]["namespace"]
+        meta = run["metadata"]
         for action in actions:
-            key = (namespace, action.name)
+            key = (meta["namespace"], action.name)
             with self._creators_lock:
                 if key in self._in_flight:
                     continue
                 self._in_flight.add(key)
+                self._runs_creating[(meta["namespace"], meta["name"])] += 1
             # In a copy of this pass's context, so what the creation logs names the run.
             self._pool().submit(
                 contextvars.copy_context().run, self._create_in_background, run, spec, action
@@ -93,13 +99,24 @@ class Applier:
             if self.metrics is not None:
                 self.metrics.reconcile_failed(key[0])
         finally:
+            run_key = (meta["namespace"], meta["name"])
             with self._creators_lock:
                 self._in_flight.discard(key)
-                run_key = (meta["namespace"], meta["name"])
                 if refusal is not None:
                     self._refused.setdefault(run_key, {})[action.name] = refusal
                 elif action.name in self._refused.get(run_key, {}):
                     del self._refused[run_key][action.name]
+                self._runs_creating[run_key] -= 1
+                settled = self._runs_creating[run_key] <= 0
+                if settled:
+                    del self._runs_creating[run_key]
+            if settled and self.on_settled is not None:
+                self.on_settled(*run_key)
+
+    def busy(self, namespace: str, run: str) -> bool:
+        """Whether creations of the run's Jobs are in flight."""
+        with self._creators_lock:
+            return (namespace, run) in self._runs_creating
 
     def refusal(self, namespace: str, run: str, planned: Sequence[CreateJob]) -> str | None:
         """Why the API server refused the creation of one of the run's Jobs this pass plans

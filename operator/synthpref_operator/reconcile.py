@@ -10,11 +10,13 @@ and what its storage showed, looked at again where a stage Job changed).
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import logging
 import threading
 import time
 from collections.abc import Mapping
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from typing import Any, cast
 
@@ -84,6 +86,8 @@ log = logging.getLogger(__name__)
 
 # Retries of one judge API call within a reconcile pass (see Reconciler._annotator).
 JUDGE_RETRIES_PER_PASS = 1
+# Threads for the passes deferred while a run's Jobs were being created (`Reconciler.request`).
+DEFERRED_PASS_THREADS = 4
 
 
 def rfc3339(moment: dt.datetime | None = None) -> str:
@@ -94,6 +98,7 @@ def rfc3339(moment: dt.datetime | None = None) -> str:
 class _Slot:
     running: bool = False
     again: str | None = None  # the trigger of a request that came during the pass
+    deferred: str | None = None  # of a request that came while the run's Jobs were created
 
 
 class Reconciler:
@@ -107,21 +112,29 @@ class Reconciler:
         relist_seconds: float = RELIST_SECONDS,
     ) -> None:
         self.applier = Applier(api_client, settings, metrics)
+        self.applier.on_settled = self._settled
         self.metrics = metrics
         self.cache = RunCache(metrics, relist_seconds)
         self._slots: dict[tuple[str, str], _Slot] = {}
         self._lock = threading.Lock()
+        self._deferred_passes = ThreadPoolExecutor(DEFERRED_PASS_THREADS, "deferred-pass")
 
     # ---- coalescing
 
     def request(self, namespace: str, name: str, trigger: str = "event") -> None:
-        """Reconcile now, or make the pass in progress for this run run once more.
-        `trigger` (event, job, timer, catalog) only labels the pass in the metrics."""
+        """Reconcile now; or make the pass in progress for this run run once more; or, while
+        Job creations of the run's last pass are in flight, once they have ended (a pass
+        before then would see what the last one saw, and its API requests would slow the
+        creations down). `trigger` (event, job, timer, catalog) only labels the pass in the
+        metrics."""
         key = (namespace, name)
         with self._lock:
             slot = self._slots.setdefault(key, _Slot())
             if slot.running:
                 slot.again = trigger
+                return
+            if self.applier.busy(namespace, name):
+                slot.deferred = trigger
                 return
             slot.running = True
         try:
@@ -134,10 +147,35 @@ class Reconciler:
                         slot.running = False
                         return
                     trigger, slot.again = slot.again, None
+                    if self.applier.busy(namespace, name):
+                        slot.deferred, slot.running = trigger, False
+                        return
         except BaseException:
             with self._lock:
                 slot.running = False
             raise
+
+    def _settled(self, namespace: str, name: str) -> None:
+        """The run's Job creations have ended: run the pass deferred meanwhile, if any."""
+        with self._lock:
+            slot = self._slots.get((namespace, name))
+            if slot is None or slot.deferred is None:
+                return
+            trigger, slot.deferred = slot.deferred, None
+        with contextlib.suppress(RuntimeError):  # shut down: the operator is stopping
+            self._deferred_passes.submit(self._deferred_pass, namespace, name, trigger)
+
+    def _deferred_pass(self, namespace: str, name: str, trigger: str) -> None:
+        try:
+            self.request(namespace, name, trigger)
+        except Exception:  # as kopf does for a handler's error: log it; the timer tries again
+            with run_context(namespace, name):
+                log.exception("reconcile pass failed")
+
+    def close(self) -> None:
+        """Let the Job creations and deferred passes in flight end (the operator stops)."""
+        self.applier.close()
+        self._deferred_passes.shutdown(wait=True)
 
     def _again(self, namespace: str, name: str) -> None:
         """Make the pass in progress run once more (its status write lost a conflict, and the

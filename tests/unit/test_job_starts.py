@@ -1,6 +1,7 @@
 """`apply.Applier.start_jobs`: a pass starts its Jobs' creations and returns at once; a Job
-whose creation is in flight is not started again by the next pass; a refusal is kept for the
-run's next pass until the Job is created or no longer planned.
+whose creation is in flight is not started again; a refusal is kept for the run's next pass
+until the Job is created or no longer planned; a pass asked for while the run's creations are
+in flight runs once they have ended (`reconcile.Reconciler.request`).
 
 The API server is replaced by a held stand-in here: these are the applier's own bookkeeping
 rules, under an API server slower than the passes (`tests/integration/test_apply.py` runs the
@@ -18,6 +19,7 @@ from kubernetes.client import ApiException
 from synthpref_operator.apply import Applier
 from synthpref_operator.names import Stage
 from synthpref_operator.planner import CreateJob
+from synthpref_operator.reconcile import Reconciler
 from synthpref_operator.settings import OperatorSettings
 from tests.builders import make_spec
 
@@ -103,3 +105,31 @@ def test_a_refusal_is_kept_until_the_job_is_created_or_no_longer_planned() -> No
     settle(applier)
     applier.forget("ns", "r")  # the run is gone
     assert applier.refusal("ns", "r", planned) is None
+
+
+def test_a_pass_asked_for_while_the_runs_jobs_are_created_runs_once_they_are() -> None:
+    reconciler = Reconciler(None, OperatorSettings())
+    api = HeldBatchApi()
+    reconciler.applier.batch = api  # type: ignore[assignment]
+    passes: list[str] = []
+
+    def reconcile(namespace: str, name: str) -> None:
+        passes.append(name)
+        if len(passes) == 1:  # the first pass starts the stage's Jobs
+            reconciler.applier.start_jobs(RUN, make_spec(), actions("r-generate-a", "r-mix"))
+
+    reconciler.reconcile = reconcile  # type: ignore[method-assign]
+    reconciler.request("ns", "r", "event")
+    assert passes == ["r"] and reconciler.applier.busy("ns", "r")
+    reconciler.request("ns", "r", "job")  # deferred: the creations are in flight
+    reconciler.request("ns", "r", "timer")  # and coalesced with the one before
+    reconciler.request("ns", "other", "timer")  # another run is not held up
+    assert passes == ["r", "other"]
+    api.release.set()
+    deadline = time.monotonic() + 60
+    while passes.count("r") < 2 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    reconciler.close()
+    assert passes == ["r", "other", "r"] and not reconciler.applier.busy("ns", "r")
+    reconciler.request("ns", "r", "job")  # nothing in flight: at once
+    assert passes == ["r", "other", "r", "r"]
