@@ -1,10 +1,12 @@
 """Apply the planner's actions through the Kubernetes API, idempotently.
 
 Called by `reconcile.Reconciler` after `planner.plan`. A pass starts its new Jobs' creations
-and goes on without waiting for them (`start_jobs`): they run on a small pool of threads shared
-by the whole process, `CREATE_CONCURRENCY` at once. Waiting made a pass as slow as the API
-server's queue of creations: when fifty runs reached a stage of twenty models together, passes
-waited tens of seconds for a thousand Jobs. The run's next pass waits until its creations have
+(`start_jobs`): they run on a small pool of threads shared by the whole process,
+`CREATE_CONCURRENCY` at once, and the pass waits for them a bounded time only. Waiting for all
+made a pass as slow as the API server's queue of creations: when fifty runs reached a stage of
+twenty models together, passes waited tens of seconds for a thousand Jobs; not waiting at all
+let the passes of every run compete with the creations at the API server, and the creations
+took longer (`scripts/bench_operator.py`). The run's next pass waits until its creations have
 ended (`on_settled`, `reconcile.Reconciler.request`); a creation the API server refuses is
 logged with its reason, counted in `synthpref_reconcile_errors_total`, kept for the run's next
 pass to show (`refusal`), and planned again by a later pass. A Job already being
@@ -23,7 +25,7 @@ import threading
 import uuid
 from collections import Counter
 from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any, cast
 
 from kubernetes import client
@@ -66,9 +68,11 @@ class Applier:
 
     def start_jobs(
         self, run: dict[str, Any], spec: PreferenceRunSpec, actions: Sequence[CreateJob]
-    ) -> None:
-        """Start creating the Jobs that are not being created already, and return."""
+    ) -> list[Future[None]]:
+        """Start creating the Jobs that are not being created already; returns at once, with
+        the creations it started."""
         meta = run["metadata"]
+        started = []
         for action in actions:
             key = (meta["namespace"], action.name)
             with self._creators_lock:
@@ -77,9 +81,12 @@ class Applier:
                 self._in_flight.add(key)
                 self._runs_creating[(meta["namespace"], meta["name"])] += 1
             # In a copy of this pass's context, so what the creation logs names the run.
-            self._pool().submit(
-                contextvars.copy_context().run, self._create_in_background, run, spec, action
+            started.append(
+                self._pool().submit(
+                    contextvars.copy_context().run, self._create_in_background, run, spec, action
+                )
             )
+        return started
 
     def _create_in_background(
         self, run: dict[str, Any], spec: PreferenceRunSpec, action: CreateJob

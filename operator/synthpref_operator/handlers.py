@@ -34,7 +34,7 @@ from synthpref_operator.artifact_memory import RELIST_SECONDS
 from synthpref_operator.crd import CATALOG_PLURAL, PLURAL
 from synthpref_operator.metrics import OperatorMetrics
 from synthpref_operator.names import FINALIZER, LABEL_MANAGED_BY, LABEL_RUN, MANAGED_BY
-from synthpref_operator.reconcile import Reconciler
+from synthpref_operator.reconcile import CREATE_WAIT_SECONDS, Reconciler
 from synthpref_operator.settings import DEFAULT_WORKERS, OperatorSettings
 from synthpref_operator.triggers import RunEventFilter, settled
 
@@ -132,7 +132,13 @@ def build_registry(config: OperatorConfig) -> kopf.OperatorRegistry:
     api_client = client.ApiClient(configuration)
     if config.metrics is not None:
         config.metrics.count_api_requests(api_client)
-    reconciler = Reconciler(api_client, config.settings, config.metrics, config.relist_seconds)
+    reconciler = Reconciler(
+        api_client,
+        config.settings,
+        config.metrics,
+        config.relist_seconds,
+        min(CREATE_WAIT_SECONDS, config.interval / 2),
+    )
     events = RunEventFilter()
 
     @kopf.on.login(registry=registry)

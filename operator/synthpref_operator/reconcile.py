@@ -16,6 +16,7 @@ import logging
 import threading
 import time
 from collections.abc import Mapping
+from concurrent import futures
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from typing import Any, cast
@@ -88,6 +89,9 @@ log = logging.getLogger(__name__)
 JUDGE_RETRIES_PER_PASS = 1
 # Threads for the passes deferred while a run's Jobs were being created (`Reconciler.request`).
 DEFERRED_PASS_THREADS = 4
+# The longest a pass waits for the Job creations it started (`apply`): long enough that a burst
+# of creations holds the passes back, as a queue of work should; never the whole interval.
+CREATE_WAIT_SECONDS = 5.0
 
 
 def rfc3339(moment: dt.datetime | None = None) -> str:
@@ -110,6 +114,7 @@ class Reconciler:
         settings: OperatorSettings,
         metrics: OperatorMetrics | None = None,
         relist_seconds: float = RELIST_SECONDS,
+        create_wait_seconds: float = CREATE_WAIT_SECONDS,
     ) -> None:
         self.applier = Applier(api_client, settings, metrics)
         self.applier.on_settled = self._settled
@@ -118,6 +123,7 @@ class Reconciler:
         self._slots: dict[tuple[str, str], _Slot] = {}
         self._lock = threading.Lock()
         self._deferred_passes = ThreadPoolExecutor(DEFERRED_PASS_THREADS, "deferred-pass")
+        self.create_wait_seconds = create_wait_seconds
 
     # ---- coalescing
 
@@ -301,7 +307,7 @@ class Reconciler:
         )
         actions, status = plan(spec, observed, now)
         creations = [a for a in actions if isinstance(a, CreateJob)]
-        self.applier.start_jobs(run, spec, creations)
+        futures.wait(self.applier.start_jobs(run, spec, creations), self.create_wait_seconds)
         events: list[Event] = []
         for action in actions:
             if isinstance(action, CreateJob):
@@ -324,7 +330,7 @@ class Reconciler:
             elif isinstance(action, Event):
                 events.append(action)
         if (refusal := self.applier.refusal(namespace, name, creations)) is not None:
-            # An earlier pass's creation was refused (a quota, an admission policy): say so.
+            # A creation was refused (a quota, an admission policy): say so.
             status, warnings = blocked_status(
                 status, Reason.JOB_REFUSED, refusal, generation, now, before=previous
             )
