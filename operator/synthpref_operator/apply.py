@@ -1,18 +1,16 @@
 """Apply the planner's actions through the Kubernetes API, idempotently.
 
-Called by `reconcile.Reconciler` after `planner.plan`. A pass starts its new Jobs' creations
-(`start_jobs`): they run on a small pool of threads shared by the whole process,
-`CREATE_CONCURRENCY` at once, and the pass waits for them a bounded time only. Waiting for all
-made a pass as slow as the API server's queue of creations: when fifty runs reached a stage of
-twenty models together, passes waited tens of seconds for a thousand Jobs; not waiting at all
-let the passes of every run compete with the creations at the API server, and the creations
-took longer (`scripts/bench_operator.py`). The run's next pass waits until its creations have
-ended (`on_settled`, `reconcile.Reconciler.request`); a creation the API server refuses is
-logged with its reason, counted in `synthpref_reconcile_errors_total`, kept for the run's next
-pass to show (`refusal`), and planned again by a later pass. A Job already being
-created is not started twice; creating a Job that exists (409) is success; a missing Job to
-suspend or delete is nothing to do; the status is replaced through the status subresource;
-Events go to the run after the status write.
+Called by `reconcile.Reconciler` after `planner.plan`. A pass creates its new Jobs together
+(`create_jobs`), `CREATE_CONCURRENCY` at once over the whole process, and waits for them: a
+stage of twenty models is twenty Jobs, and one by one, each a round trip to a busy API server,
+they made the hop between stages take seconds. (Not waiting was measured too: with fifty runs
+starting stages together, the passes of every run then competed with the creations at the API
+server and the hops took longer; `scripts/bench_operator.py`, README.) A creation the API
+server refuses neither stops the others nor fails the pass: it is logged with the API server's
+reason, counted in `synthpref_reconcile_errors_total`, and kept (`refusal`) for the pass to show
+on the run until the Job is created or no longer planned. Creating a Job that exists (409) is
+success; a missing Job to suspend or delete is nothing to do; the status is replaced through
+the status subresource; Events go to the run after the status write.
 """
 
 from __future__ import annotations
@@ -23,9 +21,8 @@ import json
 import logging
 import threading
 import uuid
-from collections import Counter
-from collections.abc import Callable, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any, cast
 
 from kubernetes import client
@@ -59,71 +56,47 @@ class Applier:
         self.jobs_created: list[str] = []
         self._creators: ThreadPoolExecutor | None = None
         self._creators_lock = threading.Lock()
-        self._in_flight: set[tuple[str, str]] = set()  # (namespace, Job name)
-        self._runs_creating: Counter[tuple[str, str]] = Counter()  # (namespace, run) -> in flight
-        # Called (on a creation's thread) when the last creation in flight for a run ends.
-        self.on_settled: Callable[[str, str], None] | None = None
         # Why the API server refused a run's Job, until the Job is created or no longer planned.
         self._refused: dict[tuple[str, str], dict[str, str]] = {}  # (namespace, run) -> Job -> why
 
-    def start_jobs(
+    def create_jobs(
         self, run: dict[str, Any], spec: PreferenceRunSpec, actions: Sequence[CreateJob]
-    ) -> list[Future[None]]:
-        """Start creating the Jobs that are not being created already; returns at once, with
-        the creations it started."""
-        meta = run["metadata"]
-        started = []
-        for action in actions:
-            key = (meta["namespace"], action.name)
-            with self._creators_lock:
-                if key in self._in_flight:
-                    continue
-                self._in_flight.add(key)
-                self._runs_creating[(meta["namespace"], meta["name"])] += 1
-            # In a copy of this pass's context, so what the creation logs names the run.
-            started.append(
-                self._pool().submit(
-                    contextvars.copy_context().run, self._create_in_background, run, spec, action
-                )
+    ) -> None:
+        """Create the Jobs, up to `CREATE_CONCURRENCY` at once, and wait for them; what the API
+        server refuses is recorded (`refusal`), not raised; any other error (the API server
+        out of reach) is raised once every creation has ended."""
+        if len(actions) <= 1:
+            for action in actions:
+                self._create_recorded(run, spec, action)
+            return
+        # Each creation runs in a copy of this pass's context, so what it logs names the run.
+        started = [
+            self._pool().submit(
+                contextvars.copy_context().run, self._create_recorded, run, spec, action
             )
-        return started
+            for action in actions
+        ]
+        errors = [error for future in started if (error := future.exception()) is not None]
+        if errors:
+            raise errors[0]
 
-    def _create_in_background(
+    def _create_recorded(
         self, run: dict[str, Any], spec: PreferenceRunSpec, action: CreateJob
     ) -> None:
         meta = run["metadata"]
-        key = (meta["namespace"], action.name)
-        refusal: str | None = None
+        run_key = (meta["namespace"], meta["name"])
         try:
             self.create_job(run, spec, action)
-        except Exception as error:  # the pass has gone on: report it, a later pass retries
-            refusal = (
-                f"{error.status} {error.reason}: {_api_message(error)}"
-                if isinstance(error, ApiException)
-                else repr(error)
-            )
-            log.warning("cannot create Job %s/%s: %s", *key, refusal)
+        except ApiException as error:  # the others go on; the pass shows it, the next retries
+            refusal = f"{error.status} {error.reason}: {_api_message(error)}"
+            log.warning("cannot create Job %s/%s: %s", meta["namespace"], action.name, refusal)
             if self.metrics is not None:
-                self.metrics.reconcile_failed(key[0])
-        finally:
-            run_key = (meta["namespace"], meta["name"])
+                self.metrics.reconcile_failed(meta["namespace"])
             with self._creators_lock:
-                self._in_flight.discard(key)
-                if refusal is not None:
-                    self._refused.setdefault(run_key, {})[action.name] = refusal
-                elif action.name in self._refused.get(run_key, {}):
-                    del self._refused[run_key][action.name]
-                self._runs_creating[run_key] -= 1
-                settled = self._runs_creating[run_key] <= 0
-                if settled:
-                    del self._runs_creating[run_key]
-            if settled and self.on_settled is not None:
-                self.on_settled(*run_key)
-
-    def busy(self, namespace: str, run: str) -> bool:
-        """Whether creations of the run's Jobs are in flight."""
+                self._refused.setdefault(run_key, {})[action.name] = refusal
+            return
         with self._creators_lock:
-            return (namespace, run) in self._runs_creating
+            self._refused.get(run_key, {}).pop(action.name, None)
 
     def refusal(self, namespace: str, run: str, planned: Sequence[CreateJob]) -> str | None:
         """Why the API server refused the creation of one of the run's Jobs this pass plans
@@ -143,13 +116,8 @@ class Applier:
         with self._creators_lock:
             self._refused.pop((namespace, run), None)
 
-    def creating(self) -> int:
-        """How many Job creations are in flight."""
-        with self._creators_lock:
-            return len(self._in_flight)
-
     def close(self) -> None:
-        """Let the creations in flight finish, then stop the pool."""
+        """Stop the pool (after the creations in flight)."""
         with self._creators_lock:
             pool, self._creators = self._creators, None
         if pool is not None:

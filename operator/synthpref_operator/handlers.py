@@ -34,7 +34,7 @@ from synthpref_operator.artifact_memory import RELIST_SECONDS
 from synthpref_operator.crd import CATALOG_PLURAL, PLURAL
 from synthpref_operator.metrics import OperatorMetrics
 from synthpref_operator.names import FINALIZER, LABEL_MANAGED_BY, LABEL_RUN, MANAGED_BY
-from synthpref_operator.reconcile import CREATE_WAIT_SECONDS, Reconciler
+from synthpref_operator.reconcile import Reconciler
 from synthpref_operator.settings import DEFAULT_WORKERS, OperatorSettings
 from synthpref_operator.triggers import RunEventFilter, settled
 
@@ -127,18 +127,12 @@ def build_registry(config: OperatorConfig) -> kopf.OperatorRegistry:
 
     registry = kopf.OperatorRegistry()
     configuration = _client_configuration(config.kubeconfig)
-    # One connection per pass in flight, and one per Job creation (`apply.Applier.start_jobs`).
+    # One connection per pass in flight, and one per Job creation (`apply.Applier.create_jobs`).
     configuration.connection_pool_maxsize = config.workers + CREATE_CONCURRENCY
     api_client = client.ApiClient(configuration)
     if config.metrics is not None:
         config.metrics.count_api_requests(api_client)
-    reconciler = Reconciler(
-        api_client,
-        config.settings,
-        config.metrics,
-        config.relist_seconds,
-        min(CREATE_WAIT_SECONDS, config.interval / 2),
-    )
+    reconciler = Reconciler(api_client, config.settings, config.metrics, config.relist_seconds)
     events = RunEventFilter()
 
     @kopf.on.login(registry=registry)
@@ -258,4 +252,4 @@ class OperatorThread:
     def stop(self, timeout: float = 30.0) -> None:
         self._stop.set()
         self._thread.join(timeout)
-        self.reconciler.close()  # no Job creation or pass outlives the operator
+        self.reconciler.close()  # no Job creation outlives the operator

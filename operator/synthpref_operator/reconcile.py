@@ -10,14 +10,11 @@ and what its storage showed, looked at again where a stage Job changed).
 
 from __future__ import annotations
 
-import contextlib
 import datetime as dt
 import logging
 import threading
 import time
 from collections.abc import Mapping
-from concurrent import futures
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from typing import Any, cast
 
@@ -87,11 +84,6 @@ log = logging.getLogger(__name__)
 
 # Retries of one judge API call within a reconcile pass (see Reconciler._annotator).
 JUDGE_RETRIES_PER_PASS = 1
-# Threads for the passes deferred while a run's Jobs were being created (`Reconciler.request`).
-DEFERRED_PASS_THREADS = 4
-# The longest a pass waits for the Job creations it started (`apply`): long enough that a burst
-# of creations holds the passes back, as a queue of work should; never the whole interval.
-CREATE_WAIT_SECONDS = 5.0
 
 
 def rfc3339(moment: dt.datetime | None = None) -> str:
@@ -102,7 +94,6 @@ def rfc3339(moment: dt.datetime | None = None) -> str:
 class _Slot:
     running: bool = False
     again: str | None = None  # the trigger of a request that came during the pass
-    deferred: str | None = None  # of a request that came while the run's Jobs were created
 
 
 class Reconciler:
@@ -114,33 +105,23 @@ class Reconciler:
         settings: OperatorSettings,
         metrics: OperatorMetrics | None = None,
         relist_seconds: float = RELIST_SECONDS,
-        create_wait_seconds: float = CREATE_WAIT_SECONDS,
     ) -> None:
         self.applier = Applier(api_client, settings, metrics)
-        self.applier.on_settled = self._settled
         self.metrics = metrics
         self.cache = RunCache(metrics, relist_seconds)
         self._slots: dict[tuple[str, str], _Slot] = {}
         self._lock = threading.Lock()
-        self._deferred_passes = ThreadPoolExecutor(DEFERRED_PASS_THREADS, "deferred-pass")
-        self.create_wait_seconds = create_wait_seconds
 
     # ---- coalescing
 
     def request(self, namespace: str, name: str, trigger: str = "event") -> None:
-        """Reconcile now; or make the pass in progress for this run run once more; or, while
-        Job creations of the run's last pass are in flight, once they have ended (a pass
-        before then would see what the last one saw, and its API requests would slow the
-        creations down). `trigger` (event, job, timer, catalog) only labels the pass in the
-        metrics."""
+        """Reconcile now, or make the pass in progress for this run run once more.
+        `trigger` (event, job, timer, catalog) only labels the pass in the metrics."""
         key = (namespace, name)
         with self._lock:
             slot = self._slots.setdefault(key, _Slot())
             if slot.running:
                 slot.again = trigger
-                return
-            if self.applier.busy(namespace, name):
-                slot.deferred = trigger
                 return
             slot.running = True
         try:
@@ -153,35 +134,14 @@ class Reconciler:
                         slot.running = False
                         return
                     trigger, slot.again = slot.again, None
-                    if self.applier.busy(namespace, name):
-                        slot.deferred, slot.running = trigger, False
-                        return
         except BaseException:
             with self._lock:
                 slot.running = False
             raise
 
-    def _settled(self, namespace: str, name: str) -> None:
-        """The run's Job creations have ended: run the pass deferred meanwhile, if any."""
-        with self._lock:
-            slot = self._slots.get((namespace, name))
-            if slot is None or slot.deferred is None:
-                return
-            trigger, slot.deferred = slot.deferred, None
-        with contextlib.suppress(RuntimeError):  # shut down: the operator is stopping
-            self._deferred_passes.submit(self._deferred_pass, namespace, name, trigger)
-
-    def _deferred_pass(self, namespace: str, name: str, trigger: str) -> None:
-        try:
-            self.request(namespace, name, trigger)
-        except Exception:  # as kopf does for a handler's error: log it; the timer tries again
-            with run_context(namespace, name):
-                log.exception("reconcile pass failed")
-
     def close(self) -> None:
-        """Let the Job creations and deferred passes in flight end (the operator stops)."""
+        """Let the Job creations in flight end (the operator stops)."""
         self.applier.close()
-        self._deferred_passes.shutdown(wait=True)
 
     def _again(self, namespace: str, name: str) -> None:
         """Make the pass in progress run once more (its status write lost a conflict, and the
@@ -307,11 +267,11 @@ class Reconciler:
         )
         actions, status = plan(spec, observed, now)
         creations = [a for a in actions if isinstance(a, CreateJob)]
-        futures.wait(self.applier.start_jobs(run, spec, creations), self.create_wait_seconds)
+        self.applier.create_jobs(run, spec, creations)
         events: list[Event] = []
         for action in actions:
             if isinstance(action, CreateJob):
-                continue  # started above, together
+                continue  # created above, together
             if isinstance(action, SuspendJob):
                 self.applier.suspend_job(namespace, action)
             elif isinstance(action, DeleteJob):

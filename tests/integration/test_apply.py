@@ -1,14 +1,13 @@
 """Applying a pass's actions against the real API server (`apply.Applier`): a stage's Jobs
-are started together without the pass waiting for them, one refused Job neither stops the
-others nor goes unreported (log line, metric, the run's next status), and what a creation
-logs names the run of the pass that started it."""
+are created together, one refused Job neither stops the others nor goes unreported (log line,
+metric, the refusal the pass shows on the run), and what a creation logs names the run of the
+pass."""
 
 from __future__ import annotations
 
 import io
 import json
 import logging
-import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -38,14 +37,6 @@ def json_log() -> Iterator[io.StringIO]:
     root.setLevel(level)
 
 
-def settle(applier: Applier) -> None:
-    """Wait (generously: a loaded CI machine) until no creation is in flight."""
-    deadline = time.monotonic() + 120
-    while applier.creating() and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert applier.creating() == 0
-
-
 def generation_jobs(run: str, completions: int = 2) -> list[CreateJob]:
     return [
         CreateJob(f"{run}-generate-{m.name}", Stage.GENERATE, completions=completions, model=m.name)
@@ -64,8 +55,7 @@ def test_a_stages_jobs_are_started_together_and_a_refused_one_is_reported(
     refused = CreateJob("R1_not_a_dns_name", Stage.GENERATE, completions=2, model="m0")
     planned = [*good[:2], refused, *good[2:]]
     with run_context(namespace, "r1"):
-        applier.start_jobs(run, spec, planned)
-        settle(applier)
+        applier.create_jobs(run, spec, planned)  # raises nothing: the refusal is kept
     # Each of the others was created (201), the refused one in their midst.
     assert sorted(applier.jobs_created) == [f"{namespace}/{a.name}" for a in good]
     # The refusal: the API server's reason, for the run's next pass, the log and the metric.
@@ -87,8 +77,7 @@ def test_a_stages_jobs_are_started_together_and_a_refused_one_is_reported(
     # The next pass plans the good ones again: Jobs that exist are success, not errors; the
     # refused Job no longer planned is forgotten. (The garbage collector may delete some
     # meanwhile: their owner run does not exist; they are made again.)
-    applier.start_jobs(run, spec, good)
-    settle(applier)
+    applier.create_jobs(run, spec, good)
     assert applier.refusal(namespace, "r1", good) is None
     assert applier.refusal(namespace, "r1", planned) is None
     assert (
@@ -107,8 +96,7 @@ def test_what_a_creation_logs_names_the_run_of_the_pass(
     run = {"metadata": {"name": "r2", "namespace": namespace, "uid": "u-2"}}
     actions = generation_jobs("r2", completions=1)
     with run_context(namespace, "r2"):
-        applier.start_jobs(run, make_spec(), actions)
-    applier.close()  # waits for the creations
+        applier.create_jobs(run, make_spec(), actions)
     lines = [json.loads(line) for line in json_log.getvalue().splitlines()]
     created = [line for line in lines if "created Job" in line["message"]]
     assert len(created) == len(actions) > 1
