@@ -252,4 +252,4 @@ class OperatorThread:
     def stop(self, timeout: float = 30.0) -> None:
         self._stop.set()
         self._thread.join(timeout)
-        self.reconciler.close()  # no Job creation outlives the operator
+        self.reconciler.applier.close()  # no Job creation outlives the operator

@@ -139,10 +139,6 @@ class Reconciler:
                 slot.running = False
             raise
 
-    def close(self) -> None:
-        """Let the Job creations in flight end (the operator stops)."""
-        self.applier.close()
-
     def _again(self, namespace: str, name: str) -> None:
         """Make the pass in progress run once more (its status write lost a conflict, and the
         change that caused it may be one that asks for no pass, e.g. kopf's finalizer)."""

@@ -44,7 +44,7 @@ def generation_jobs(run: str, completions: int = 2) -> list[CreateJob]:
     ]
 
 
-def test_a_stages_jobs_are_started_together_and_a_refused_one_is_reported(
+def test_a_stages_jobs_are_created_together_and_a_refused_one_is_reported(
     k8s_api_client: Any, namespace: str, json_log: io.StringIO
 ) -> None:
     metrics = OperatorMetrics()

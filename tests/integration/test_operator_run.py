@@ -310,7 +310,7 @@ def test_suspend_then_resume(env: Env) -> None:
         env.wait_phase("paused", {"Generating"}, timeout=60)
         env.apply(env.manifest("paused", suspend=True))
         run = env.wait_phase("paused", {"Suspended"}, timeout=30)
-        # A Job whose creation was in flight when the spec changed is suspended by a later pass.
+        # Every generation Job suspended, polled (a loaded machine) rather than after a sleep.
         deadline = time.monotonic() + 120
         while True:
             jobs = env.jobs()
@@ -337,7 +337,7 @@ def test_operator_restart_creates_no_duplicates(env: Env) -> None:
     first = env.operator()
     env.apply(env.manifest("again"))
     env.wait_phase("again", {"Generating"}, timeout=60)
-    first.stop()  # lets the creations it started finish
+    first.stop()  # after which none of its creations is in flight
     created_first = list(first.reconciler.applier.jobs_created)
     second = env.operator()
     try:
