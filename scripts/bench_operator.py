@@ -18,7 +18,13 @@ operator's user only), S3 requests by operation through a counting proxy (the si
 to S3 directly), pass durations from the operator's reconcile histogram, CPU and peak RSS from
 /proc, stage hops from the simulator's last commit of a stage to the next stage's Jobs created
 (the API server's time, from the audit log: the simulator's own watch lags when its workers are
-busy), and from parse's summary to the run seen Succeeded.
+busy), and from parse's summary to the run seen Succeeded. Beside the hops, the floor under the
+largest burst of creations (every run's generation Jobs at once): as many Jobs of the same
+shape created by a plain client at the operator's concurrency, after the runs, with nothing
+else running. And the CPU seconds of every process of the bench (the control plane's, the S3
+server's, the simulator's): on a machine of few cores they compete with the operator and the
+API server, which on a real cluster the workers and the object store do not; `--isolate-workers`
+keeps them apart (half the cores each).
 
 Scenarios:
 - concurrent: `--runs` runs of `--models` models x `--shards` shards, all at once, to Succeeded;
@@ -53,6 +59,7 @@ from tests.support.operator_bench import (  # noqa: E402
 )
 from tests.support.stage_simulator import HOPS  # noqa: E402
 
+from synthpref_operator.apply import CREATE_CONCURRENCY  # noqa: E402
 from synthpref_operator.devcluster.binaries import build_binaries  # noqa: E402
 
 GOAL_HOP_P95_S = 1.0
@@ -86,6 +93,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--small-shards", type=int, default=20, help="steady: the small size")
     parser.add_argument("--window", type=float, default=30.0, help="steady: seconds measured")
     parser.add_argument("--work-dir", type=Path, help="keep the logs there")
+    parser.add_argument(
+        "--isolate-workers",
+        action="store_true",
+        help="control plane and operator on half the cores, simulated workers and S3 on the rest",
+    )
     parser.add_argument(
         "--operator-arg",
         action="append",
@@ -123,6 +135,8 @@ def to_succeeded(h: Harness, args: argparse.Namespace, prefix: str) -> dict[str,
         "hops": h.hop_figures(),
         "max_status_bytes": h.sim.max_status_bytes,
         "simulated_commits": h.sim.commits,
+        # The largest burst of creations: every run starting generation at once.
+        "creation_floor": h.creation_floor(args.runs * args.models, CREATE_CONCURRENCY),
     }
     return result
 
@@ -271,6 +285,9 @@ def table(scenario: str, result: dict[str, Any], found: list[dict[str, Any]]) ->
                 value = " ".join(f"{k}={v}" for k, v in value.items())
             cells.append(f"{value!s:>26}")
         lines.append(f"{label:<18}" + "".join(cells))
+    for name, figures_ in windows.items():
+        by_process = " ".join(f"{k}={v}" for k, v in figures_.get("cpu_s_by_process", {}).items())
+        lines.append(f"CPU s by process ({name}): {by_process}")
     if "hops" in result:
         lines.append(f"wall s to all Succeeded: {result['wall_s']}  phases: {result['phases']}")
         lines.append(f"{'hop':<20}{'n':>6}{'p50 s':>10}{'p95 s':>10}{'max s':>10}")
@@ -278,6 +295,12 @@ def table(scenario: str, result: dict[str, Any], found: list[dict[str, Any]]) ->
             lines.append(
                 f"{hop:<20}{q['n']:>6}{_fmt(q['p50']):>10}{_fmt(q['p95']):>10}{_fmt(q['max']):>10}"
             )
+    if "creation_floor" in result:
+        floor = result["creation_floor"]
+        lines.append(
+            f"Job creation floor: {floor['jobs']} Jobs in {floor['seconds']} s ({floor['per_s']}/s)"
+            f" from a plain client, {floor['concurrency']} at once, nothing else running"
+        )
     lines.append(f"largest status object: {result.get('max_status_bytes')} bytes")
     for row in found:
         mark = {True: "PASS", False: "FAIL", None: "N/A"}[row["pass"]]
@@ -297,6 +320,7 @@ def main(argv: list[str] | None = None) -> int:
         "object_bytes": args.object_bytes,
         "sim_workers": args.sim_workers,
         "operator_args": tuple(args.operator_arg),
+        "isolate_workers": args.isolate_workers,
     }
     started = time.monotonic()
     with harness(build_binaries(quiet=True), args.work_dir, **options) as h:
@@ -313,6 +337,7 @@ def main(argv: list[str] | None = None) -> int:
         "interval": args.interval,
         "shard_seconds": args.shard_seconds,
         "operator_args": args.operator_arg,
+        "isolate_workers": args.isolate_workers,
         "bench_wall_s": round(time.monotonic() - started, 1),
         "work_dir": work_dir,
         **result,

@@ -93,3 +93,11 @@ def worker_job(
     stage = Stage(stage_name)
     request = CreateJob(job_name(run, stage, model), stage, 1, model)
     return job_manifest(run, namespace, spec, request, settings)
+
+
+class UnreadReply:
+    """What a kubernetes client call returns with `_preload_content=False` (urllib3's
+    response), for stand-ins of the API: the operator only drains it back to the pool."""
+
+    def drain_conn(self) -> None:
+        pass

@@ -7,8 +7,9 @@ they made the hop between stages take seconds. (Not waiting was measured too: wi
 starting stages together, the passes of every run then competed with the creations at the API
 server and the hops took longer; `scripts/bench_operator.py`, README.) A creation the API
 server refuses neither stops the others nor fails the pass: it is logged with the API server's
-reason, counted in `synthpref_reconcile_errors_total`, and kept (`refusal`) for the pass to show
-on the run until the Job is created or no longer planned. Creating a Job that exists (409) is
+reason (a warning when it starts or its reason changes; the retries of later passes at debug),
+counted in `synthpref_reconcile_errors_total`, and kept (`refusal`) for the pass to show on the
+run until the Job is created or no longer planned. Creating a Job that exists (409) is
 success; a missing Job to suspend or delete is nothing to do; the status is replaced through
 the status subresource; Events go to the run after the status write.
 """
@@ -89,11 +90,20 @@ class Applier:
             self.create_job(run, spec, action)
         except ApiException as error:  # the others go on; the pass shows it, the next retries
             refusal = f"{error.status} {error.reason}: {_api_message(error)}"
-            log.warning("cannot create Job %s/%s: %s", meta["namespace"], action.name, refusal)
+            with self._creators_lock:
+                refused = self._refused.setdefault(run_key, {})
+                repeated = refused.get(action.name) == refusal
+                refused[action.name] = refusal
+            # Retried each pass while it lasts: a warning when it starts or its reason changes.
+            log.log(
+                logging.DEBUG if repeated else logging.WARNING,
+                "cannot create Job %s/%s: %s",
+                meta["namespace"],
+                action.name,
+                refusal,
+            )
             if self.metrics is not None:
                 self.metrics.reconcile_failed(meta["namespace"])
-            with self._creators_lock:
-                self._refused.setdefault(run_key, {})[action.name] = refusal
             return
         with self._creators_lock:
             self._refused.get(run_key, {}).pop(action.name, None)
@@ -135,7 +145,13 @@ class Applier:
         body = job_manifest(meta["name"], meta["namespace"], spec, action, self.settings)
         body["metadata"]["ownerReferences"] = [owner_reference(meta["name"], meta["uid"])]
         try:
-            self.batch.create_namespaced_job(meta["namespace"], cast(Any, body))
+            # The API server's copy of the Job is not needed; left unread into the client's
+            # models, a creation cost 1.24 ms of this process's CPU instead of 1.75 (1,000
+            # Jobs, 8 at once, against the test control plane).
+            reply: Any = self.batch.create_namespaced_job(
+                meta["namespace"], cast(Any, body), _preload_content=False
+            )  # urllib3's response, unread
+            reply.drain_conn()  # back to the pool
         except ApiException as error:
             if error.status == 409:
                 return False

@@ -12,7 +12,9 @@ from __future__ import annotations
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import replace
-from typing import Any
+from typing import Any, TypedDict
+
+import msgspec
 
 from synthpref import layout
 from synthpref.errors import SynthprefError
@@ -123,8 +125,42 @@ def pod_failure(pod: dict[str, Any]) -> str | None:
     return f"index {index}: {status.get('reason') or 'Failed'}"
 
 
+class _JobMetadata(TypedDict, total=False):
+    name: str
+    labels: dict[str, str] | None
+    annotations: dict[str, str] | None
+    deletionTimestamp: str | None
+
+
+class _JobSpec(TypedDict, total=False):
+    completions: int | None
+    suspend: bool | None
+
+
+class _Job(TypedDict, total=False):
+    """What `job_state` reads of a Job: its pod template and managed fields, most of its
+    bytes, are skipped undecoded."""
+
+    metadata: _JobMetadata
+    spec: _JobSpec
+    status: dict[str, Any] | None
+
+
+class _JobList(TypedDict, total=False):
+    items: list[_Job] | None
+
+
+class _AnyList(TypedDict, total=False):
+    items: list[dict[str, Any]] | None
+
+
 def _items(
-    lister: Callable[..., Any], namespace: str, *, fresh: bool = False, **selectors: str
+    lister: Callable[..., Any],
+    namespace: str,
+    *,
+    fresh: bool = False,
+    shape: type[Any] = _AnyList,
+    **selectors: str,
 ) -> list[dict[str, Any]]:
     """A listing's items as the API server sent them (camelCase dicts); from its watch cache
     unless `fresh`.
@@ -136,12 +172,11 @@ def _items(
     old shows less done, which a pass handles (a Job not yet there is created again and
     exists: 409; one not yet complete is seen complete by the pass its next event brings), but
     it may also still show a Job just deleted: the pass after one that deleted Jobs (a retry)
-    asks for a `fresh` list."""
-    import json
-
+    asks for a `fresh` list. The reply is decoded as `shape` (a TypedDict of the list: what is
+    not in it is skipped, not built), into plain dicts."""
     version = {} if fresh else {"resource_version": "0"}
     reply = lister(namespace, _preload_content=False, **version, **selectors)
-    return list(json.loads(reply.data).get("items") or [])
+    return list(msgspec.json.decode(reply.data, type=shape).get("items") or [])
 
 
 def observe_jobs(
@@ -151,7 +186,11 @@ def observe_jobs(
     from the API server's cache (see `_items`). For a failed Job, `core_api` (when given)
     reads how its pods ended, so that the run's message says OOMKilled or the exit code."""
     listed = _items(
-        batch_api.list_namespaced_job, namespace, fresh=fresh, label_selector=run_selector(run)
+        batch_api.list_namespaced_job,
+        namespace,
+        fresh=fresh,
+        shape=_JobList,
+        label_selector=run_selector(run),
     )
     found: dict[str, JobState] = {}
     states = [job_state(item) for item in listed]

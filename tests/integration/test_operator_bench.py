@@ -70,12 +70,21 @@ def test_concurrent_runs_succeed_and_every_hop_is_measured(
     totals = result["totals"]
     well_formed(totals)
     assert totals["passes"] > 0
+    # What every process of the bench used of the machine's cores, beside the operator.
+    by_process = totals["cpu_s_by_process"]
+    assert abs(by_process["operator"] - totals["cpu_s"]) <= 0.1  # the same, to one decimal
+    assert {"etcd", "kube-apiserver", "moto (S3)", "bench (simulator, S3 proxy)"} <= set(by_process)
+    assert by_process["kube-apiserver"] > 0 and by_process["bench (simulator, S3 proxy)"] > 0
     # The operator creates 3 runs x (prepare + 2 models + mix + judge + parse) Jobs.
     assert totals["api_by_verb"]["create jobs"] == 18
     assert totals["api_per_pass"] > 0
     assert {"LIST", "GET", "HEAD"} <= set(totals["s3_by_op"])
     assert "PUT" not in totals["s3_by_op"]  # the simulator's writes bypass the counting proxy
     assert result["max_status_bytes"] > 0
+    # The floor under the largest burst (every run's generation Jobs) is measured beside it.
+    floor = result["creation_floor"]
+    assert (floor["jobs"], floor["concurrency"]) == (3 * 2, 8)
+    assert floor["seconds"] > 0 and floor["per_s"] > 0
     # prepare 5 prompt shards, 2 x 5 generations, 5 x (mix + request), 5 results, 5 parts.
     assert result["simulated_commits"] == 3 * (5 + 10 + 10 + 5 + 5)
     assert {g["goal"].split(" (")[0] for g in result["goals"]} >= {

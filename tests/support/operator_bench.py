@@ -51,6 +51,7 @@ from synthpref_operator.devcluster.controlplane import (
     spawn,
     terminate,
 )
+from synthpref_operator.names import LABEL_STAGE
 from tests.support.s3 import FAKE_CREDENTIALS
 from tests.support.s3_fault_proxy import S3FaultProxy
 from tests.support.stage_simulator import HOPS, SimRun, StageSimulator
@@ -67,6 +68,13 @@ AUDIT_POLICY = {
     "omitStages": ["RequestReceived", "ResponseStarted"],
     "rules": [{"level": "Metadata", "users": [OPERATOR_USER]}, {"level": "None"}],
 }
+# What the API server adds to a Job's pod template (and its selector) on creation.
+JOB_CONTROLLER_LABELS = (
+    "batch.kubernetes.io/controller-uid",
+    "controller-uid",
+    "batch.kubernetes.io/job-name",
+    "job-name",
+)
 PROMPT_WORDS = "please explain how the tides depend on the moon and the sun in simple words"
 
 
@@ -194,6 +202,8 @@ class Snapshot:
     metrics: dict[str, Any]
     cpu_s: float
     peak_rss_kib: int
+    # Every process of the bench on this machine, the operator's rivals for its cores.
+    cpu_s_by_process: dict[str, float] = field(default_factory=dict)
 
 
 def figures(a: Snapshot, b: Snapshot, runs: int, interval: float) -> dict[str, Any]:
@@ -241,6 +251,10 @@ def figures(a: Snapshot, b: Snapshot, runs: int, interval: float) -> dict[str, A
         "cpu_s": round(b.cpu_s - a.cpu_s, 2),
         "cpu_per_pass_ms": per(1000 * (b.cpu_s - a.cpu_s), passes),
         "peak_rss_mib": round(b.peak_rss_kib / 1024, 1),
+        "cpu_s_by_process": {
+            name: round(cpu - a.cpu_s_by_process.get(name, 0.0), 1)
+            for name, cpu in b.cpu_s_by_process.items()
+        },
     }
 
 
@@ -277,6 +291,8 @@ class Harness:
     sim_workers: int = 8
     log_level: str = "warning"
     operator_args: tuple[str, ...] = ()  # more `synthpref operator run` flags
+    # Keep the control plane and the operator off the cores of the simulated workers and S3.
+    isolate_workers: bool = False
     cp: ControlPlane | None = None
     api: Any = None
     proxy: S3FaultProxy | None = None
@@ -315,6 +331,24 @@ class Harness:
             workers=self.sim_workers,
         ).start()
         self._start_operator()
+        if self.isolate_workers:
+            self._isolate_workers()
+
+    def _isolate_workers(self) -> None:
+        """The first half of this machine's cores for the control plane and the operator, the
+        rest for the stage simulator (this process) and moto, as on a cluster whose workers and
+        object store run elsewhere. Every thread is moved (a Go server has many; threads made
+        later inherit their creator's cores)."""
+        assert self.cp is not None and self.operator is not None and self._moto is not None
+        cores = sorted(os.sched_getaffinity(0))
+        if len(cores) < 2:
+            raise BenchError("isolating the workers needs at least 2 cores")
+        control, workers = set(cores[: len(cores) // 2]), set(cores[len(cores) // 2 :])
+        placed = {pid: control for pid in [*self.cp.pids().values(), self.operator.pid]}
+        placed |= {self._moto.pid: workers, os.getpid(): workers}
+        for pid, where in placed.items():
+            for task in Path(f"/proc/{pid}/task").iterdir():
+                os.sched_setaffinity(int(task.name), where)
 
     def stop(self) -> None:
         if self.operator is not None:
@@ -575,7 +609,17 @@ class Harness:
             metrics=scrape(self.metrics_port),
             cpu_s=cpu,
             peak_rss_kib=peak,
+            cpu_s_by_process=self.cpu_by_process(),
         )
+
+    def cpu_by_process(self) -> dict[str, float]:
+        """CPU seconds so far of each process of the bench: the operator, the control plane's,
+        the S3 server, and this one (the stage simulator and the S3 counting proxy)."""
+        assert self.cp is not None and self.operator is not None and self._moto is not None
+        pids = {"operator": self.operator.pid, **self.cp.pids(), "moto (S3)": self._moto.pid}
+        found = {name: proc_usage(pid)[0] for name, pid in pids.items()}
+        found["bench (simulator, S3 proxy)"] = proc_usage(os.getpid())[0]
+        return found
 
     def check(self) -> None:
         """Raise when the operator or a simulator thread died."""
@@ -611,6 +655,49 @@ class Harness:
             )
 
         wait_until(there, timeout, "the stalled runs' generation shards")
+
+    def creation_floor(self, jobs: int, concurrency: int) -> dict[str, Any]:
+        """How fast this API server creates `jobs` Jobs shaped as the operator's generation Jobs,
+        from a plain client at `concurrency` at once with nothing else running (call it after
+        the runs): the floor under a stage hop in which that many Jobs are created together.
+        The Jobs go to a namespace of their own without the operator's labels, so neither the
+        operator nor the simulator sees them."""
+        from concurrent.futures import ThreadPoolExecutor
+
+        from kubernetes import client
+
+        batch: Any = client.BatchV1Api(self.api)
+        listed = batch.list_namespaced_job(
+            NAMESPACE, label_selector=f"{LABEL_STAGE}=generate", limit=1
+        ).items
+        if not listed:
+            raise BenchError("no generation Job to copy for the creation floor")
+        shape = self.api.sanitize_for_serialization(listed[0])
+        shape.pop("status", None)
+        template = shape["spec"]["template"]
+        shape["spec"].pop("selector", None)  # the API server sets it, and its labels, anew
+        labels = template["metadata"].get("labels") or {}
+        for generated in JOB_CONTROLLER_LABELS:
+            labels.pop(generated, None)
+        namespace = f"{NAMESPACE}-floor-{uuid.uuid4().hex[:6]}"
+        client.CoreV1Api(self.api).create_namespace(
+            client.V1Namespace(metadata=client.V1ObjectMeta(name=namespace))
+        )
+
+        def create(index: int) -> None:
+            body = {**shape, "metadata": {"name": f"floor-{index:05d}"}}
+            batch.create_namespaced_job(namespace, body, _preload_content=False).drain_conn()
+
+        started = time.monotonic()
+        with ThreadPoolExecutor(concurrency) as pool:
+            list(pool.map(create, range(jobs)))
+        seconds = time.monotonic() - started
+        return {
+            "jobs": jobs,
+            "concurrency": concurrency,
+            "seconds": round(seconds, 2),
+            "per_s": round(jobs / seconds, 1),
+        }
 
     def hop_figures(self) -> dict[str, Any]:
         assert self.sim is not None

@@ -19,7 +19,7 @@ from synthpref_operator.apply import Applier
 from synthpref_operator.names import Stage
 from synthpref_operator.planner import CreateJob
 from synthpref_operator.settings import OperatorSettings
-from tests.builders import make_spec
+from tests.builders import UnreadReply, make_spec
 
 RUN = {"metadata": {"name": "r", "namespace": "ns", "uid": "u"}}
 
@@ -34,7 +34,10 @@ class BatchApi:
         self.unreachable: set[str] = set()
         self._lock = threading.Lock()
 
-    def create_namespaced_job(self, namespace: str, body: dict[str, Any]) -> None:
+    def create_namespaced_job(
+        self, namespace: str, body: dict[str, Any], **options: Any
+    ) -> UnreadReply:
+        assert options == {"_preload_content": False}  # the applier reads no Job back
         name = body["metadata"]["name"]
         with self._lock:
             self.calls.append(name)
@@ -44,6 +47,7 @@ class BatchApi:
             error = ApiException(status=403, reason="Forbidden")
             error.body = json.dumps({"message": f'jobs.batch "{name}" is forbidden: quota'})
             raise error
+        return UnreadReply()
 
 
 def applier_with(api: BatchApi) -> Applier:
@@ -92,4 +96,34 @@ def test_an_api_server_out_of_reach_is_raised_after_the_other_creations() -> Non
         applier.create_jobs(RUN, make_spec(), planned)
     assert sorted(applier.jobs_created) == ["ns/r-generate-a", "ns/r-generate-c"]
     assert applier.refusal("ns", "r", planned) is None  # not a refusal: the pass fails
+    applier.close()
+
+
+def test_a_refusal_retried_pass_after_pass_is_warned_once_per_reason(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    api = BatchApi()
+    applier = applier_with(api)
+    api.refuse = {"r-generate-a"}
+    planned = actions("r-generate-a")
+
+    def warnings() -> list[str]:
+        return [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+
+    with caplog.at_level("DEBUG", logger="synthpref_operator.apply"):
+        for _ in range(3):  # three passes, the same refusal
+            applier.create_jobs(RUN, make_spec(), planned)
+        assert warnings() == [
+            'cannot create Job ns/r-generate-a: 403 Forbidden: jobs.batch "r-generate-a" is '
+            "forbidden: quota"
+        ]
+        retries = [
+            r for r in caplog.records if r.levelname == "DEBUG" and "r-generate-a" in r.getMessage()
+        ]
+        assert len(retries) == 2
+        api.refuse = set()
+        applier.create_jobs(RUN, make_spec(), planned)  # created: the refusal ends
+        api.refuse = {"r-generate-a"}
+        applier.create_jobs(RUN, make_spec(), planned)  # refused again later: a new warning
+        assert len(warnings()) == 2
     applier.close()

@@ -32,7 +32,7 @@ from synthpref_operator.status import (
     Reason,
     RunStatus,
 )
-from tests.builders import make_spec
+from tests.builders import UnreadReply, make_spec
 
 T0 = dt.datetime(2026, 1, 1, tzinfo=dt.UTC)
 Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
@@ -330,11 +330,14 @@ class FakeBatch:
     def __init__(self) -> None:
         self.names: set[str] = set()
 
-    def create_namespaced_job(self, namespace: str, body: dict[str, Any]) -> None:
+    def create_namespaced_job(
+        self, namespace: str, body: dict[str, Any], **options: Any
+    ) -> UnreadReply:
         name = body["metadata"]["name"]
         if name in self.names:
             raise ApiException(status=409, reason="AlreadyExists")
         self.names.add(name)
+        return UnreadReply()
 
 
 def test_jobs_are_counted_only_when_this_call_created_them(

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -12,8 +14,10 @@ from synthpref.spec import PreferenceRunSpec
 from synthpref.storage import LocalStorage
 from synthpref_operator.observe import (
     MAX_ERROR_LINE,
+    job_state,
     last_error_line,
     observe_artifacts,
+    observe_jobs,
     pod_failure,
     unschedulable,
 )
@@ -105,3 +109,80 @@ def test_unschedulable_pod() -> None:
     )
     assert unschedulable({"status": {"phase": "Running"}}) is None
     assert unschedulable({"status": {"phase": "Pending", "conditions": []}}) is None
+
+
+def api_job(name: str, stage: str | None, **parts: Any) -> dict[str, Any]:
+    """A Job as the API server lists it, with the bulk `job_state` does not read."""
+    labels = {"synthpref.dev/run": "r", "synthpref.dev/model": "m0"}
+    if stage is not None:
+        labels["synthpref.dev/stage"] = stage
+    job: dict[str, Any] = {
+        "metadata": {
+            "name": name,
+            "labels": labels,
+            "uid": "0f5e",
+            "managedFields": [{"manager": "synthpref", "fieldsV1": {"f:spec": {"f:x": {}}}}],
+            **parts.pop("metadata", {}),
+        },
+        "spec": {
+            "completions": 3,
+            "template": {"spec": {"containers": [{"name": "worker", "args": ["generate"]}]}},
+            **parts.pop("spec", {}),
+        },
+        **parts,
+    }
+    return job
+
+
+def test_the_jobs_read_in_part_give_the_state_the_whole_jobs_give() -> None:
+    jobs = [
+        api_job(
+            "r-generate-m0",
+            "generate",
+            status={
+                "failed": 2,
+                "failedIndexes": "0,2-3",
+                "conditions": [
+                    {"type": "FailureTarget", "status": "True", "reason": "FailedIndexes"},
+                    {"type": "Failed", "status": "True", "reason": "FailedIndexes", "message": "x"},
+                ],
+            },
+        ),
+        api_job(
+            "r-mix",
+            "mix",
+            metadata={
+                "annotations": {"synthpref.dev/suspended-by-run": "true"},
+                "deletionTimestamp": "2026-12-02T10:00:00Z",
+            },
+            spec={"suspend": True, "completions": None},
+            status=None,
+        ),
+        api_job(
+            "r-prepare",
+            "prepare",
+            metadata={"labels": None, "annotations": None},
+            status={"succeeded": 3, "conditions": [{"type": "Complete", "status": "True"}]},
+        ),
+        api_job("r-parse", "parse", status={"succeeded": 1, "active": 2}),
+        api_job("someone-elses", None),
+    ]
+    reply = json.dumps({"kind": "JobList", "items": jobs}).encode()
+    batch_api = SimpleNamespace(list_namespaced_job=lambda *_, **__: SimpleNamespace(data=reply))
+    whole = {job["metadata"]["name"]: job_state(job) for job in jobs}
+    expected = {name: state for name, state in whole.items() if state is not None}
+    assert len(expected) == 3  # the prepare Job without labels is no stage Job either
+    assert observe_jobs(batch_api, "ns", "r") == expected
+    failed = expected["r-generate-m0"]
+    assert (failed.failed, failed.failed_indexes, failed.failure) == (
+        True,
+        (0, 2, 3),
+        "FailedIndexes: x",
+    )
+    mix = expected["r-mix"]
+    assert (mix.suspended, mix.suspended_by_run, mix.deleting, mix.completions) == (
+        True,
+        True,
+        True,
+        1,
+    )
