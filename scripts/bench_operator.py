@@ -24,7 +24,9 @@ shape created by a plain client at the operator's concurrency, after the runs, w
 else running. And the CPU seconds of every process of the bench (the control plane's, the S3
 server's, the simulator's): on a machine of few cores they compete with the operator and the
 API server, which on a real cluster the workers and the object store do not; `--isolate-workers`
-keeps them apart (half the cores each).
+keeps them apart (half the cores each). The S3 server is a native one (`tests/support/s3_server`,
+built by `scripts/build-s3-server.sh`) unless `--s3-server moto`: moto's server, in Python, used
+more CPU than the control plane and the operator together on 2 cores.
 
 Scenarios:
 - concurrent: `--runs` runs of `--models` models x `--shards` shards, all at once, to Succeeded;
@@ -57,10 +59,11 @@ from tests.support.operator_bench import (  # noqa: E402
     harness,
     run_names,
 )
+from tests.support.s3 import S3_SERVERS  # noqa: E402
 from tests.support.stage_simulator import HOPS  # noqa: E402
 
-from synthpref_operator.apply import CREATE_CONCURRENCY  # noqa: E402
 from synthpref_operator.devcluster.binaries import build_binaries  # noqa: E402
+from synthpref_operator.settings import DEFAULT_JOB_CREATIONS  # noqa: E402
 
 GOAL_HOP_P95_S = 1.0
 GOAL_RSS_MIB = 300.0
@@ -97,6 +100,18 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--isolate-workers",
         action="store_true",
         help="control plane and operator on half the cores, simulated workers and S3 on the rest",
+    )
+    parser.add_argument(
+        "--job-creations",
+        type=int,
+        default=DEFAULT_JOB_CREATIONS,
+        help="operator --job-creations, and the creation floor's concurrency",
+    )
+    parser.add_argument(
+        "--s3-server",
+        choices=S3_SERVERS,
+        default="native",
+        help="the S3 protocol server: native (gofakes3, Go) or moto (Python)",
     )
     parser.add_argument(
         "--operator-arg",
@@ -136,7 +151,7 @@ def to_succeeded(h: Harness, args: argparse.Namespace, prefix: str) -> dict[str,
         "max_status_bytes": h.sim.max_status_bytes,
         "simulated_commits": h.sim.commits,
         # The largest burst of creations: every run starting generation at once.
-        "creation_floor": h.creation_floor(args.runs * args.models, CREATE_CONCURRENCY),
+        "creation_floor": h.creation_floor(args.runs * args.models, args.job_creations),
     }
     return result
 
@@ -319,8 +334,9 @@ def main(argv: list[str] | None = None) -> int:
         "shard_seconds": args.shard_seconds,
         "object_bytes": args.object_bytes,
         "sim_workers": args.sim_workers,
-        "operator_args": tuple(args.operator_arg),
+        "operator_args": ("--job-creations", str(args.job_creations), *args.operator_arg),
         "isolate_workers": args.isolate_workers,
+        "s3_server": args.s3_server,
     }
     started = time.monotonic()
     with harness(build_binaries(quiet=True), args.work_dir, **options) as h:
@@ -338,6 +354,8 @@ def main(argv: list[str] | None = None) -> int:
         "shard_seconds": args.shard_seconds,
         "operator_args": args.operator_arg,
         "isolate_workers": args.isolate_workers,
+        "s3_server": args.s3_server,
+        "job_creations": args.job_creations,
         "bench_wall_s": round(time.monotonic() - started, 1),
         "work_dir": work_dir,
         **result,

@@ -1,17 +1,20 @@
 """Apply the planner's actions through the Kubernetes API, idempotently.
 
 Called by `reconcile.Reconciler` after `planner.plan`. A pass creates its new Jobs together
-(`create_jobs`), `CREATE_CONCURRENCY` at once over the whole process, and waits for them: a
-stage of twenty models is twenty Jobs, and one by one, each a round trip to a busy API server,
-they made the hop between stages take seconds. (Not waiting was measured too: with fifty runs
-starting stages together, the passes of every run then competed with the creations at the API
-server and the hops took longer; `scripts/bench_operator.py`, README.) A creation the API
-server refuses neither stops the others nor fails the pass: it is logged with the API server's
-reason (a warning when it starts or its reason changes; the retries of later passes at debug),
-counted in `synthpref_reconcile_errors_total`, and kept (`refusal`) for the pass to show on the
-run until the Job is created or no longer planned. Creating a Job that exists (409) is
-success; a missing Job to suspend or delete is nothing to do; the status is replaced through
-the status subresource; Events go to the run after the status write.
+(`create_jobs`), `create_concurrency` at once over the whole process (`--job-creations`), and
+waits for them: a stage of twenty models is twenty Jobs, and one by one, each a round trip to a
+busy API server, they made the hop between stages take seconds. (Not waiting was measured too:
+with fifty runs starting stages together, the passes of every run then competed with the
+creations at the API server and the hops took longer; `scripts/bench_operator.py`, README.)
+A creation the API server throttles (429: more requests in flight than it takes) is tried again
+after the server's Retry-After, as client-go does, up to `THROTTLED_TRIES` times; only then is
+it a refusal. A creation the API server refuses neither stops the others nor fails the pass:
+it is logged with the API server's reason (a warning when it starts or its reason changes; the
+retries of later passes at debug), counted in `synthpref_reconcile_errors_total`, and kept
+(`refusal`) for the pass to show on the run until the Job is created or no longer planned.
+Creating a Job that exists (409) is success; a missing Job to suspend or delete is nothing to
+do; the status is replaced through the status subresource; Events go to the run after the
+status write.
 """
 
 from __future__ import annotations
@@ -20,7 +23,9 @@ import contextvars
 import datetime as dt
 import json
 import logging
+import random
 import threading
+import time
 import uuid
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -35,25 +40,32 @@ from synthpref_operator.crd import PLURAL
 from synthpref_operator.metrics import OperatorMetrics
 from synthpref_operator.names import ANNOTATION_SUSPENDED_BY_RUN
 from synthpref_operator.planner import CreateJob, DeleteJob, Event, SuspendJob
-from synthpref_operator.settings import OperatorSettings
+from synthpref_operator.settings import DEFAULT_JOB_CREATIONS, OperatorSettings
 
 log = logging.getLogger(__name__)
 
-# Job creations in flight at once, over all passes of the process.
-CREATE_CONCURRENCY = 8
+# Tries of a creation the API server throttles (429), and the longest wait between two (its
+# Retry-After, jittered so that creations throttled together do not return together).
+THROTTLED_TRIES = 10
+THROTTLED_WAIT_MAX = 10.0
 
 
 class Applier:
     """The API calls of one operator process (thread-safe: the client is)."""
 
     def __init__(
-        self, api_client: Any, settings: OperatorSettings, metrics: OperatorMetrics | None = None
+        self,
+        api_client: Any,
+        settings: OperatorSettings,
+        metrics: OperatorMetrics | None = None,
+        create_concurrency: int = DEFAULT_JOB_CREATIONS,
     ) -> None:
         self.batch = client.BatchV1Api(api_client)
         self.core = client.CoreV1Api(api_client)
         self.custom = client.CustomObjectsApi(api_client)
         self.settings = settings
         self.metrics = metrics
+        self.create_concurrency = create_concurrency
         self.jobs_created: list[str] = []
         self._creators: ThreadPoolExecutor | None = None
         self._creators_lock = threading.Lock()
@@ -63,7 +75,7 @@ class Applier:
     def create_jobs(
         self, run: dict[str, Any], spec: PreferenceRunSpec, actions: Sequence[CreateJob]
     ) -> None:
-        """Create the Jobs, up to `CREATE_CONCURRENCY` at once, and wait for them; what the API
+        """Create the Jobs, up to `create_concurrency` at once, and wait for them; what the API
         server refuses is recorded (`refusal`), not raised; any other error (the API server
         out of reach) is raised once every creation has ended."""
         if len(actions) <= 1:
@@ -136,7 +148,7 @@ class Applier:
     def _pool(self) -> ThreadPoolExecutor:
         with self._creators_lock:
             if self._creators is None:
-                self._creators = ThreadPoolExecutor(CREATE_CONCURRENCY, "create-job")
+                self._creators = ThreadPoolExecutor(self.create_concurrency, "create-job")
             return self._creators
 
     def create_job(self, run: dict[str, Any], spec: PreferenceRunSpec, action: CreateJob) -> bool:
@@ -144,18 +156,24 @@ class Applier:
         meta = run["metadata"]
         body = job_manifest(meta["name"], meta["namespace"], spec, action, self.settings)
         body["metadata"]["ownerReferences"] = [owner_reference(meta["name"], meta["uid"])]
-        try:
-            # The API server's copy of the Job is not needed; left unread into the client's
-            # models, a creation cost 1.24 ms of this process's CPU instead of 1.75 (1,000
-            # Jobs, 8 at once, against the test control plane).
-            reply: Any = self.batch.create_namespaced_job(
-                meta["namespace"], cast(Any, body), _preload_content=False
-            )  # urllib3's response, unread
-            reply.drain_conn()  # back to the pool
-        except ApiException as error:
-            if error.status == 409:
-                return False
-            raise
+        for tried in range(1, THROTTLED_TRIES + 1):
+            try:
+                # The API server's copy of the Job is not needed; left unread into the client's
+                # models, a creation cost 1.24 ms of this process's CPU instead of 1.75 (1,000
+                # Jobs, 8 at once, against the test control plane).
+                reply: Any = self.batch.create_namespaced_job(
+                    meta["namespace"], cast(Any, body), _preload_content=False
+                )  # urllib3's response, unread
+                reply.drain_conn()  # back to the pool
+                break
+            except ApiException as error:
+                if error.status == 409:
+                    return False
+                if error.status != 429 or tried == THROTTLED_TRIES:
+                    raise
+                wait = throttled_wait(error)
+                log.debug("creating Job %s throttled (429), again in %.1f s", action.name, wait)
+                time.sleep(wait)
         self.jobs_created.append(f"{meta['namespace']}/{action.name}")
         if self.metrics is not None:
             self.metrics.job_created(meta["namespace"], action.stage)
@@ -243,6 +261,17 @@ class Applier:
             self.core.create_namespaced_event(meta["namespace"], body)
         except ApiException as error:  # an Event is best effort
             log.warning("cannot post Event %s on %s: %s", event.reason, meta["name"], error.status)
+
+
+def throttled_wait(error: ApiException) -> float:
+    """Seconds before trying a throttled request again: the API server's Retry-After (1 s
+    when absent or unreadable), at most `THROTTLED_WAIT_MAX`, plus up to half of it again."""
+    try:
+        after = float((error.headers or {}).get("Retry-After", 1))
+    except (TypeError, ValueError):
+        after = 1.0
+    after = min(max(after, 0.1), THROTTLED_WAIT_MAX)
+    return after * (1 + random.random() / 2)
 
 
 def _api_message(error: ApiException) -> str:

@@ -14,7 +14,7 @@ from pathlib import Path
 import click
 
 from synthpref_operator.crd import CHECKED_IN, catalog_crd_yaml, crd_yaml
-from synthpref_operator.settings import DEFAULT_WORKERS, SETTINGS_ENV
+from synthpref_operator.settings import DEFAULT_JOB_CREATIONS, DEFAULT_WORKERS, SETTINGS_ENV
 
 
 @click.group("operator")
@@ -112,6 +112,15 @@ def crd_command(
     "can be reconciled at once (raise it for more than ~50 busy runs).",
 )
 @click.option(
+    "--job-creations",
+    type=click.IntRange(min=1),
+    default=DEFAULT_JOB_CREATIONS,
+    show_default=True,
+    help="Job creations in flight at once, over all runs: a stage of twenty models is twenty "
+    "Jobs, and many runs start stages together. The API server's priority and fairness "
+    "queues what it cannot take at once.",
+)
+@click.option(
     "--log-level",
     type=click.Choice(["debug", "info", "warning", "error"]),
     envvar="SYNTHPREF_LOG_LEVEL",
@@ -167,6 +176,7 @@ def run_command(
     cpu_image: str | None,
     interval: float,
     workers: int,
+    job_creations: int,
     log_level: str,
     log_format: str,
     metrics_port: int,
@@ -216,6 +226,7 @@ def run_command(
         settings=settings,
         interval=interval,
         workers=workers,
+        job_creations=job_creations,
     )
     service = ServiceConfig(
         log_level=log_level,

@@ -29,13 +29,12 @@ import kopf
 
 from synthpref.logs import run_context
 from synthpref.spec import API_GROUP, API_VERSION
-from synthpref_operator.apply import CREATE_CONCURRENCY
 from synthpref_operator.artifact_memory import RELIST_SECONDS
 from synthpref_operator.crd import CATALOG_PLURAL, PLURAL
 from synthpref_operator.metrics import OperatorMetrics
 from synthpref_operator.names import FINALIZER, LABEL_MANAGED_BY, LABEL_RUN, MANAGED_BY
 from synthpref_operator.reconcile import Reconciler
-from synthpref_operator.settings import DEFAULT_WORKERS, OperatorSettings
+from synthpref_operator.settings import DEFAULT_JOB_CREATIONS, DEFAULT_WORKERS, OperatorSettings
 from synthpref_operator.triggers import RunEventFilter, settled
 
 log = logging.getLogger(__name__)
@@ -50,6 +49,8 @@ class OperatorConfig:
     interval: float = 10.0
     metrics: OperatorMetrics | None = None
     workers: int = DEFAULT_WORKERS
+    # Job creations in flight at once, over all runs (`apply.Applier.create_jobs`).
+    job_creations: int = DEFAULT_JOB_CREATIONS
     # Seconds between full looks at a busy run's storage (between them, only the parts whose
     # stage Job changed are listed: `artifact_memory.py`).
     relist_seconds: float = RELIST_SECONDS
@@ -128,11 +129,13 @@ def build_registry(config: OperatorConfig) -> kopf.OperatorRegistry:
     registry = kopf.OperatorRegistry()
     configuration = _client_configuration(config.kubeconfig)
     # One connection per pass in flight, and one per Job creation (`apply.Applier.create_jobs`).
-    configuration.connection_pool_maxsize = config.workers + CREATE_CONCURRENCY
+    configuration.connection_pool_maxsize = config.workers + config.job_creations
     api_client = client.ApiClient(configuration)
     if config.metrics is not None:
         config.metrics.count_api_requests(api_client)
-    reconciler = Reconciler(api_client, config.settings, config.metrics, config.relist_seconds)
+    reconciler = Reconciler(
+        api_client, config.settings, config.metrics, config.relist_seconds, config.job_creations
+    )
     events = RunEventFilter()
 
     @kopf.on.login(registry=registry)

@@ -69,7 +69,7 @@ from synthpref_operator.planner import (
     retry_requested,
 )
 from synthpref_operator.run_cache import RunCache
-from synthpref_operator.settings import OperatorSettings
+from synthpref_operator.settings import DEFAULT_JOB_CREATIONS, OperatorSettings
 from synthpref_operator.status import (
     TERMINAL_PHASES,
     ConditionStatus,
@@ -105,8 +105,9 @@ class Reconciler:
         settings: OperatorSettings,
         metrics: OperatorMetrics | None = None,
         relist_seconds: float = RELIST_SECONDS,
+        create_concurrency: int = DEFAULT_JOB_CREATIONS,
     ) -> None:
-        self.applier = Applier(api_client, settings, metrics)
+        self.applier = Applier(api_client, settings, metrics, create_concurrency)
         self.metrics = metrics
         self.cache = RunCache(metrics, relist_seconds)
         self._slots: dict[tuple[str, str], _Slot] = {}

@@ -20,6 +20,13 @@ SETTINGS_ENV = "SYNTHPREF_OPERATOR_SETTINGS"
 # enough for a pass of each of ~50 busy runs at once; a pass mostly waits on the API server
 # and storage.
 DEFAULT_WORKERS = 64
+# Job creations in flight at once over all runs (`--job-creations`). Fifty runs of twenty
+# models starting generation together create 1,000 Jobs; on 2 cores (scripts/bench_operator.py
+# --scenario concurrent, one run each) the hop to generation took p95 16.7 s with 8 at once
+# (33 passes longer than the interval), 8.7 s with 32 (19), 7.0 s with 64 (none), 4.2 s with
+# 128 (none). A default API server queues what exceeds the seats of service accounts' priority
+# level (workload-low) rather than refusing it.
+DEFAULT_JOB_CREATIONS = 64
 
 
 class OperatorSettings(BaseModel):

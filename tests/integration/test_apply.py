@@ -1,20 +1,23 @@
 """Applying a pass's actions against the real API server (`apply.Applier`): a stage's Jobs
 are created together, one refused Job neither stops the others nor goes unreported (log line,
-metric, the refusal the pass shows on the run), and what a creation logs names the run of the
-pass."""
+metric, the refusal the pass shows on the run), what a creation logs names the run of the
+pass, and a creation the API server throttles (429) is tried again, not reported."""
 
 from __future__ import annotations
 
 import io
 import json
 import logging
+import threading
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
 
 from synthpref.logs import configure_logging, run_context
 from synthpref_operator.apply import Applier
+from synthpref_operator.devcluster.controlplane import ControlPlane
 from synthpref_operator.metrics import OperatorMetrics
 from synthpref_operator.names import Stage
 from synthpref_operator.planner import CreateJob
@@ -101,3 +104,74 @@ def test_what_a_creation_logs_names_the_run_of_the_pass(
     created = [line for line in lines if "created Job" in line["message"]]
     assert len(created) == len(actions) > 1
     assert {(line["namespace"], line["run"]) for line in created} == {(namespace, "r2")}
+
+
+THROTTLED_USER = "throttled-operator"
+
+
+@pytest.fixture(scope="module")
+def throttled_api_client(kube_bin_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Any:
+    """A client of an API server that takes one mutating request at a time and answers the
+    others 429 (the max-in-flight filter, with priority and fairness off), as a user it
+    throttles (the admin's group, system:masters, never is): a cluster-admin by RBAC."""
+    from kubernetes import client
+
+    cp = ControlPlane(
+        kube_bin_dir,
+        tmp_path_factory.mktemp("throttled"),
+        extra_apiserver_args=(
+            "--max-mutating-requests-inflight=1",
+            "--enable-priority-and-fairness=false",
+        ),
+    )
+    cp.start()
+    try:
+        admin = cp.api_client()
+        rbac = "rbac.authorization.k8s.io"
+        client.RbacAuthorizationV1Api(admin).create_cluster_role_binding(
+            client.V1ClusterRoleBinding(
+                metadata=client.V1ObjectMeta(name=THROTTLED_USER),
+                role_ref=client.V1RoleRef(api_group=rbac, kind="ClusterRole", name="cluster-admin"),
+                subjects=[client.RbacV1Subject(kind="User", name=THROTTLED_USER, api_group=rbac)],
+            )
+        )
+        client.CoreV1Api(admin).create_namespace(
+            client.V1Namespace(metadata=client.V1ObjectMeta(name="throttled"))
+        )
+        throttled = cp.api_client()
+        throttled.set_default_header("Impersonate-User", THROTTLED_USER)
+        yield throttled
+    finally:
+        cp.stop()
+
+
+def test_creations_the_api_server_throttles_are_tried_again_not_reported(
+    throttled_api_client: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    metrics = OperatorMetrics()
+    applier = Applier(throttled_api_client, OperatorSettings(), metrics, create_concurrency=8)
+    spec = make_spec()
+    runs = [f"r{i}" for i in range(4)]
+    planned = {run: generation_jobs(run, completions=1) for run in runs}
+
+    def one_pass(run: str) -> None:
+        body = {"metadata": {"name": run, "namespace": "throttled", "uid": f"u-{run}"}}
+        applier.create_jobs(body, spec, planned[run])
+
+    caplog.set_level(logging.DEBUG, logger="synthpref_operator.apply")
+    passes = [threading.Thread(target=one_pass, args=(run,)) for run in runs]
+    for thread in passes:
+        thread.start()
+    for thread in passes:
+        thread.join(timeout=300)
+    throttled = [r for r in caplog.records if "throttled (429)" in r.getMessage()]
+    assert throttled, "the API server throttled nothing: the test shows nothing"
+    # Every Job was created in the end; none is reported as refused, nothing counted as an error.
+    assert sorted(applier.jobs_created) == sorted(
+        f"throttled/{action.name}" for run in runs for action in planned[run]
+    )
+    assert all(applier.refusal("throttled", run, planned[run]) is None for run in runs)
+    errors = metrics.registry.get_sample_value(
+        "synthpref_reconcile_errors_total", {"namespace": "throttled"}
+    )
+    assert errors is None

@@ -234,6 +234,7 @@ def test_default_render(helm: Helm) -> None:
         "--namespace", "ops",
         "--interval", "10",
         "--workers", "64",
+        "--job-creations", "64",
         "--log-level", "info",
         "--log-format", "json",
         "--metrics-port", "8080",

@@ -58,7 +58,7 @@ def test_concurrent_runs_succeed_and_every_hop_is_measured(
     result = bench(
         kube_bin_dir, tmp_path, "--scenario", "concurrent", "--runs", "3", "--models", "2",
         "--shards", "5", "--shard-size", "4", "--interval", "2", "--shard-seconds", "0.1",
-        "--timeout", "240",
+        "--timeout", "240", "--job-creations", "4",
     )  # fmt: skip
     assert result["all_succeeded"] is True
     assert result["phases"] == {"Succeeded": 3}
@@ -73,8 +73,10 @@ def test_concurrent_runs_succeed_and_every_hop_is_measured(
     # What every process of the bench used of the machine's cores, beside the operator.
     by_process = totals["cpu_s_by_process"]
     assert abs(by_process["operator"] - totals["cpu_s"]) <= 0.1  # the same, to one decimal
-    assert {"etcd", "kube-apiserver", "moto (S3)", "bench (simulator, S3 proxy)"} <= set(by_process)
+    assert {"etcd", "kube-apiserver", "S3 server", "bench (simulator, S3 proxy)"} <= set(by_process)
     assert by_process["kube-apiserver"] > 0 and by_process["bench (simulator, S3 proxy)"] > 0
+    # The native S3 server by default: every object above went through it.
+    assert result["s3_server"] == "native" and by_process["S3 server"] > 0
     # The operator creates 3 runs x (prepare + 2 models + mix + judge + parse) Jobs.
     assert totals["api_by_verb"]["create jobs"] == 18
     assert totals["api_per_pass"] > 0
@@ -83,7 +85,8 @@ def test_concurrent_runs_succeed_and_every_hop_is_measured(
     assert result["max_status_bytes"] > 0
     # The floor under the largest burst (every run's generation Jobs) is measured beside it.
     floor = result["creation_floor"]
-    assert (floor["jobs"], floor["concurrency"]) == (3 * 2, 8)
+    assert (floor["jobs"], floor["concurrency"]) == (3 * 2, 4)  # --job-creations
+    assert result["job_creations"] == 4
     assert floor["seconds"] > 0 and floor["per_s"] > 0
     # prepare 5 prompt shards, 2 x 5 generations, 5 x (mix + request), 5 results, 5 parts.
     assert result["simulated_commits"] == 3 * (5 + 10 + 10 + 5 + 5)
@@ -100,7 +103,9 @@ def test_steady_state_measures_terminal_and_stalled_runs(
         kube_bin_dir, tmp_path, "--scenario", "steady", "--runs", "2", "--models", "2",
         "--small-shards", "4", "--shards", "8", "--shard-size", "2", "--finished", "2",
         "--window", "3", "--interval", "1", "--shard-seconds", "0.05", "--timeout", "240",
+        "--s3-server", "moto",
     )  # fmt: skip
+    assert result["s3_server"] == "moto"  # the other S3 server serves the same scenarios
     for key in ("terminal", "stalled_small", "stalled_large"):
         well_formed(result[key])
     assert result["stalled_small"]["shards"] == 4

@@ -9,9 +9,9 @@ What runs:
   operator's requests only (the operator has a user of its own, `OPERATOR_USER`), which
   `AuditCounter` tallies by verb and resource, keeping when each Job was created (the hops'
   end);
-- moto's S3 server as a process; the operator reaches it through `S3FaultProxy` (no faults),
-  which counts its requests by operation (LIST, GET, HEAD, PUT), while the simulator writes to
-  moto directly;
+- an S3 server as a process (`s3_server`: the native one by default, or moto's); the operator
+  reaches it through `S3FaultProxy` (no faults), which counts its requests by operation (LIST,
+  GET, HEAD, PUT), while the simulator writes to it directly;
 - `synthpref operator run` as a subprocess (inheriting $PYTHONPATH, so any checkout can be
   measured), with /metrics on a loopback port; its reconcile-duration histogram gives passes
   and their durations, and /proc its CPU seconds and peak RSS.
@@ -52,7 +52,7 @@ from synthpref_operator.devcluster.controlplane import (
     terminate,
 )
 from synthpref_operator.names import LABEL_STAGE
-from tests.support.s3 import FAKE_CREDENTIALS
+from tests.support.s3 import FAKE_CREDENTIALS, s3_server_command
 from tests.support.s3_fault_proxy import S3FaultProxy
 from tests.support.stage_simulator import HOPS, SimRun, StageSimulator
 
@@ -299,10 +299,13 @@ class Harness:
     sim: StageSimulator | None = None
     audit: AuditCounter | None = None
     metrics_port: int = 0
-    moto_endpoint: str = ""
+    # Which S3 server (`tests.support.s3.S3_SERVERS`): the native one leaves this machine's
+    # cores to the control plane and the operator; moto's costs more than they do together.
+    s3_server: str = "native"
+    s3_endpoint: str = ""
     operator: subprocess.Popen[bytes] | None = None
     _logs: list[IO[bytes]] = field(default_factory=list)
-    _moto: subprocess.Popen[bytes] | None = None
+    _s3: subprocess.Popen[bytes] | None = None
     _prompt_sets: dict[int, str] = field(default_factory=dict)
 
     # ---- lifecycle
@@ -320,9 +323,9 @@ class Harness:
 
     def start(self) -> None:
         self.work_dir.mkdir(parents=True, exist_ok=True)
-        self._start_moto()
+        self._start_s3()
         self._start_cluster()
-        self.proxy = S3FaultProxy(self.moto_endpoint)
+        self.proxy = S3FaultProxy(self.s3_endpoint)
         self.sim = StageSimulator(
             self.api,
             NAMESPACE,
@@ -336,16 +339,16 @@ class Harness:
 
     def _isolate_workers(self) -> None:
         """The first half of this machine's cores for the control plane and the operator, the
-        rest for the stage simulator (this process) and moto, as on a cluster whose workers and
-        object store run elsewhere. Every thread is moved (a Go server has many; threads made
-        later inherit their creator's cores)."""
-        assert self.cp is not None and self.operator is not None and self._moto is not None
+        rest for the stage simulator (this process) and the S3 server, as on a cluster whose
+        workers and object store run elsewhere. Every thread is moved (a Go server has many;
+        threads made later inherit their creator's cores)."""
+        assert self.cp is not None and self.operator is not None and self._s3 is not None
         cores = sorted(os.sched_getaffinity(0))
         if len(cores) < 2:
             raise BenchError("isolating the workers needs at least 2 cores")
         control, workers = set(cores[: len(cores) // 2]), set(cores[len(cores) // 2 :])
         placed = {pid: control for pid in [*self.cp.pids().values(), self.operator.pid]}
-        placed |= {self._moto.pid: workers, os.getpid(): workers}
+        placed |= {self._s3.pid: workers, os.getpid(): workers}
         for pid, where in placed.items():
             for task in Path(f"/proc/{pid}/task").iterdir():
                 os.sched_setaffinity(int(task.name), where)
@@ -359,27 +362,27 @@ class Harness:
             self.proxy.stop()
         if self.cp is not None:
             self.cp.stop(remove_work_dir=False)
-        if self._moto is not None:
-            terminate(self._moto)
+        if self._s3 is not None:
+            terminate(self._s3)
         for log in self._logs:
             log.close()
 
-    def _start_moto(self) -> None:
+    def _start_s3(self) -> None:
         port = free_port()
         proc, log = spawn(
-            [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
-            self.work_dir / "logs" / "moto.log",
+            s3_server_command(self.s3_server, port),
+            self.work_dir / "logs" / f"s3-{self.s3_server}.log",
             env={**os.environ, **FAKE_CREDENTIALS},
         )
-        self._moto, self.moto_endpoint = proc, f"http://127.0.0.1:{port}"
+        self._s3, self.s3_endpoint = proc, f"http://127.0.0.1:{port}"
         self._logs.append(log)
-        wait_until(lambda: _port_open(port), 60, "moto server")
+        wait_until(lambda: _port_open(port), 60, f"S3 server ({self.s3_server})")
         self.s3().create_bucket(Bucket=BUCKET)
 
     def s3(self) -> Any:
         keys = FAKE_CREDENTIALS
         return s3_client(
-            self.moto_endpoint,
+            self.s3_endpoint,
             "us-east-1",
             access_key_id=keys["AWS_ACCESS_KEY_ID"],
             secret_access_key=keys["AWS_SECRET_ACCESS_KEY"],
@@ -615,8 +618,8 @@ class Harness:
     def cpu_by_process(self) -> dict[str, float]:
         """CPU seconds so far of each process of the bench: the operator, the control plane's,
         the S3 server, and this one (the stage simulator and the S3 counting proxy)."""
-        assert self.cp is not None and self.operator is not None and self._moto is not None
-        pids = {"operator": self.operator.pid, **self.cp.pids(), "moto (S3)": self._moto.pid}
+        assert self.cp is not None and self.operator is not None and self._s3 is not None
+        pids = {"operator": self.operator.pid, **self.cp.pids(), "S3 server": self._s3.pid}
         found = {name: proc_usage(pid)[0] for name, pid in pids.items()}
         found["bench (simulator, S3 proxy)"] = proc_usage(os.getpid())[0]
         return found
