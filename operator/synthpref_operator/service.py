@@ -24,6 +24,7 @@ from types import FrameType
 from synthpref.logs import LogFormat, configure_logging
 from synthpref_operator.handlers import OperatorConfig, OperatorThread, api_client_for
 from synthpref_operator.leader import Candidate, LeaseConfig
+from synthpref_operator.malloc_arenas import limit_malloc_arenas
 from synthpref_operator.metrics import OperatorMetrics, serve
 from synthpref_operator.preflight import OperatorStartError, preflight
 
@@ -164,6 +165,7 @@ class _Process:
 
 def run_service(operator: OperatorConfig, service: ServiceConfig) -> int:
     """Run until SIGTERM/SIGINT (exit 0) or until the Lease or the operator is lost (exit 1)."""
+    limit_malloc_arenas()  # before any thread starts
     configure_logging(service.log_level, service.log_format)
     election_log = logging.getLogger("leaderelection")
     election_log.setLevel(logging.WARNING)  # it logs every retry at INFO
