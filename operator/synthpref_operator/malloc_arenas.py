@@ -4,8 +4,9 @@ glibc gives threads that allocate at the same moment arenas of their own, up to 
 and an arena's freed memory mostly stays with it. The operator runs a pass per run and its Job
 creations on many threads (`--workers`, `--job-creations`), so its peak RSS grew with the arenas,
 not with its data: in `scripts/bench_operator.py --scenario concurrent` (50 runs, 2 cores) peak
-RSS was 296 and 302 MiB with glibc's default, 242 and 226 MiB with two arenas, at the same CPU
-seconds. `MALLOC_ARENA_MAX` in the environment, when set, is left to decide.
+RSS was 296 and 302 MiB with glibc's default, 242 and 226 MiB with MALLOC_ARENA_MAX=2 (runs
+alternated, same CPU seconds), 273 and 267 MiB in two later runs with this cap (the figure is
+noisy). `MALLOC_ARENA_MAX` in the environment, when set, is left to decide.
 """
 
 from __future__ import annotations
