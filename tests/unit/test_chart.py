@@ -12,7 +12,7 @@ from typing import Any
 
 import yaml
 
-from synthpref_operator.settings import OperatorSettings
+from synthpref_operator.settings import DEFAULT_JOB_CREATIONS, DEFAULT_WORKERS, OperatorSettings
 
 ROOT = Path(__file__).resolve().parents[2]
 CHART = ROOT / "charts" / "synthpref"
@@ -149,6 +149,12 @@ def test_security_defaults_are_the_operators() -> None:
     assert v["operator"]["deletionTimeoutSeconds"] == defaults.deletion_timeout_seconds == 600
 
 
+def test_concurrency_defaults_are_the_operators() -> None:
+    operator = values()["operator"]
+    assert operator["workers"] == DEFAULT_WORKERS
+    assert operator["jobCreations"] == DEFAULT_JOB_CREATIONS
+
+
 def test_documented_defaults() -> None:
     v = values()
     assert v["replicaCount"] == 1
@@ -167,6 +173,7 @@ def test_documented_defaults() -> None:
     assert v["operator"] == {
         "reconcileIntervalSeconds": 10,
         "workers": 64,
+        "jobCreations": 64,
         "logLevel": "info",
         "logFormat": "json",
         "env": [],
