@@ -19,11 +19,9 @@ set -euo pipefail
 K8S_VERSION="${K8S_VERSION:-v1.36.3}"
 ETCD_VERSION="${ETCD_VERSION:-v3.6.16}"
 HELM_VERSION="${HELM_VERSION:-v3.21.4}"
-GO="${GO:-}"
-if [[ -z "$GO" ]]; then
-    if command -v go >/dev/null 2>&1; then GO="$(command -v go)"; else GO=/usr/local/go/bin/go; fi
-fi
-[[ -x "$GO" ]] || { echo "build-kube-binaries: no Go toolchain found (set GO=...)" >&2; exit 2; }
+# shellcheck source=scripts/go-env.sh
+source "$(dirname "$0")/go-env.sh"
+find_go build-kube-binaries
 
 GO_VERSION="$("$GO" env GOVERSION)"
 STAGING_VERSION="v0.${K8S_VERSION#v1.}"   # v1.36.3 -> v0.36.3
@@ -57,13 +55,8 @@ if all_present; then
     exit 0
 fi
 
-export GOPATH="$CACHE_ROOT/go/path"
-export GOCACHE="$CACHE_ROOT/go/build-cache"
-export GOMODCACHE="$CACHE_ROOT/go/mod-cache"
-export GOTOOLCHAIN=local
+go_cache_env "$CACHE_ROOT"
 export GOFLAGS="-mod=mod"
-export CGO_ENABLED=0
-mkdir -p "$GOPATH" "$GOCACHE" "$GOMODCACHE"
 
 WORK="$OUT_DIR/scratch"
 mkdir -p "$WORK"

@@ -7,11 +7,9 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-GO="${GO:-}"
-if [[ -z "$GO" ]]; then
-    if command -v go >/dev/null 2>&1; then GO="$(command -v go)"; else GO=/usr/local/go/bin/go; fi
-fi
-[[ -x "$GO" ]] || { echo "build-s3-server: no Go toolchain found (set GO=...)" >&2; exit 2; }
+# shellcheck source=scripts/go-env.sh
+source scripts/go-env.sh
+find_go build-s3-server
 
 SRC=tests/support/s3_server
 KEY="$(cat "$SRC/go.mod" "$SRC/go.sum" "$SRC/main.go" | sha256sum | cut -c1-16)_$("$GO" env GOVERSION)"
@@ -20,8 +18,7 @@ OUT="$CACHE_ROOT/s3-server/$KEY/s3-server"
 
 if [[ ! -x "$OUT" ]]; then
     mkdir -p "$(dirname "$OUT")"
-    export GOPATH="$CACHE_ROOT/go/path" GOCACHE="$CACHE_ROOT/go/build-cache"
-    export GOMODCACHE="$CACHE_ROOT/go/mod-cache" GOTOOLCHAIN=local CGO_ENABLED=0
+    go_cache_env "$CACHE_ROOT"
     (cd "$SRC" && "$GO" build -mod=readonly -trimpath -ldflags "-s -w" -o "$OUT.tmp" .)
     mv -f "$OUT.tmp" "$OUT"
     echo "build-s3-server: built $OUT" >&2
