@@ -6,10 +6,10 @@ waits for them: a stage of twenty models is twenty Jobs, and one by one, each a 
 busy API server, they made the hop between stages take seconds. (Not waiting was measured too:
 with fifty runs starting stages together, the passes of every run then competed with the
 creations at the API server and the hops took longer; `scripts/bench_operator.py`, README.)
-A creation the API server throttles (429: more requests in flight than it takes) is tried again
-after the server's Retry-After, as client-go does, up to `THROTTLED_TRIES` times; only then is
-it a refusal. A creation the API server refuses neither stops the others nor fails the pass:
-it is logged with the API server's reason (a warning when it starts or its reason changes; the
+A creation the API server throttles (429: more requests in flight than it takes) is sent again
+by the client, as every request of the operator's is (`throttling`); only a 429 left after those
+retries is a refusal. A creation the API server refuses neither stops the others nor fails the
+pass: it is logged with the API server's reason (a warning when it starts or its reason changes; the
 retries of later passes at debug), counted in `synthpref_reconcile_errors_total`, and kept
 (`refusal`) for the pass to show on the run until the Job is created or no longer planned.
 Creating a Job that exists (409) is success; a missing Job to suspend or delete is nothing to
@@ -23,9 +23,7 @@ import contextvars
 import datetime as dt
 import json
 import logging
-import random
 import threading
-import time
 import uuid
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -43,11 +41,6 @@ from synthpref_operator.planner import CreateJob, DeleteJob, Event, SuspendJob
 from synthpref_operator.settings import DEFAULT_JOB_CREATIONS, OperatorSettings
 
 log = logging.getLogger(__name__)
-
-# Tries of a creation the API server throttles (429), and the longest wait between two (its
-# Retry-After, jittered so that creations throttled together do not return together).
-THROTTLED_TRIES = 10
-THROTTLED_WAIT_MAX = 10.0
 
 
 class Applier:
@@ -156,24 +149,18 @@ class Applier:
         meta = run["metadata"]
         body = job_manifest(meta["name"], meta["namespace"], spec, action, self.settings)
         body["metadata"]["ownerReferences"] = [owner_reference(meta["name"], meta["uid"])]
-        for tried in range(1, THROTTLED_TRIES + 1):
-            try:
-                # The API server's copy of the Job is not needed; left unread into the client's
-                # models, a creation cost 1.24 ms of this process's CPU instead of 1.75 (1,000
-                # Jobs, 8 at once, against the test control plane).
-                reply: Any = self.batch.create_namespaced_job(
-                    meta["namespace"], cast(Any, body), _preload_content=False
-                )  # urllib3's response, unread
-                reply.drain_conn()  # back to the pool
-                break
-            except ApiException as error:
-                if error.status == 409:
-                    return False
-                if error.status != 429 or tried == THROTTLED_TRIES:
-                    raise
-                wait = throttled_wait(error)
-                log.debug("creating Job %s throttled (429), again in %.1f s", action.name, wait)
-                time.sleep(wait)
+        try:
+            # The API server's copy of the Job is not needed; left unread into the client's
+            # models, a creation cost 1.24 ms of this process's CPU instead of 1.75 (1,000
+            # Jobs, 8 at once, against the test control plane).
+            reply: Any = self.batch.create_namespaced_job(
+                meta["namespace"], cast(Any, body), _preload_content=False
+            )  # urllib3's response, unread
+            reply.drain_conn()  # back to the pool
+        except ApiException as error:
+            if error.status == 409:
+                return False
+            raise
         self.jobs_created.append(f"{meta['namespace']}/{action.name}")
         if self.metrics is not None:
             self.metrics.job_created(meta["namespace"], action.stage)
@@ -261,17 +248,6 @@ class Applier:
             self.core.create_namespaced_event(meta["namespace"], body)
         except ApiException as error:  # an Event is best effort
             log.warning("cannot post Event %s on %s: %s", event.reason, meta["name"], error.status)
-
-
-def throttled_wait(error: ApiException) -> float:
-    """Seconds before trying a throttled request again: the API server's Retry-After (1 s
-    when absent or unreadable), at most `THROTTLED_WAIT_MAX`, plus up to half of it again."""
-    try:
-        after = float((error.headers or {}).get("Retry-After", 1))
-    except (TypeError, ValueError):
-        after = 1.0
-    after = min(max(after, 0.1), THROTTLED_WAIT_MAX)
-    return after * (1 + random.random() / 2)
 
 
 def _api_message(error: ApiException) -> str:

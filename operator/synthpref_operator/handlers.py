@@ -35,6 +35,7 @@ from synthpref_operator.metrics import OperatorMetrics
 from synthpref_operator.names import FINALIZER, LABEL_MANAGED_BY, LABEL_RUN, MANAGED_BY
 from synthpref_operator.reconcile import Reconciler
 from synthpref_operator.settings import DEFAULT_JOB_CREATIONS, DEFAULT_WORKERS, OperatorSettings
+from synthpref_operator.throttling import api_retries
 from synthpref_operator.triggers import RunEventFilter, settled
 
 log = logging.getLogger(__name__)
@@ -60,6 +61,7 @@ def _client_configuration(kubeconfig: str | None) -> Any:
     from kubernetes import client, config
 
     configuration = client.Configuration()
+    configuration.retries = api_retries()  # a request the API server throttles is sent again
     if kubeconfig is not None:
         config.load_kube_config(  # type: ignore[no-untyped-call]
             config_file=kubeconfig, client_configuration=configuration
@@ -122,17 +124,28 @@ def api_client_for(kubeconfig: str | None) -> Any:
     return client.ApiClient(_client_configuration(kubeconfig))
 
 
-def build_registry(config: OperatorConfig) -> kopf.OperatorRegistry:
-    """The handlers of one operator process."""
+def passes_api_client(config: OperatorConfig) -> Any:
+    """The `kubernetes.client.ApiClient` of the reconcile passes: a connection per pass in
+    flight and per Job creation (`apply.Applier.create_jobs`), its requests and the API
+    server's 429s counted in `config.metrics`."""
     from kubernetes import client
 
-    registry = kopf.OperatorRegistry()
     configuration = _client_configuration(config.kubeconfig)
-    # One connection per pass in flight, and one per Job creation (`apply.Applier.create_jobs`).
     configuration.connection_pool_maxsize = config.workers + config.job_creations
+    if config.metrics is not None:
+        configuration.retries = api_retries(config.metrics.count_throttled)
     api_client = client.ApiClient(configuration)
     if config.metrics is not None:
         config.metrics.count_api_requests(api_client)
+    return api_client
+
+
+def build_registry(config: OperatorConfig) -> kopf.OperatorRegistry:
+    """The handlers of one operator process."""
+    registry = kopf.OperatorRegistry()
+    api_client = passes_api_client(config)
+    # kopf logs in with the same credentials (for in-cluster ones, refreshed as they are used).
+    configuration = api_client.configuration
     reconciler = Reconciler(
         api_client, config.settings, config.metrics, config.relist_seconds, config.job_creations
     )

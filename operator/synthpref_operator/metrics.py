@@ -33,6 +33,7 @@ from synthpref_operator.status import (
     Reason,
     RunStatus,
 )
+from synthpref_operator.throttling import THROTTLED_RETRIES
 
 log = logging.getLogger(__name__)
 
@@ -260,6 +261,14 @@ class OperatorMetrics:
             ["method"],
             registry=self.registry,
         )
+        self.api_throttled = Counter(
+            "synthpref_api_throttled",
+            "Answers 429 (Too Many Requests) of the Kubernetes API server to the operator's "
+            "requests, by HTTP method; each throttled request is sent again after its "
+            f"Retry-After, up to {THROTTLED_RETRIES} times.",
+            ["method"],
+            registry=self.registry,
+        )
         self.runs = RunStatusCollector(clock)
         self.registry.register(self.runs)
 
@@ -286,6 +295,10 @@ class OperatorMetrics:
             return send(method, *args, **kwargs)
 
         rest.request = request
+
+    def count_throttled(self, method: str) -> None:
+        """One 429 answer of the API server (`throttling.ThrottledRetry` calls it)."""
+        self.api_throttled.labels(method=method).inc()
 
     def reconcile_failed(self, namespace: str) -> None:
         self.reconcile_errors.labels(namespace=namespace).inc()

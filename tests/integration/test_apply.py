@@ -1,7 +1,8 @@
 """Applying a pass's actions against the real API server (`apply.Applier`): a stage's Jobs
 are created together, one refused Job neither stops the others nor goes unreported (log line,
 metric, the refusal the pass shows on the run), what a creation logs names the run of the
-pass, and a creation the API server throttles (429) is tried again, not reported."""
+pass, and a request the API server throttles (429), of any kind a pass makes, is sent again by
+the operator's client, not reported."""
 
 from __future__ import annotations
 
@@ -10,19 +11,26 @@ import json
 import logging
 import threading
 from collections.abc import Iterator
+from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import pytest
 
 from synthpref.logs import configure_logging, run_context
+from synthpref.spec import API_GROUP, API_VERSION
+from synthpref_operator import observe
 from synthpref_operator.apply import Applier
+from synthpref_operator.crd import PLURAL, crd
 from synthpref_operator.devcluster.controlplane import ControlPlane
+from synthpref_operator.handlers import OperatorConfig, api_client_for, passes_api_client
 from synthpref_operator.metrics import OperatorMetrics
-from synthpref_operator.names import Stage
-from synthpref_operator.planner import CreateJob
+from synthpref_operator.names import LABEL_RUN, Stage
+from synthpref_operator.planner import CreateJob, DeleteJob, Event, SuspendJob
 from synthpref_operator.settings import OperatorSettings
-from tests.builders import make_spec
+from tests.builders import make_spec, manifest_dict
+from tests.support.polling import wait_for
 
 pytestmark = pytest.mark.cluster
 
@@ -107,20 +115,31 @@ def test_what_a_creation_logs_names_the_run_of_the_pass(
 
 
 THROTTLED_USER = "throttled-operator"
+THROTTLED_NAMESPACE = "throttled"
+
+
+@dataclass
+class Throttled:
+    """A control plane whose API server takes one mutating and one read request at a time and
+    answers the others 429 (the max-in-flight filters, with priority and fairness off), for a
+    user it throttles (the admin's group, system:masters, never is): a cluster-admin by RBAC,
+    with a kubeconfig of its own. The PreferenceRun CRD is installed."""
+
+    kubeconfig: Path
+    admin: Any
 
 
 @pytest.fixture(scope="module")
-def throttled_api_client(kube_bin_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Any:
-    """A client of an API server that takes one mutating request at a time and answers the
-    others 429 (the max-in-flight filter, with priority and fairness off), as a user it
-    throttles (the admin's group, system:masters, never is): a cluster-admin by RBAC."""
+def throttled(kube_bin_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Throttled]:
     from kubernetes import client
 
+    work = tmp_path_factory.mktemp("throttled")
     cp = ControlPlane(
         kube_bin_dir,
-        tmp_path_factory.mktemp("throttled"),
+        work,
         extra_apiserver_args=(
             "--max-mutating-requests-inflight=1",
+            "--max-requests-inflight=1",
             "--enable-priority-and-fairness=false",
         ),
     )
@@ -135,43 +154,145 @@ def throttled_api_client(kube_bin_dir: Path, tmp_path_factory: pytest.TempPathFa
                 subjects=[client.RbacV1Subject(kind="User", name=THROTTLED_USER, api_group=rbac)],
             )
         )
-        client.CoreV1Api(admin).create_namespace(
-            client.V1Namespace(metadata=client.V1ObjectMeta(name="throttled"))
+        core = client.CoreV1Api(admin)
+        core.create_namespace(
+            client.V1Namespace(metadata=client.V1ObjectMeta(name=THROTTLED_NAMESPACE))
         )
-        throttled = cp.api_client()
-        throttled.set_default_header("Impersonate-User", THROTTLED_USER)
-        yield throttled
+        core.create_namespaced_secret(
+            THROTTLED_NAMESPACE,
+            client.V1Secret(metadata=client.V1ObjectMeta(name="keys"), string_data={"k": "v"}),
+        )
+        client.ApiextensionsV1Api(admin).create_custom_resource_definition(cast(Any, crd()))
+        kubeconfig = cp.write_kubeconfig(
+            work / "throttled.kubeconfig", user=THROTTLED_USER, groups=()
+        )
+        yield Throttled(kubeconfig, admin)
     finally:
         cp.stop()
 
 
-def test_creations_the_api_server_throttles_are_tried_again_not_reported(
-    throttled_api_client: Any, caplog: pytest.LogCaptureFixture
+def throttled_methods(caplog: pytest.LogCaptureFixture) -> set[str]:
+    """The HTTP methods of the requests the API server throttled (the client's debug lines)."""
+    caught = (r.getMessage() for r in caplog.records if r.name == "synthpref_operator.throttling")
+    return {line.split()[4] for line in caught if "throttled" in line}
+
+
+def test_creations_the_api_server_throttles_are_sent_again_not_reported(
+    throttled: Throttled, caplog: pytest.LogCaptureFixture
 ) -> None:
     metrics = OperatorMetrics()
-    applier = Applier(throttled_api_client, OperatorSettings(), metrics, create_concurrency=8)
+    # The passes' own client, as the operator builds it.
+    api = passes_api_client(OperatorConfig(kubeconfig=str(throttled.kubeconfig), metrics=metrics))
+    applier = Applier(api, OperatorSettings(), metrics, create_concurrency=8)
     spec = make_spec()
     runs = [f"r{i}" for i in range(4)]
     planned = {run: generation_jobs(run, completions=1) for run in runs}
 
     def one_pass(run: str) -> None:
-        body = {"metadata": {"name": run, "namespace": "throttled", "uid": f"u-{run}"}}
+        body = {"metadata": {"name": run, "namespace": THROTTLED_NAMESPACE, "uid": f"u-{run}"}}
         applier.create_jobs(body, spec, planned[run])
 
-    caplog.set_level(logging.DEBUG, logger="synthpref_operator.apply")
+    caplog.set_level(logging.DEBUG, logger="synthpref_operator.throttling")
     passes = [threading.Thread(target=one_pass, args=(run,)) for run in runs]
     for thread in passes:
         thread.start()
     for thread in passes:
         thread.join(timeout=300)
-    throttled = [r for r in caplog.records if "throttled (429)" in r.getMessage()]
-    assert throttled, "the API server throttled nothing: the test shows nothing"
+    assert "POST" in throttled_methods(caplog), "the API server throttled no creation"
     # Every Job was created in the end; none is reported as refused, nothing counted as an error.
     assert sorted(applier.jobs_created) == sorted(
-        f"throttled/{action.name}" for run in runs for action in planned[run]
+        f"{THROTTLED_NAMESPACE}/{action.name}" for run in runs for action in planned[run]
     )
-    assert all(applier.refusal("throttled", run, planned[run]) is None for run in runs)
+    assert all(applier.refusal(THROTTLED_NAMESPACE, run, planned[run]) is None for run in runs)
     errors = metrics.registry.get_sample_value(
-        "synthpref_reconcile_errors_total", {"namespace": "throttled"}
+        "synthpref_reconcile_errors_total", {"namespace": THROTTLED_NAMESPACE}
     )
     assert errors is None
+    # The 429s are counted, apart from the requests (each counted once, however often sent).
+    count = metrics.registry.get_sample_value
+    assert (count("synthpref_api_throttled_total", {"method": "POST"}) or 0) >= 1
+    assert count("synthpref_api_requests_total", {"method": "POST"}) == len(applier.jobs_created)
+
+
+def test_every_kind_of_call_a_pass_makes_rides_out_a_throttling_api_server(
+    throttled: Throttled, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Reads, status writes, patches, deletions and Events of passes of several runs at once,
+    through the operator's client: none fails although the API server throttles them."""
+    from kubernetes import client
+
+    api = api_client_for(str(throttled.kubeconfig))
+    applier = Applier(api, OperatorSettings(), create_concurrency=4)
+    batch, core = client.BatchV1Api(api), client.CoreV1Api(api)
+    runs = [f"calls{i}" for i in range(6)]
+    custom = client.CustomObjectsApi(throttled.admin)
+    for run in runs:
+        # The CRD is served once it is Established.
+        wait_for(partial(_created_run, custom, run), timeout=300, what="the CRD to be served")
+    failures: list[BaseException] = []
+
+    def one_pass(run: str) -> None:
+        try:
+            stored = applier.get_run(THROTTLED_NAMESPACE, run)  # GET
+            assert stored is not None
+            uid = stored["metadata"]["uid"]
+            body = {"metadata": {"name": run, "namespace": THROTTLED_NAMESPACE, "uid": uid}}
+            actions = generation_jobs(run, completions=1)
+            applier.create_jobs(body, make_spec(), actions)  # POST
+            for _ in range(3):
+                assert observe.observe_jobs(batch, THROTTLED_NAMESPACE, run).keys() == {
+                    action.name for action in actions
+                }  # LIST
+                assert observe.secret_value(core, THROTTLED_NAMESPACE, "keys", "k") == "v"
+            for action in actions:  # PATCH
+                applier.suspend_job(THROTTLED_NAMESPACE, SuspendJob(action.name, suspend=True))
+            stored = applier.get_run(THROTTLED_NAMESPACE, run)
+            assert stored is not None
+            assert applier.write_status(stored, {"phase": "Generating"})  # PUT
+            applier.emit(stored, Event("Normal", "Throttled", "a pass under a busy server"))
+            for action in actions:  # DELETE
+                applier.delete_job(THROTTLED_NAMESPACE, DeleteJob(action.name))
+        except BaseException as error:  # reported by the test below
+            failures.append(error)
+
+    caplog.set_level(logging.DEBUG, logger="synthpref_operator.throttling")
+    passes = [threading.Thread(target=one_pass, args=(run,)) for run in runs]
+    for thread in passes:
+        thread.start()
+    for thread in passes:
+        thread.join(timeout=600)
+    assert not failures, [str(failure) for failure in failures]
+    assert all(
+        applier.refusal(THROTTLED_NAMESPACE, run, generation_jobs(run)) is None for run in runs
+    )
+    throttled_verbs = throttled_methods(caplog)
+    # Both of the API server's limits were hit: the test shows retries of reads and of writes.
+    assert "GET" in throttled_verbs
+    assert throttled_verbs & {"POST", "PATCH", "PUT", "DELETE"}
+    for run in runs:
+        stored: Any = custom.get_namespaced_custom_object(
+            API_GROUP, API_VERSION, THROTTLED_NAMESPACE, PLURAL, run
+        )
+        assert stored["status"]["phase"] == "Generating"
+    admin_core = client.CoreV1Api(throttled.admin)
+    events: Any = admin_core.list_namespaced_event(THROTTLED_NAMESPACE).items
+    assert sorted(e.involved_object.name for e in events if e.reason == "Throttled") == runs
+    jobs: Any = client.BatchV1Api(throttled.admin).list_namespaced_job(THROTTLED_NAMESPACE).items
+    left = [job for job in jobs if job.metadata.deletion_timestamp is None]
+    assert not [job.metadata.name for job in left if job.metadata.labels[LABEL_RUN] in runs]
+
+
+def _created_run(custom: Any, run: str) -> bool:
+    """Create the PreferenceRun `run`; False while the API server does not serve the CRD yet."""
+    from kubernetes.client import ApiException
+
+    try:
+        custom.create_namespaced_custom_object(
+            API_GROUP, API_VERSION, THROTTLED_NAMESPACE, PLURAL, manifest_dict(name=run)
+        )
+    except ApiException as error:
+        if error.status == 404:
+            return False
+        if error.status != 409:
+            raise
+    return True

@@ -1,8 +1,7 @@
 """`apply.Applier.create_jobs` keeps at most `create_concurrency` creations in flight over the
 whole process (`synthpref operator run --job-creations`), whatever number of passes create Jobs
 at once (the API server is a stand-in that holds every creation a moment and counts how many
-it holds together); a throttled creation waits what the API server's Retry-After asks
-(`tests/integration/test_apply.py` has a real API server throttle them)."""
+it holds together). Throttled requests: `test_throttling.py`."""
 
 from __future__ import annotations
 
@@ -10,10 +9,7 @@ import threading
 import time
 from typing import Any
 
-import pytest
-from kubernetes.client import ApiException
-
-from synthpref_operator.apply import THROTTLED_WAIT_MAX, Applier, throttled_wait
+from synthpref_operator.apply import Applier
 from synthpref_operator.names import Stage
 from synthpref_operator.planner import CreateJob
 from synthpref_operator.settings import DEFAULT_JOB_CREATIONS, OperatorSettings
@@ -80,24 +76,3 @@ def test_creations_in_flight_are_capped_over_all_passes() -> None:
 
 def test_the_default_is_the_operators_flag_default() -> None:
     assert Applier(None, OperatorSettings()).create_concurrency == DEFAULT_JOB_CREATIONS
-
-
-@pytest.mark.parametrize(
-    ("headers", "low"),
-    [
-        ({"Retry-After": "3"}, 3.0),
-        ({}, 1.0),  # none given: a second
-        (None, 1.0),
-        ({"Retry-After": "soon"}, 1.0),  # unreadable (an HTTP date is not what it sends)
-        ({"Retry-After": "600"}, THROTTLED_WAIT_MAX),  # capped
-        ({"Retry-After": "0"}, 0.1),  # never a busy loop
-    ],
-)
-def test_a_throttled_creation_waits_what_the_api_server_asks_jittered(
-    headers: dict[str, str] | None, low: float
-) -> None:
-    error = ApiException(status=429, reason="Too Many Requests")
-    error.headers = headers
-    waits = [throttled_wait(error) for _ in range(200)]
-    assert all(low <= wait <= low * 1.5 for wait in waits)
-    assert len(set(waits)) > 1  # jittered: creations throttled together do not return together
