@@ -151,7 +151,7 @@ def scrape(port: int) -> dict[str, Any]:
                     found["sum"] = sample.value
         elif family.type == "counter" and any(
             word in family.name
-            for word in ("storage", "api_request", "reconcile_passes", "events_ignored")
+            for word in ("storage", "api_", "reconcile_passes", "events_ignored")
         ):
             for sample in family.samples:
                 if sample.name.endswith("_total"):
