@@ -25,6 +25,7 @@ import json
 import logging
 import threading
 import uuid
+from collections import deque
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, cast
@@ -38,9 +39,12 @@ from synthpref_operator.crd import PLURAL
 from synthpref_operator.metrics import OperatorMetrics
 from synthpref_operator.names import ANNOTATION_SUSPENDED_BY_RUN
 from synthpref_operator.planner import CreateJob, DeleteJob, Event, SuspendJob
+from synthpref_operator.recent_jobs import RecentJobs
 from synthpref_operator.settings import DEFAULT_JOB_CREATIONS, OperatorSettings
 
 log = logging.getLogger(__name__)
+
+JOBS_CREATED_KEPT = 10_000
 
 
 class Applier:
@@ -59,7 +63,9 @@ class Applier:
         self.settings = settings
         self.metrics = metrics
         self.create_concurrency = create_concurrency
-        self.jobs_created: list[str] = []
+        # The latest creations of this process, "namespace/job" (tests and logs read them).
+        self.jobs_created: deque[str] = deque(maxlen=JOBS_CREATED_KEPT)
+        self.recent = RecentJobs()
         self._creators: ThreadPoolExecutor | None = None
         self._creators_lock = threading.Lock()
         # Why the API server refused a run's Job, until the Job is created or no longer planned.
@@ -70,7 +76,10 @@ class Applier:
     ) -> None:
         """Create the Jobs, up to `create_concurrency` at once, and wait for them; what the API
         server refuses is recorded (`refusal`), not raised; any other error (the API server
-        out of reach) is raised once every creation has ended."""
+        out of reach) is raised once every creation has ended. A Job this process created a
+        moment ago is not sent again (`recent_jobs`: the pass's list may not show it yet)."""
+        namespace = run["metadata"]["namespace"]
+        actions = [a for a in actions if not self.recent.is_recent(namespace, a.name)]
         if len(actions) <= 1:
             for action in actions:
                 self._create_recorded(run, spec, action)
@@ -127,9 +136,10 @@ class Applier:
             return f"cannot create Job {job}: {refused[job]}"
 
     def forget(self, namespace: str, run: str) -> None:
-        """The run is gone: drop its refusals."""
+        """The run is gone: drop its refusals and its recent creations."""
         with self._creators_lock:
             self._refused.pop((namespace, run), None)
+        self.recent.forget_run(namespace, run)
 
     def close(self) -> None:
         """Stop the pool (after the creations in flight)."""
@@ -159,8 +169,10 @@ class Applier:
             reply.drain_conn()  # back to the pool
         except ApiException as error:
             if error.status == 409:
+                self.recent.created(meta["namespace"], meta["name"], action.name)
                 return False
             raise
+        self.recent.created(meta["namespace"], meta["name"], action.name)
         self.jobs_created.append(f"{meta['namespace']}/{action.name}")
         if self.metrics is not None:
             self.metrics.job_created(meta["namespace"], action.stage)
@@ -182,6 +194,7 @@ class Applier:
 
     def delete_job(self, namespace: str, action: DeleteJob) -> None:
         """Delete the Job and, in the background, its pods; a Job already gone is fine."""
+        self.recent.deleted(namespace, action.name)  # the next pass creates it afresh
         try:
             self.batch.delete_namespaced_job(
                 action.name, namespace, propagation_policy="Background"

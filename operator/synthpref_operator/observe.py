@@ -169,11 +169,11 @@ def _items(
     back into dicts took about 20 ms of CPU per pass. `resourceVersion=0` lets the API server
     answer from its cache at once; a consistent list waits until that cache has caught up with
     etcd, which took 13-22 s a list while 50 runs created 1,000 Jobs. A list that is a moment
-    old shows less done, which a pass handles (a Job not yet there is created again and
-    exists: 409; one not yet complete is seen complete by the pass its next event brings), but
-    it may also still show a Job just deleted: the pass after one that deleted Jobs (a retry)
-    asks for a `fresh` list. The reply is decoded as `shape` (a TypedDict of the list: what is
-    not in it is skipped, not built), into plain dicts."""
+    old shows less done, which a pass handles (a Job this process just created is not sent
+    again: `recent_jobs`; one not yet complete is seen complete by the pass its next event
+    brings), but it may also still show a Job just deleted: the pass after one that deleted
+    Jobs (a retry) asks for a `fresh` list. The reply is decoded as `shape` (a TypedDict of
+    the list: what is not in it is skipped, not built), into plain dicts."""
     version = {} if fresh else {"resource_version": "0"}
     reply = lister(namespace, _preload_content=False, **version, **selectors)
     return list(msgspec.json.decode(reply.data, type=shape).get("items") or [])

@@ -86,7 +86,8 @@ class BenchError(RuntimeError):
 
 
 class AuditCounter:
-    """Requests of `OPERATOR_USER` in the apiserver's audit log, by "verb resource"."""
+    """Requests of `OPERATOR_USER` in the apiserver's audit log, by "verb resource"; those
+    answered with an error also by "verb resource (code)" (`failed_answer`)."""
 
     def __init__(self, path: Path) -> None:
         self.path = path
@@ -113,10 +114,17 @@ class AuditCounter:
                         what += "/" + ref["subresource"]
                     self.counts[f"{event.get('verb')} {what}"] += 1
                     code = (event.get("responseStatus") or {}).get("code")
+                    if code and code >= 400:  # e.g. "create jobs (409)": also counted above
+                        self.counts[f"{event.get('verb')} {what} ({code})"] += 1
                     if event.get("verb") == "create" and what == "jobs" and code == 201:
                         done = dt.datetime.fromisoformat(event["stageTimestamp"])
                         self.jobs_created_at[ref.get("name", "")] = done.timestamp()
             return Counter(self.counts)
+
+
+def failed_answer(key: str) -> bool:
+    """An `AuditCounter` key of requests answered with an error (already counted by verb)."""
+    return key.endswith(")")
 
 
 def proc_usage(pid: int) -> tuple[float, int]:
@@ -228,7 +236,8 @@ def figures(a: Snapshot, b: Snapshot, runs: int, interval: float) -> dict[str, A
     def per(total: float, n: float) -> float | None:
         return round(total / n, 3) if n else None
 
-    s3_total, api_total = sum(s3.values()), sum(api.values())
+    s3_total = sum(s3.values())
+    api_total = sum(v for k, v in api.items() if not failed_answer(k))
     return {
         "seconds": round(seconds, 2),
         "passes": passes,

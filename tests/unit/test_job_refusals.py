@@ -17,7 +17,7 @@ from kubernetes.client import ApiException
 
 from synthpref_operator.apply import Applier
 from synthpref_operator.names import Stage
-from synthpref_operator.planner import CreateJob
+from synthpref_operator.planner import CreateJob, DeleteJob
 from synthpref_operator.settings import OperatorSettings
 from tests.builders import UnreadReply, make_spec
 
@@ -49,6 +49,10 @@ class BatchApi:
             raise error
         return UnreadReply()
 
+    def delete_namespaced_job(self, name: str, namespace: str, **options: Any) -> None:
+        with self._lock:
+            self.calls.append(f"delete {name}")
+
 
 def applier_with(api: BatchApi) -> Applier:
     applier = Applier(None, OperatorSettings())
@@ -67,7 +71,7 @@ def test_a_refusal_is_kept_until_the_job_is_created_or_no_longer_planned() -> No
     planned = actions("r-generate-a", "r-generate-b", "r-generate-c")
     applier.create_jobs(RUN, make_spec(), planned)  # raises nothing
     assert sorted(api.calls) == ["r-generate-a", "r-generate-b", "r-generate-c"]
-    assert applier.jobs_created == ["ns/r-generate-a"]
+    assert list(applier.jobs_created) == ["ns/r-generate-a"]
     assert applier.refusal("ns", "r", planned) == (
         'cannot create Job r-generate-b: 403 Forbidden: jobs.batch "r-generate-b" is '
         "forbidden: quota"
@@ -79,6 +83,7 @@ def test_a_refusal_is_kept_until_the_job_is_created_or_no_longer_planned() -> No
     assert "r-generate-c" in (applier.refusal("ns", "r", planned) or "")  # c: still refused
     assert applier.refusal("ns", "r", planned[:2]) is None  # c no longer planned: forgotten
     assert applier.refusal("ns", "r", planned) is None
+    applier.delete_job("ns", DeleteJob("r-generate-a"))  # a retry deletes it
     api.refuse = {"r-generate-a"}
     applier.create_jobs(RUN, make_spec(), planned[:1])
     assert applier.refusal("ns", "r", planned) is not None
@@ -123,6 +128,7 @@ def test_a_refusal_retried_pass_after_pass_is_warned_once_per_reason(
         assert len(retries) == 2
         api.refuse = set()
         applier.create_jobs(RUN, make_spec(), planned)  # created: the refusal ends
+        applier.delete_job("ns", DeleteJob("r-generate-a"))  # a retry deletes it
         api.refuse = {"r-generate-a"}
         applier.create_jobs(RUN, make_spec(), planned)  # refused again later: a new warning
         assert len(warnings()) == 2
