@@ -16,15 +16,16 @@ Beside each stage it prints its I/O floor, measured the same way (a fresh proces
 of the stage's input files plus a write (with fsync, as the stage's storage does) of the same
 bytes as the stage's output files, and the ratio stage / floor; then its decode floor: the same
 read and write plus an untyped `msgspec.json.decode` of every input line (a nearer reference for
-a stage that must decode every line it reads), and the ratio stage / decode floor. `--prepare`
-also runs `prepare` on N prompt lines (every 20th a duplicate), the stage whose de-duplication
-set grows with N. `--profile` runs each stage under cProfile instead and prints its top
-functions.
+a stage that must decode every line it reads; for a judge result line, also the reply inside
+it), and the ratio stage / decode floor. `--prepare` also runs `prepare` on N prompt lines
+(every 20th a duplicate), the stage whose de-duplication set grows with N. `--profile` runs
+each stage under cProfile instead and prints its top functions.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import cProfile
 import hashlib
 import json
@@ -44,8 +45,11 @@ import msgspec
 from synthpref import layout
 from synthpref.jsonl import write_rows
 from synthpref.rows import GenerationRow, PromptRow
-from synthpref.spec import PreferenceRunSpec
+from synthpref.spec import MixSpec, PreferenceRunSpec
 from synthpref.storage import LocalStorage
+
+# Answers per prompt, from distinct models (the spec's default `mix.responsesPerPrompt`).
+MIX_ANSWERS = MixSpec().responses_per_prompt
 
 WORDS = (
     "the", "model", "answers", "each", "question", "with", "care", "and", "a", "few", "extra",
@@ -152,10 +156,22 @@ def read_inputs(paths: list[Path], decode: bool) -> int:
                     pending = lines.pop()
                     for line in lines:
                         if line:
-                            msgspec.json.decode(line)
+                            decode_line(line)
         if decode and pending.strip():
-            msgspec.json.decode(pending)
+            decode_line(pending)
     return read_bytes
+
+
+def decode_line(line: bytes) -> None:
+    """Decode a line, untyped; in a judge result line, also the reply inside it (JSON text in
+    JSON, which parse must decode too)."""
+    document = msgspec.json.decode(line)
+    try:
+        reply = document["response"]["body"]["choices"][0]["message"]["content"]
+    except (KeyError, IndexError, TypeError):
+        return
+    with contextlib.suppress(msgspec.DecodeError):  # a free-text reply: parse reads it as text
+        msgspec.json.decode(reply)
 
 
 def io_floor(stage: str, root: Path, decode: bool = False) -> dict[str, Any]:
@@ -282,7 +298,10 @@ def in_fresh_process(stage: str, args: argparse.Namespace, root: Path) -> dict[s
     command += ["--models", str(args.models), "--shard-size", str(args.shard_size)]
     if args.profile:
         command.append("--profile")
-    output = subprocess.run(command, check=True, capture_output=True, text=True).stdout
+    done = subprocess.run(command, check=False, capture_output=True, text=True)
+    if done.returncode != 0:  # the stage's own error, not a CalledProcessError about it
+        sys.exit(f"{stage} failed (exit {done.returncode}):\n{done.stderr.strip()}")
+    output = done.stdout
     if args.profile:
         print(output, flush=True)
         return dict(json.loads(output.strip().splitlines()[0]))
@@ -327,6 +346,8 @@ def main() -> None:
     parser.add_argument("--profile", action="store_true", help="cProfile each stage")
     parser.add_argument("--stage", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.models < MIX_ANSWERS:
+        parser.error(f"--models must be at least {MIX_ANSWERS} (the answers mix picks per prompt)")
     if args.stage:
         if args.profile:
             profile_stage(args.stage, args.workdir, args.models, args.shard_size)
@@ -348,7 +369,7 @@ def main() -> None:
         )
         for stage in ["mix", "parse"]:
             if stage == "parse":
-                simulate_judge(root, answers=4)
+                simulate_judge(root, answers=MIX_ANSWERS)
             figures = in_fresh_process(stage, args, root)
             floor = decode_floor = None
             if not (args.no_floor or args.profile):

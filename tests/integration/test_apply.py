@@ -10,7 +10,7 @@ import io
 import json
 import logging
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -171,6 +171,15 @@ def throttled(kube_bin_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> I
         cp.stop()
 
 
+def run_at_once(one_pass: Callable[[str], None], runs: list[str]) -> None:
+    """A pass per run, all at once (each on its own thread, as kopf's workers run them)."""
+    passes = [threading.Thread(target=one_pass, args=(run,)) for run in runs]
+    for thread in passes:
+        thread.start()
+    for thread in passes:
+        thread.join(timeout=600)
+
+
 def throttled_methods(caplog: pytest.LogCaptureFixture) -> set[str]:
     """The HTTP methods of the requests the API server throttled (the client's debug lines)."""
     caught = (r.getMessage() for r in caplog.records if r.name == "synthpref_operator.throttling")
@@ -193,11 +202,7 @@ def test_creations_the_api_server_throttles_are_sent_again_not_reported(
         applier.create_jobs(body, spec, planned[run])
 
     caplog.set_level(logging.DEBUG, logger="synthpref_operator.throttling")
-    passes = [threading.Thread(target=one_pass, args=(run,)) for run in runs]
-    for thread in passes:
-        thread.start()
-    for thread in passes:
-        thread.join(timeout=300)
+    run_at_once(one_pass, runs)
     assert "POST" in throttled_methods(caplog), "the API server throttled no creation"
     # Every Job was created in the end; none is reported as refused, nothing counted as an error.
     assert sorted(applier.jobs_created) == sorted(
@@ -256,11 +261,7 @@ def test_every_kind_of_call_a_pass_makes_rides_out_a_throttling_api_server(
             failures.append(error)
 
     caplog.set_level(logging.DEBUG, logger="synthpref_operator.throttling")
-    passes = [threading.Thread(target=one_pass, args=(run,)) for run in runs]
-    for thread in passes:
-        thread.start()
-    for thread in passes:
-        thread.join(timeout=600)
+    run_at_once(one_pass, runs)
     assert not failures, [str(failure) for failure in failures]
     assert all(
         applier.refusal(THROTTLED_NAMESPACE, run, generation_jobs(run)) is None for run in runs

@@ -345,7 +345,7 @@ def test_operator_restart_creates_no_duplicates(env: Env) -> None:
     finally:
         second.stop()
     assert run["status"]["phase"] == "Succeeded", run["status"]
-    created_second = second.reconciler.applier.jobs_created
+    created_second = list(second.reconciler.applier.jobs_created)
     assert not set(created_first) & set(created_second)
     assert sorted(created_first + created_second) == sorted(
         f"{env.namespace}/{name}" for name in env.jobs()
