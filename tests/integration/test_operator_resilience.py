@@ -87,7 +87,9 @@ def test_delete_mid_annotation(env: Env, policy: str) -> None:
         assert set(statuses.values()) <= {"cancelling", "cancelled"}, statuses
     else:
         assert cancel_calls(env) == []
-        assert set(statuses.values()) == {"in_progress"}, statuses
+        # Left running: each still where it was (a batch the server has not yet moved on from
+        # `validating`, whose clock advances per request, is left alone just the same).
+        assert set(statuses.values()) <= {"validating", "in_progress"}, statuses
     # Owner references: the garbage collector removes the run's Jobs.
     wait_for(lambda: not env.jobs(), 45, "Jobs garbage-collected")
 
