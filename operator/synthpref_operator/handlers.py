@@ -35,7 +35,7 @@ from synthpref_operator.metrics import OperatorMetrics
 from synthpref_operator.names import FINALIZER, LABEL_MANAGED_BY, LABEL_RUN, MANAGED_BY
 from synthpref_operator.reconcile import Reconciler
 from synthpref_operator.settings import DEFAULT_JOB_CREATIONS, DEFAULT_WORKERS, OperatorSettings
-from synthpref_operator.throttling import api_retries
+from synthpref_operator.throttling import OnThrottled, api_retries
 from synthpref_operator.triggers import RunEventFilter, settled
 
 log = logging.getLogger(__name__)
@@ -57,11 +57,12 @@ class OperatorConfig:
     relist_seconds: float = RELIST_SECONDS
 
 
-def _client_configuration(kubeconfig: str | None) -> Any:
+def _client_configuration(kubeconfig: str | None, on_throttled: OnThrottled | None = None) -> Any:
     from kubernetes import client, config
 
     configuration = client.Configuration()
-    configuration.retries = api_retries()  # a request the API server throttles is sent again
+    # A request the API server throttles is sent again (`on_throttled` hears of each 429).
+    configuration.retries = api_retries(on_throttled)
     if kubeconfig is not None:
         config.load_kube_config(  # type: ignore[no-untyped-call]
             config_file=kubeconfig, client_configuration=configuration
@@ -130,10 +131,9 @@ def passes_api_client(config: OperatorConfig) -> Any:
     server's 429s counted in `config.metrics`."""
     from kubernetes import client
 
-    configuration = _client_configuration(config.kubeconfig)
+    on_throttled = config.metrics.count_throttled if config.metrics is not None else None
+    configuration = _client_configuration(config.kubeconfig, on_throttled)
     configuration.connection_pool_maxsize = config.workers + config.job_creations
-    if config.metrics is not None:
-        configuration.retries = api_retries(config.metrics.count_throttled)
     api_client = client.ApiClient(configuration)
     if config.metrics is not None:
         config.metrics.count_api_requests(api_client)

@@ -4,8 +4,9 @@ the operator's Kubernetes client.
 An API server with more requests in flight than it takes (`--max-requests-inflight`, or API
 Priority and Fairness with its queues full) answers 429 with a Retry-After before it does
 anything with the request, so sending it again is safe whatever its verb; client-go does so.
-The Python client does not: urllib3's default retries leave POST, PUT and PATCH out, so a status
-write or a Job creation refused this way failed its pass (logged as an error, counted in
+The Python client does not: urllib3's default retries leave POST and PATCH out and send the
+other verbs again at most 3 times, so a Job creation, a suspension or an Event refused this way,
+or any request throttled four times running, failed its pass (logged as an error, counted in
 `synthpref_reconcile_errors_total`) although nothing was wrong but the load.
 
 `api_retries` is the urllib3 `Retry` the operator's client configuration carries
