@@ -32,9 +32,17 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 from urllib.parse import unquote, urlsplit
 
-from synthpref.spec import GenerationBackend, JudgeBackend, PreferenceRunSpec, SecretKeyRef
-from synthpref_operator.names import LABEL_ALLOW_RUNS
+from synthpref.errors import TERMINATION_LOG_ENV
+from synthpref.spec import (
+    GenerationBackend,
+    JudgeBackend,
+    PreferenceRunSpec,
+    SecretKeyRef,
+    Toleration,
+)
+from synthpref_operator.names import LABEL_ALLOW_RUNS, MANIFEST_ENV
 from synthpref_operator.planner import Event, set_condition
+from synthpref_operator.pod_security import WRITABLE_ENV
 from synthpref_operator.status import ConditionStatus, ConditionType, Reason, RunStatus
 
 if TYPE_CHECKING:
@@ -111,9 +119,9 @@ def credential_endpoints(spec: PreferenceRunSpec) -> list[tuple[str, str, str]]:
         if model.backend is GenerationBackend.OPENAI and endpoint and endpoint.base_url:
             path = f"spec.models[{index}].openai.baseUrl"
             found.append((path, endpoint.base_url, "an API key"))
-    storage = spec.storage
-    if storage.endpoint_url is not None and storage.uri.startswith("s3://"):
-        found.append(("spec.storage.endpointUrl", storage.endpoint_url, "S3 credentials"))
+    # Always: S3 prompts are read through it too, whatever storage.uri says.
+    if spec.storage.endpoint_url is not None:
+        found.append(("spec.storage.endpointUrl", spec.storage.endpoint_url, "S3 credentials"))
     return found
 
 
@@ -143,6 +151,10 @@ def service_account_allowed(name: str, settings: OperatorSettings) -> bool:
 
 
 # ------------------------------------------------------------------ Secrets
+
+
+class SecretNotOptedInError(LookupError):
+    """A Secret the run names lost its opt-in between admission and the read of its value."""
 
 
 @dataclass(frozen=True)
@@ -263,6 +275,243 @@ def spec_problems(spec: PreferenceRunSpec, settings: OperatorSettings) -> list[P
     return problems
 
 
+def _under(uri: str, prefix: str) -> bool:
+    """Whether s3:// `uri` is `prefix` or under it on a '/' boundary."""
+    uri, prefix = uri.rstrip("/"), prefix.rstrip("/")
+    return uri == prefix or uri.startswith(prefix + "/")
+
+
+def operator_storage_allowed(uri: str, namespace: str, settings: OperatorSettings) -> bool:
+    """Whether a run of `namespace` may have the operator open `uri` with its own S3 identity."""
+    grants = settings.operator_storage
+    prefixes = [*grants.get(namespace, []), *grants.get(ANY, [])]
+    return uri.startswith("s3://") and any(_under(uri, p) for p in prefixes)
+
+
+def operator_key_allowed(
+    spec: PreferenceRunSpec, namespace: str, settings: OperatorSettings
+) -> bool:
+    """Whether the operator's own API key may judge this run: only at the operator's own
+    endpoint (no judge.openai.baseUrl), for a namespace the chart grants it to."""
+    granted = settings.operator_api_key_namespaces
+    return spec.judge.openai.base_url is None and (namespace in granted or ANY in granted)
+
+
+def credential_problems(
+    spec: PreferenceRunSpec, settings: OperatorSettings, namespace: str
+) -> list[Problem]:
+    """Runs that would make the operator use its own credentials where it may not: local
+    paths (the operator's own filesystem), its S3 identity, its API key."""
+    problems: list[Problem] = []
+    if not settings.allow_local_paths:
+        for path, uri in (
+            ("spec.prompts.uri", spec.prompts.uri),
+            ("spec.storage.uri", spec.storage.uri),
+        ):
+            if not uri.startswith("s3://"):
+                problems.append(
+                    Problem(
+                        Reason.PATH_NOT_ALLOWED,
+                        path,
+                        f"{path} {uri!r} is not an s3:// URI: on a cluster, prompts and storage "
+                        "are in S3 (local paths are for synthpref run --local; an admin allows "
+                        "them where the operator and its pods share a filesystem with the chart "
+                        "value security.allowLocalPaths)",
+                    )
+                )
+    storage = spec.storage
+    if (
+        storage.credentials is None
+        and storage.uri.startswith("s3://")
+        and not operator_storage_allowed(storage.uri, namespace, settings)
+    ):
+        path = "spec.storage.credentials"
+        problems.append(
+            Problem(
+                Reason.CREDENTIAL_NOT_ALLOWED,
+                path,
+                f"{path} is unset, so the operator would open {storage.uri!r} with its own S3 "
+                f"identity, which namespace {namespace} may not use there; name a Secret with "
+                "the run's own S3 keys, or an admin grants the prefix with the chart value "
+                "security.operatorStorage",
+            )
+        )
+    judge = spec.judge
+    if (
+        judge.backend is JudgeBackend.OPENAI
+        and judge.openai.api_key_secret is None
+        and not operator_key_allowed(spec, namespace, settings)
+    ):
+        path = "spec.judge.openai.apiKeySecret"
+        where = (
+            "the run sets spec.judge.openai.baseUrl, and the operator's own key goes only to "
+            "its own endpoint"
+            if judge.openai.base_url is not None
+            else f"namespace {namespace} is not granted the operator's own key (an admin "
+            "grants it with the chart value security.operatorApiKeyNamespaces)"
+        )
+        problems.append(
+            Problem(
+                Reason.CREDENTIAL_NOT_ALLOWED,
+                path,
+                f"{path} is unset, so the judge would use the operator's own API key, but "
+                f"{where}; name a Secret with the run's own key",
+            )
+        )
+    return problems
+
+
+# Worker variables a run may not set or name as an API key: the operator sets them (or they
+# steer where the worker sends its credentials and signed requests).
+RESERVED_ENV_PREFIXES = ("AWS_", "SYNTHPREF_")
+RESERVED_ENV_NAMES = frozenset({"OPENAI_BASE_URL", MANIFEST_ENV, TERMINATION_LOG_ENV})
+
+
+def reserved_env(name: str, settings: OperatorSettings) -> bool:
+    """Whether a run may not name worker variable `name` (secretEnv, apiKeyEnv)."""
+    return (
+        name.startswith(RESERVED_ENV_PREFIXES)
+        or name in RESERVED_ENV_NAMES
+        or name in WRITABLE_ENV
+        or name in settings.extra_env
+    )
+
+
+def env_problems(spec: PreferenceRunSpec, settings: OperatorSettings) -> list[Problem]:
+    """Variables a run names that would override what the operator sets for workers, or that
+    would send one of the workers' own variables as an API key."""
+    named: list[tuple[str, str]] = [
+        (f"spec.workers.secretEnv[{i}].name", v.name) for i, v in enumerate(spec.workers.secret_env)
+    ]
+    for index, model in enumerate(spec.models):
+        if model.backend is GenerationBackend.OPENAI and model.openai is not None:
+            named.append((f"spec.models[{index}].openai.apiKeyEnv", model.openai.api_key_env))
+    problems: list[Problem] = []
+    seen: dict[str, str] = {}
+    for path, name in named:
+        if reserved_env(name, settings):
+            problems.append(
+                Problem(
+                    Reason.ENV_NOT_ALLOWED,
+                    path,
+                    f"{path} {name!r} is a variable the operator sets for workers (or one that "
+                    "steers where they send credentials: AWS_*, SYNTHPREF_*, OPENAI_BASE_URL, "
+                    "the writable paths, the chart's workers.env); use another name",
+                )
+            )
+        elif name in seen and path.startswith("spec.workers.secretEnv"):
+            problems.append(
+                Problem(
+                    Reason.ENV_NOT_ALLOWED,
+                    path,
+                    f"{path} {name!r} is already set by {seen[name]}; name each variable once",
+                )
+            )
+        seen.setdefault(name, path)
+    return problems
+
+
+def _toleration_allowed(toleration: Toleration, settings: OperatorSettings) -> bool:
+    return toleration in (*settings.gpu_tolerations, *settings.allowed_tolerations)
+
+
+def _node_label_allowed(key: str, value: str, settings: OperatorSettings) -> bool:
+    allowed = settings.allowed_node_labels
+    return (
+        settings.gpu_node_selector.get(key) == value
+        or ANY in allowed
+        or f"{key}={value}" in allowed
+        or f"{key}={ANY}" in allowed
+    )
+
+
+def placement_problems(spec: PreferenceRunSpec, settings: OperatorSettings) -> list[Problem]:
+    """Scheduling a run steers that the chart does not allow (another team's pools, preempting
+    other work)."""
+    workers = spec.workers
+    problems: list[Problem] = []
+    priority = workers.priority_class_name
+    allowed = settings.allowed_priority_classes
+    if priority is not None and priority not in allowed and ANY not in allowed:
+        path = "spec.workers.priorityClassName"
+        problems.append(
+            Problem(
+                Reason.PLACEMENT_NOT_ALLOWED,
+                path,
+                f"{path} {priority!r} is not an allowed PriorityClass (allowed: "
+                f"{_listing(allowed)}); leave it unset, or an admin adds it to the chart value "
+                "security.allowedPriorityClasses",
+            )
+        )
+    for index, toleration in enumerate(workers.tolerations):
+        if not _toleration_allowed(toleration, settings):
+            path = f"spec.workers.tolerations[{index}]"
+            shown = toleration.model_dump(mode="json", by_alias=True, exclude_none=True)
+            problems.append(
+                Problem(
+                    Reason.PLACEMENT_NOT_ALLOWED,
+                    path,
+                    f"{path} {shown} is not an allowed toleration (the chart's "
+                    "workers.gpuTolerations, or one of security.allowedTolerations); leave "
+                    "workers.tolerations unset, or an admin adds it to the chart value "
+                    "security.allowedTolerations",
+                )
+            )
+    for key, value in sorted(workers.node_selector.items()):
+        if not _node_label_allowed(key, value, settings):
+            path = f"spec.workers.nodeSelector[{key}]"
+            problems.append(
+                Problem(
+                    Reason.PLACEMENT_NOT_ALLOWED,
+                    path,
+                    f"{path} {key}={value} is not an allowed node label (allowed: "
+                    f"{_listing(settings.allowed_node_labels)}, and the chart's "
+                    "workers.gpuNodeSelector); leave it unset, or an admin adds it to the chart "
+                    "value security.allowedNodeLabels",
+                )
+            )
+    return problems
+
+
+def limit_problems(spec: PreferenceRunSpec, settings: OperatorSettings) -> list[Problem]:
+    """Sizes over the operator's per-run limits (before prepare: models and replicas)."""
+    problems: list[Problem] = []
+    if len(spec.models) > settings.max_models:
+        problems.append(
+            Problem(
+                Reason.LIMIT_EXCEEDED,
+                "spec.models",
+                f"spec.models names {len(spec.models)} models, more than the {settings.max_models} "
+                "a run may have (chart value security.limits.maxModels); split the run",
+            )
+        )
+    for index, model in enumerate(spec.models):
+        if model.replicas > settings.max_replicas:
+            path = f"spec.models[{index}].replicas"
+            problems.append(
+                Problem(
+                    Reason.LIMIT_EXCEEDED,
+                    path,
+                    f"{path} {model.replicas} is more than the {settings.max_replicas} replicas a "
+                    "model may have (chart value security.limits.maxReplicas)",
+                )
+            )
+    return problems
+
+
+def shard_limit_problem(shards: int, settings: OperatorSettings) -> Problem | None:
+    """Prepare cut more shards than a run may have (each becomes pods and storage objects)."""
+    if shards <= settings.max_shards:
+        return None
+    return Problem(
+        Reason.LIMIT_EXCEEDED,
+        "spec.prompts.shardSize",
+        f"prepare cut {shards} prompt shards, more than the {settings.max_shards} a run may have "
+        "(chart value security.limits.maxShards); raise spec.prompts.shardSize (in a new "
+        "storage.uri) or split the prompts",
+    )
+
+
 def secret_problem(
     use: SecretUse, facts: SecretFacts | None, settings: OperatorSettings, namespace: str
 ) -> Problem | None:
@@ -309,6 +558,10 @@ def admission_problems(
 ) -> list[Problem]:
     """Every problem of the run, given the Secrets observed (`secrets_to_observe`)."""
     problems = spec_problems(spec, settings)
+    problems += credential_problems(spec, settings, namespace)
+    problems += env_problems(spec, settings)
+    problems += placement_problems(spec, settings)
+    problems += limit_problems(spec, settings)
     for use in secret_uses(spec):
         problem = secret_problem(use, secrets.get(use.name), settings, namespace)
         if problem is not None:

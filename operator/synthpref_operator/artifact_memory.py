@@ -81,6 +81,7 @@ class ArtifactMemory:
     routine_per_pass: int = ROUTINE_PARTS_PER_PASS
     basis: Basis | None = None
     manifest: tuple[int, int] | None = None  # (shards, prompts)
+    prompt_tokens: int | None = None  # the manifest's estimate, for the judge's cost estimate
     counts: dict[str, int] = field(default_factory=dict)
     marks: dict[str, JobMark] = field(default_factory=dict)
     looked_at: dict[str, float] = field(default_factory=dict)  # per part

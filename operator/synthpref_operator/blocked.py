@@ -16,6 +16,7 @@ Called by `reconcile.Reconciler` (admission holds, failed observations).
 
 from __future__ import annotations
 
+from synthpref.storage_errors import StorageLimitError
 from synthpref_operator.planner import Event, set_condition
 from synthpref_operator.status import ConditionStatus, ConditionType, Reason, RunStatus
 
@@ -59,6 +60,8 @@ def blocked_status(
 
 def observation_reason(error: Exception) -> Reason:
     """The Blocked reason of an error the pass met while observing the run."""
+    if isinstance(error, StorageLimitError):
+        return Reason.STORAGE_OBJECT_TOO_LARGE
     return (
         Reason.SECRET_KEY_MISSING if isinstance(error, LookupError) else Reason.STORAGE_UNREACHABLE
     )

@@ -30,6 +30,7 @@ from synthpref_operator.names import (
     LABEL_RUN,
     LABEL_STAGE,
     MANAGED_BY,
+    MANIFEST_ENV,
     Stage,
 )
 from synthpref_operator.planner import CreateJob, uses_gpu
@@ -42,7 +43,6 @@ from synthpref_operator.pod_security import (
 from synthpref_operator.resources import container_resources
 from synthpref_operator.settings import OperatorSettings
 
-MANIFEST_ENV = "SYNTHPREF_RUN_MANIFEST"  # read by `synthpref.cli.load`
 CONTAINER = "worker"
 
 

@@ -27,6 +27,9 @@ ANNOTATION_SKIP_BATCH_CANCEL = f"{DOMAIN}/skip-batch-cancel"
 # A new value on a Failed run retries it from where it stopped (committed shards are kept).
 ANNOTATION_RETRY = f"{DOMAIN}/retry"
 
+# The worker's run manifest (read by `synthpref.cli.load`).
+MANIFEST_ENV = "SYNTHPREF_RUN_MANIFEST"
+
 _MAX_NAME = 63  # Job names end up in the pods' job-name label
 
 

@@ -17,11 +17,19 @@ from typing import Any, TypedDict
 import msgspec
 
 from synthpref import layout
-from synthpref.errors import SynthprefError
 from synthpref.spec import API_GROUP, API_VERSION, PreferenceRunSpec
-from synthpref.storage import COMMIT_SUFFIX, S3Storage, Storage, open_storage, s3_client
+from synthpref.storage import (
+    COMMIT_SUFFIX,
+    S3Storage,
+    Storage,
+    StorageError,
+    StorageLimits,
+    open_storage,
+    s3_client,
+)
+from synthpref.storage_bounds import BoundedStorage
 from synthpref.storage_retry import RetryPolicy
-from synthpref_operator.admission import SecretFacts
+from synthpref_operator.admission import SecretFacts, SecretNotOptedInError
 from synthpref_operator.artifact_memory import (
     JUDGE,
     MIX,
@@ -34,6 +42,7 @@ from synthpref_operator.catalogs import CatalogFacts
 from synthpref_operator.crd import CATALOG_PLURAL
 from synthpref_operator.names import (
     ANNOTATION_SUSPENDED_BY_RUN,
+    LABEL_ALLOW_RUNS,
     LABEL_MODEL,
     LABEL_STAGE,
     Stage,
@@ -266,8 +275,9 @@ def observe_artifacts(
     if memory.manifest is None:
         if not storage.exists(layout.PROMPTS_MANIFEST):
             return Artifacts(dataset_uri=storage.url("dataset/"))
-        manifest = storage.read_json(layout.PROMPTS_MANIFEST)
-        memory.manifest = (int(manifest["shards"]), int(manifest.get("prompts", 0)))
+        manifest = prompt_manifest(storage)
+        memory.manifest = (manifest.shards, manifest.prompts)
+        memory.prompt_tokens = manifest.prompt_tokens
     shards, prompts = memory.manifest
     marks = job_marks((jobs or {}).values())
     parts = [generation_part(m.name) for m in spec.models] + [MIX, PARSE]
@@ -296,6 +306,7 @@ def observe_artifacts(
     return Artifacts(
         shards=shards,
         prompts=prompts,
+        prompt_tokens=memory.prompt_tokens,
         generated={m.name: memory.counts[generation_part(m.name)] for m in spec.models},
         mixed=mixed,
         judged=memory.counts.get(JUDGE, 0) if mixed >= shards else 0,
@@ -387,16 +398,49 @@ def observe_judge(spec: PreferenceRunSpec, storage: Storage, run: str) -> tuple[
     return ledger, sum(1 for ok in by_shard.values() if ok)
 
 
-def observe_estimate(spec: PreferenceRunSpec) -> CostEstimate:
-    """The judge's cost estimate from the run's prompts (`synthpref estimate` without the run's
-    storage); when the prompts cannot be read, an estimate that says why."""
-    from synthpref.estimate_inputs import estimate_from
+class _PromptManifest(msgspec.Struct):
+    """What the operator reads of prepare's manifest (the rest, e.g. the file list, skipped)."""
 
+    shards: int
+    prompts: int = 0
+    prompt_tokens: int | None = None
+
+
+def prompt_manifest(storage: Storage) -> _PromptManifest:
+    """Prepare's committed manifest: shards, prompts and their estimated tokens; a
+    StorageError naming it when it is not what prepare writes."""
     try:
-        judge = estimate_from(spec, None).judge
-    except (SynthprefError, OSError) as error:
-        return CostEstimate(basis="prompts", error=str(error))
-    assert judge is not None
+        manifest = msgspec.json.decode(
+            storage.read_bytes(layout.PROMPTS_MANIFEST), type=_PromptManifest
+        )
+    except msgspec.DecodeError as error:
+        where = storage.url(layout.PROMPTS_MANIFEST)
+        raise StorageError(f"{where}: not a manifest: {error}") from None
+    if manifest.shards < 0 or manifest.prompts < 0:
+        raise StorageError(f"{storage.url(layout.PROMPTS_MANIFEST)}: negative counts")
+    return manifest
+
+
+PENDING_ESTIMATE = CostEstimate(
+    basis="pending", error="waiting for prepare to count the prompts (prompts/manifest.json)"
+)
+
+
+def estimate_from_counts(spec: PreferenceRunSpec, artifacts: Artifacts) -> CostEstimate:
+    """The judge's cost estimate from the prompt counts prepare committed (the operator reads
+    no prompt itself); pending until prepare is done."""
+    from synthpref.run_estimate import PromptStats, estimate_run
+
+    if artifacts.shards is None:
+        return PENDING_ESTIMATE
+    if artifacts.prompt_tokens is None:
+        return CostEstimate(
+            basis="prompts",
+            error="prompts/manifest.json has no prompt token count (prepared by an older "
+            "version); `synthpref estimate` gives one",
+        )
+    judge = estimate_run(spec, PromptStats(artifacts.prompts, artifacts.prompt_tokens)).judge
+    assert judge is not None  # every run has a judge
     return CostEstimate(
         basis=judge.basis,
         requests=judge.requests,
@@ -407,8 +451,12 @@ def observe_estimate(spec: PreferenceRunSpec) -> CostEstimate:
     )
 
 
-def secret_value(core_api: Any, namespace: str, name: str, key: str) -> str:
-    """One key of a Secret, decoded; the error names the Secret and key, never the value."""
+def secret_value(
+    core_api: Any, namespace: str, name: str, key: str, *, require_opt_in: bool = True
+) -> str:
+    """One key of a Secret, decoded; the error names the Secret and key, never the value. With
+    `require_opt_in` the opt-in label is checked again on the very object read (admission saw
+    the metadata; the Secret may have changed since), and a Secret without it is not used."""
     import base64
 
     from kubernetes.client import ApiException
@@ -417,6 +465,12 @@ def secret_value(core_api: Any, namespace: str, name: str, key: str) -> str:
         secret = core_api.read_namespaced_secret(name, namespace)
     except ApiException as error:
         raise LookupError(f"Secret {namespace}/{name}: cannot read ({error.status})") from None
+    labels = (secret.metadata.labels if secret.metadata is not None else None) or {}
+    if require_opt_in and labels.get(LABEL_ALLOW_RUNS) != "true":
+        raise SecretNotOptedInError(
+            f"Secret {namespace}/{name} is no longer opted in for runs (label "
+            f"{LABEL_ALLOW_RUNS}=true); the run is held until it is"
+        )
     data = secret.data or {}
     if key not in data:
         keys = ", ".join(sorted(data)) or "none"
@@ -437,14 +491,19 @@ def open_run_storage(
     core_api: Any,
     namespace: str,
     read_secret: Callable[[str, str], str] | None = None,
-) -> Storage:
-    """The run's storage; S3 credentials come from the Secrets the spec names, if any (read
-    by `read_secret(name, key)`: default `secret_value`, `run_cache` passes its cache)."""
+    limits: StorageLimits | None = None,
+) -> BoundedStorage:
+    """The run's storage, every read and listing bounded by `limits` (its author can write
+    anything there); S3 credentials come from the Secrets the spec names, if any (read by
+    `read_secret(name, key)`: default `secret_value`, `run_cache` passes its cache), else the
+    operator's own (admission allows that only where the chart grants it)."""
     settings = spec.storage
+    limits = limits if limits is not None else StorageLimits()
     if not settings.uri.startswith("s3://") or settings.credentials is None:
-        return open_storage(
+        inner = open_storage(
             settings.uri, settings.endpoint_url, settings.region, PASS_STORAGE_RETRY
         )
+        return BoundedStorage(inner, limits)
     if read_secret is None:
 
         def read_secret(name: str, key: str) -> str:
@@ -457,7 +516,7 @@ def open_run_storage(
         access_key_id=read_secret(creds.access_key_id.name, creds.access_key_id.key),
         secret_access_key=read_secret(creds.secret_access_key.name, creds.secret_access_key.key),
     )
-    return S3Storage(settings.uri, client, PASS_STORAGE_RETRY)
+    return BoundedStorage(S3Storage(settings.uri, client, PASS_STORAGE_RETRY), limits)
 
 
 _METADATA_ONLY = "application/json;as=PartialObjectMetadata;g=meta.k8s.io;v=v1"

@@ -22,7 +22,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -75,6 +75,7 @@ class Artifacts:
 
     shards: int | None = None  # None until prepare committed its manifest
     prompts: int = 0
+    prompt_tokens: int | None = None  # estimated tokens of the prompts (prepare's manifest)
     generated: Mapping[str, int] = field(default_factory=dict)
     mixed: int = 0
     judged: int = 0
@@ -671,6 +672,16 @@ def plan(spec: PreferenceRunSpec, observed: Observed, now: str) -> tuple[list[Ac
     if current is Stage.JUDGE and hold is not None:
         message = f"held: {hold}"
     return finish(phase, message, actions)
+
+
+def suspend_held(jobs: Iterable[JobState]) -> list[SuspendJob]:
+    """What a held run suspends: its live Jobs not suspended yet (marked as suspended by the
+    run, so the first pass that admits it again resumes them)."""
+    return [
+        SuspendJob(j.name, True)
+        for j in jobs
+        if not (j.complete or j.failed or j.deleting or j.suspended)
+    ]
 
 
 def _budget_condition(

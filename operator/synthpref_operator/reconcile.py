@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
+import os
 import threading
 import time
 from collections.abc import Mapping
@@ -34,9 +35,12 @@ from synthpref.storage import Storage, StorageError
 from synthpref_operator.admission import (
     Problem,
     SecretFacts,
+    SecretNotOptedInError,
     admission_problems,
     admission_status,
+    operator_key_allowed,
     secrets_to_observe,
+    shard_limit_problem,
     touching,
 )
 from synthpref_operator.apply import Applier
@@ -48,9 +52,10 @@ from synthpref_operator.deletion import CancelOutcome, DeletionStep, deletion_st
 from synthpref_operator.metrics import OperatorMetrics
 from synthpref_operator.names import ANNOTATION_RETRY, ANNOTATION_SKIP_BATCH_CANCEL
 from synthpref_operator.observe import (
+    PENDING_ESTIMATE,
+    estimate_from_counts,
     observe_artifacts,
     observe_catalog,
-    observe_estimate,
     observe_jobs,
     observe_judge,
     observe_secrets,
@@ -67,6 +72,7 @@ from synthpref_operator.planner import (
     SuspendJob,
     plan,
     retry_requested,
+    suspend_held,
 )
 from synthpref_operator.run_cache import RunCache
 from synthpref_operator.settings import DEFAULT_JOB_CREATIONS, OperatorSettings
@@ -82,6 +88,8 @@ from synthpref_operator.status import (
 
 log = logging.getLogger(__name__)
 
+# The operator's own OpenAI API key, for runs of the namespaces the chart grants it to.
+OPERATOR_API_KEY_ENV = "OPENAI_API_KEY"
 # Retries of one judge API call within a reconcile pass (see Reconciler._annotator).
 JUDGE_RETRIES_PER_PASS = 1
 
@@ -109,7 +117,7 @@ class Reconciler:
     ) -> None:
         self.applier = Applier(api_client, settings, metrics, create_concurrency)
         self.metrics = metrics
-        self.cache = RunCache(metrics, relist_seconds)
+        self.cache = RunCache(metrics, relist_seconds, settings)
         self._slots: dict[tuple[str, str], _Slot] = {}
         self._lock = threading.Lock()
 
@@ -221,19 +229,9 @@ class Reconciler:
             return previous  # nothing to do until the spec changes (see planner._reassess)
         # Before any Secret value is read, storage opened, the judge called or a Job created.
         problems, secrets = self._admission(spec, namespace)
-        admitted, held_events = admission_status(previous, problems, generation, now)
-        if problems:  # the Admitted condition's Warning Event says it already
-            held, _ = blocked_status(
-                admitted,
-                problems[0].reason,
-                admitted.message,  # "held: ..."
-                generation,
-                now,
-                event=False,
-                prefix="",
-            )
-            self._write(run, previous, held, held_events)
-            return held
+        if problems:
+            return self._hold(run, previous, problems, generation, now)
+        admitted, _ = admission_status(previous, problems, generation, now)
         try:
             fresh = self.cache.fresh_jobs_needed(namespace, name)
             jobs = observe_jobs(self.applier.batch, namespace, name, self.applier.core, fresh=fresh)
@@ -249,6 +247,9 @@ class Reconciler:
             ):
                 judge, judged = observe_judge(spec, storage, name)
                 artifacts = replace(artifacts, judged=judged)
+        except SecretNotOptedInError as error:  # lost its opt-in since admission looked
+            problem = Problem(Reason.SECRET_NOT_ALLOWED, "spec", str(error))
+            return self._hold(run, previous, [problem], generation, now)
         except (LookupError, StorageError) as error:
             # A Secret without its key, storage out of reach: say so, and try again next pass.
             log.warning("blocked: %s", error)
@@ -257,8 +258,14 @@ class Reconciler:
             )
             self._write(run, previous, held, warnings)
             return held
-        # Once, when the run is admitted: what the judge is expected to cost (reads the prompts).
-        estimate = observe_estimate(spec) if previous.estimate is None else None
+        if artifacts.shards is not None and (
+            too_many := shard_limit_problem(artifacts.shards, self.applier.settings)
+        ):
+            return self._hold(run, previous, [too_many], generation, now)
+        # What the judge is expected to cost, from prepare's counts (pending until then).
+        estimate = None
+        if previous.estimate is None or previous.estimate.basis == PENDING_ESTIMATE.basis:
+            estimate = estimate_from_counts(spec, artifacts)
         observed = Observed(
             name, generation, admitted, jobs, artifacts, judge, estimate=estimate, retry=retry
         )
@@ -294,6 +301,28 @@ class Reconciler:
             events += warnings
         self._write(run, previous, status, events)
         return status
+
+    def _hold(
+        self,
+        run: dict[str, Any],
+        previous: RunStatus,
+        problems: list[Problem],
+        generation: int,
+        now: str,
+    ) -> RunStatus:
+        """Hold the run for `problems` (Admitted=False, Blocked with the first reason, one
+        Warning Event per change) and suspend its live Jobs, which go on once it is admitted
+        again: nothing of the run runs with what it may no longer use."""
+        admitted, events = admission_status(previous, problems, generation, now)
+        held, _ = blocked_status(
+            admitted, problems[0].reason, admitted.message, generation, now, event=False, prefix=""
+        )
+        meta = run["metadata"]
+        jobs = observe_jobs(self.applier.batch, meta["namespace"], meta["name"])
+        for action in suspend_held(jobs.values()):
+            self.applier.suspend_job(meta["namespace"], action)
+        self._write(run, previous, held, events)
+        return held
 
     def _write(
         self, run: dict[str, Any], previous: RunStatus, status: RunStatus, events: list[Event]
@@ -371,15 +400,36 @@ class Reconciler:
         namespace: str,
         run: str,
         secrets: Mapping[str, SecretFacts] | None = None,
-    ) -> str | None:
+    ) -> str:
         """The judge's API key: from the run's cache while the Secret's resourceVersion (read
         by admission this pass, in `secrets`) is unchanged; read afresh when it is unknown."""
         ref = spec.judge.openai.api_key_secret
         if ref is None:
-            return None  # BatchClient falls back to the operator's own environment variable
+            # Checked again where it is used: admission holds such a run anyway. The run never
+            # chooses which of the operator's variables is read (its apiKeyEnv is ignored here).
+            if not operator_key_allowed(spec, namespace, self.applier.settings):
+                raise LookupError(
+                    "spec.judge.openai.apiKeySecret is unset and the operator's own API key may "
+                    "not judge this run"
+                )
+            own = os.environ.get(OPERATOR_API_KEY_ENV)
+            if not own:
+                raise LookupError(
+                    "spec.judge.openai.apiKeySecret is unset and the operator has no API key "
+                    f"of its own (${OPERATOR_API_KEY_ENV}); name a Secret with the run's key"
+                )
+            return own
         facts = (secrets or {}).get(ref.name)
         version = facts.resource_version if facts is not None else ""
-        return self.cache.secret(self.applier.core, namespace, run, ref.name, ref.key, version)
+        return self.cache.secret(
+            self.applier.core,
+            namespace,
+            run,
+            ref.name,
+            ref.key,
+            version,
+            require_opt_in=not self.applier.settings.secret_names,
+        )
 
     def _annotator(
         self,

@@ -20,11 +20,13 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from synthpref.spec import PreferenceRunSpec
-from synthpref.storage import S3Storage, Storage
+from synthpref.storage import S3Storage
+from synthpref.storage_bounds import BoundedStorage
 from synthpref_operator.admission import SecretFacts
 from synthpref_operator.artifact_memory import RELIST_SECONDS, ArtifactMemory, Basis
 from synthpref_operator.metrics import OperatorMetrics
 from synthpref_operator.observe import open_run_storage, secret_value
+from synthpref_operator.settings import OperatorSettings
 
 _StorageKey = tuple[Any, ...]
 
@@ -34,7 +36,7 @@ class _Entry:
     memory: ArtifactMemory
     values: dict[tuple[str, str], tuple[str, str]] = field(default_factory=dict)
     storage_key: _StorageKey | None = None
-    storage: Storage | None = None
+    storage: BoundedStorage | None = None
     jobs_deleted: bool = False  # a pass deleted Jobs: the next one lists them consistently
 
 
@@ -42,8 +44,12 @@ class RunCache:
     """Per run (namespace, name): cached Secret values, storage and artifact memory."""
 
     def __init__(
-        self, metrics: OperatorMetrics | None = None, relist_seconds: float = RELIST_SECONDS
+        self,
+        metrics: OperatorMetrics | None = None,
+        relist_seconds: float = RELIST_SECONDS,
+        settings: OperatorSettings | None = None,
     ) -> None:
+        self._settings = settings if settings is not None else OperatorSettings()
         self._metrics = metrics
         self._relist_seconds = relist_seconds
         self._entries: dict[tuple[str, str], _Entry] = {}
@@ -62,15 +68,24 @@ class RunCache:
             self._entries.pop((namespace, run), None)
 
     def secret(
-        self, core_api: Any, namespace: str, run: str, name: str, key: str, version: str
+        self,
+        core_api: Any,
+        namespace: str,
+        run: str,
+        name: str,
+        key: str,
+        version: str,
+        *,
+        require_opt_in: bool = True,
     ) -> str:
         """One key of a Secret, read again only when its `version` (resourceVersion) changed
-        since it was cached ("" : unknown, read every time)."""
+        since it was cached ("" : unknown, read every time); with `require_opt_in`, only while
+        the Secret read carries the opt-in label (a label change changes the version)."""
         entry = self._entry(namespace, run)
         cached = entry.values.get((name, key))
         if version and cached is not None and cached[0] == version:
             return cached[1]
-        value = secret_value(core_api, namespace, name, key)
+        value = secret_value(core_api, namespace, name, key, require_opt_in=require_opt_in)
         if version:
             entry.values[(name, key)] = (version, value)
         return value
@@ -82,8 +97,9 @@ class RunCache:
         namespace: str,
         run: str,
         secrets: Mapping[str, SecretFacts],
-    ) -> Storage:
-        """The run's storage, built again only when what it is built from changed."""
+    ) -> BoundedStorage:
+        """The run's storage (reads and listings bounded by the operator's limits), built
+        again only when what it is built from changed."""
         entry = self._entry(namespace, run)
         settings = spec.storage
         versions: tuple[tuple[str, str, str], ...] = ()
@@ -101,11 +117,22 @@ class RunCache:
         by_version = {name: version for name, _, version in versions}
 
         def read(name: str, secret_key: str) -> str:
-            return self.secret(core_api, namespace, run, name, secret_key, by_version.get(name, ""))
+            version = by_version.get(name, "")
+            return self.secret(
+                core_api,
+                namespace,
+                run,
+                name,
+                secret_key,
+                version,
+                require_opt_in=not self._settings.secret_names,
+            )
 
-        storage = open_run_storage(spec, core_api, namespace, read_secret=read)
-        if self._metrics is not None and isinstance(storage, S3Storage):
-            self._metrics.count_storage_requests(storage.client)
+        storage = open_run_storage(
+            spec, core_api, namespace, read_secret=read, limits=self._settings.storage_limits()
+        )
+        if self._metrics is not None and isinstance(storage.inner, S3Storage):
+            self._metrics.count_storage_requests(storage.inner.client)
         entry.storage_key, entry.storage = key, storage
         return storage
 

@@ -13,6 +13,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from pydantic.alias_generators import to_camel
 
 from synthpref.spec import Toleration, validation_problems
+from synthpref.storage_errors import StorageLimits
 from synthpref_operator.admission import ANY, parse_endpoint
 
 SETTINGS_ENV = "SYNTHPREF_OPERATOR_SETTINGS"
@@ -78,12 +79,90 @@ class OperatorSettings(BaseModel):
         description="ServiceAccounts a run's workers.serviceAccountName may name besides "
         "'default' (what an unset one means); '*' allows any.",
     )
+    operator_api_key_namespaces: list[str] = Field(
+        default_factory=list,
+        description="Namespaces whose runs may have the operator's own OpenAI API key "
+        "(its OPENAI_API_KEY) sent to the operator's own endpoint (its OPENAI_BASE_URL): a run "
+        "there with no judge.openai.apiKeySecret and no judge.openai.baseUrl; '*' any "
+        "namespace. Empty: every OpenAI judge must name its own key Secret.",
+    )
+    operator_storage: dict[str, list[str]] = Field(
+        default_factory=dict,
+        description="Namespace -> s3:// URI prefixes under which a run with no "
+        "storage.credentials may have the operator open its storage (and prompts) with the "
+        "operator's own S3 identity; the key '*' applies to every namespace. Empty: every run "
+        "brings its own storage credentials.",
+    )
+    allow_local_paths: bool = Field(
+        default=False,
+        description="Let prompts.uri and storage.uri be local paths (only where the operator "
+        "and its worker pods share a filesystem on purpose, e.g. the dev cluster); else both "
+        "must be s3://.",
+    )
+    allowed_priority_classes: list[str] = Field(
+        default_factory=list,
+        description="PriorityClasses a run's workers.priorityClassName may name; '*' any.",
+    )
+    allowed_tolerations: list[Toleration] = Field(
+        default_factory=list,
+        description="Tolerations a run's workers.tolerations may list besides gpuTolerations "
+        "(each must equal one of them).",
+    )
+    allowed_node_labels: list[str] = Field(
+        default_factory=list,
+        description="key=value node labels a run's workers.nodeSelector may name besides "
+        "gpuNodeSelector's ('key=*': any value of the key; '*': any label).",
+    )
+    max_models: int = Field(default=64, ge=1, description="Most models a run may name.")
+    max_replicas: int = Field(
+        default=64, ge=1, description="Most replicas (worker pods) of one model of a run."
+    )
+    max_shards: int = Field(
+        default=50_000,
+        ge=1,
+        description="Most prompt shards a run may cut (checked once prepare counted them; "
+        "a larger prompts.shardSize cuts fewer).",
+    )
+    max_storage_object_bytes: int = Field(
+        default=8 * 1024 * 1024,
+        ge=1024,
+        description="Largest object the operator itself reads from a run's storage (the "
+        "prompt manifest, judge ledgers, the summary); a larger one holds the run.",
+    )
+    max_listed_keys: int = Field(
+        default=500_000,
+        ge=1000,
+        description="Most keys one listing of a run's storage may return to the operator; "
+        "more holds the run.",
+    )
     deletion_timeout_seconds: float = Field(
         default=600.0,
         gt=0,
         description="How long deleting a run keeps trying to cancel its judge batches before "
         "it lets the run go anyway (the batch ids left running are logged and in an Event).",
     )
+
+    def storage_limits(self) -> StorageLimits:
+        """What the operator itself may read of a run's storage in one call."""
+        return StorageLimits(
+            max_object_bytes=self.max_storage_object_bytes, max_listed_keys=self.max_listed_keys
+        )
+
+    @field_validator("operator_storage")
+    @classmethod
+    def _s3_prefixes(cls, value: dict[str, list[str]]) -> dict[str, list[str]]:
+        bad = [p for prefixes in value.values() for p in prefixes if not p.startswith("s3://")]
+        if bad:
+            raise ValueError(f"not s3:// URI prefixes: {bad}")
+        return value
+
+    @field_validator("allowed_node_labels")
+    @classmethod
+    def _labels(cls, value: list[str]) -> list[str]:
+        bad = [v for v in value if v != ANY and "=" not in v]
+        if bad:
+            raise ValueError(f"not key=value node labels: {bad}; or '*' for any")
+        return value
 
     @field_validator("allowed_endpoints")
     @classmethod

@@ -36,6 +36,8 @@ from synthpref import layout
 from synthpref.storage_errors import (
     NotUtf8Error,
     StorageError,
+    StorageLimitError,
+    StorageLimits,
     StorageUnavailableError,
     os_error_cause,
 )
@@ -54,6 +56,8 @@ __all__ = [
     "S3Storage",
     "Storage",
     "StorageError",
+    "StorageLimitError",
+    "StorageLimits",
     "StorageUnavailableError",
     "open_storage",
     "s3_client",
@@ -125,8 +129,15 @@ class Storage(ABC):
     def exists(self, key: str) -> bool: ...
 
     @abstractmethod
-    def list(self, prefix: str = "") -> list[str]:
-        """Keys under `prefix` (a key prefix, not only a folder), sorted."""
+    def list(self, prefix: str = "", limit: int | None = None) -> list[str]:
+        """Keys under `prefix` (a key prefix, not only a folder), sorted; with `limit`, a
+        StorageLimitError as soon as there are more than `limit` (no more are fetched)."""
+
+    def _over(self, prefix: str, limit: int) -> StorageLimitError:
+        return StorageLimitError(
+            f"{self.url(prefix)}: more than {limit} objects under this prefix, the most this "
+            "reader lists (operator setting maxListedKeys)"
+        )
 
     @abstractmethod
     def delete(self, key: str) -> None: ...
@@ -265,7 +276,7 @@ class LocalStorage(Storage):
     def exists(self, key: str) -> bool:
         return self._path(key).is_file()
 
-    def list(self, prefix: str = "") -> list[str]:
+    def list(self, prefix: str = "", limit: int | None = None) -> list[str]:
         folder, _, start = prefix.rpartition("/")
         base = self._path(folder) if folder else self.root
         if not base.is_dir():
@@ -282,6 +293,8 @@ class LocalStorage(Storage):
                 for item in path.rglob("*") if entry.is_dir() else [path]:
                     if item.is_file() and not item.name.endswith(".tmp"):
                         keys.append(item.relative_to(self.root).as_posix())
+                        if limit is not None and len(keys) > limit:
+                            raise self._over(prefix, limit)
         return sorted(keys)
 
     def delete(self, key: str) -> None:
@@ -404,7 +417,7 @@ class S3Storage(Storage):
 
         return self._call(f"look up {key}", head)
 
-    def list(self, prefix: str = "") -> list[str]:
+    def list(self, prefix: str = "", limit: int | None = None) -> list[str]:
         root = f"{self.prefix}/" if self.prefix else ""
 
         def list_all() -> list[str]:
@@ -417,6 +430,8 @@ class S3Storage(Storage):
             ):
                 for item in page.get("Contents", []):
                     keys.append(item["Key"][len(root) :])
+                if limit is not None and len(keys) > limit:
+                    raise self._over(prefix, limit)
             return sorted(keys)
 
         return self._call(f"list {prefix or '(all)'}", list_all)

@@ -7,6 +7,7 @@ there, so callers import `StorageError` from `synthpref.storage`. Pure: no I/O.
 from __future__ import annotations
 
 import errno
+from dataclasses import dataclass
 
 from synthpref.errors import SynthprefError
 
@@ -27,6 +28,21 @@ class NotUtf8Error(StorageError):
         self.url = url
         self.line = line
         self.offset = offset
+
+
+class StorageLimitError(StorageError):
+    """An object or a listing is larger than the reader's limit (`StorageLimits`)."""
+
+
+@dataclass(frozen=True)
+class StorageLimits:
+    """The most one reader takes from storage per call: a whole object read at once (JSON, a
+    commit marker) or one line of a streamed object; an object streamed through (a judge
+    request file on its way to the Batch API); the keys of one listing."""
+
+    max_object_bytes: int = 8 * 1024 * 1024
+    max_stream_bytes: int = 512 * 1024 * 1024
+    max_listed_keys: int = 500_000
 
 
 # errno values that mean "this user may not write (or read) here".

@@ -113,9 +113,9 @@ class CountingStorage(LocalStorage):
         self.reads.append(key)
         return super().read_chunks(key)
 
-    def list(self, prefix: str = "") -> list[str]:
+    def list(self, prefix: str = "", limit: int | None = None) -> list[str]:
         self.reads.append(prefix)
-        return super().list(prefix)
+        return super().list(prefix, limit)
 
     def write_bytes(self, key: str, data: bytes) -> None:
         self.writes.append(key)

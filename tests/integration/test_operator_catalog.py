@@ -16,8 +16,8 @@ from typing import Any
 
 import pytest
 
-from synthpref_operator.builders import MANIFEST_ENV
 from synthpref_operator.crd import CATALOG_CRD_NAME, CATALOG_CRD_PATH
+from synthpref_operator.names import MANIFEST_ENV
 from tests.integration import test_operator_admission as admission
 from tests.integration import test_operator_run as base
 from tests.support.polling import wait_for

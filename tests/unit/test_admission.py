@@ -130,7 +130,7 @@ def full_spec(**sections: Any) -> PreferenceRunSpec:
         "workers": {"secretEnv": [{"name": "HF_TOKEN", "secret": key("hf")}]},
     }
     spec.update(sections)
-    return PreferenceRunSpec.model_validate({**spec_dict(), **spec})
+    return PreferenceRunSpec.model_validate({**spec_dict("s3://bucket/prompts/"), **spec})
 
 
 def test_secret_uses_names_every_reference_with_its_path() -> None:
@@ -276,7 +276,8 @@ def test_image_and_service_account_problems() -> None:
 
 def test_touching_selects_problems_by_field() -> None:
     secrets = {**facts_all(OPTED_IN), "s3": SecretFacts(found=False)}
-    spec = full_spec(judge={"openai": {"baseUrl": "https://evil.example/v1"}})
+    judge = {"baseUrl": "https://evil.example/v1", "apiKeySecret": key("judge")}
+    spec = full_spec(judge={"openai": judge})
     problems = admission_problems(spec, OperatorSettings(), "ns", secrets)
     assert [p.path for p in touching(problems, "spec.storage.")] == [
         "spec.storage.credentials.accessKeyId",

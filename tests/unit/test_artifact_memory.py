@@ -28,9 +28,9 @@ class ListingSpy(LocalStorage):
         super().__init__(root)
         self.listed: list[str] = []
 
-    def list(self, prefix: str = "") -> list[str]:
+    def list(self, prefix: str = "", limit: int | None = None) -> list[str]:
         self.listed.append(prefix)
-        return super().list(prefix)
+        return super().list(prefix, limit)
 
 
 @pytest.fixture

@@ -9,8 +9,8 @@ import pytest
 from pydantic import ValidationError
 
 from synthpref.spec import PreferenceRunSpec, parse_manifest
-from synthpref_operator.builders import MANIFEST_ENV, job_manifest, owner_reference
-from synthpref_operator.names import Stage, job_name
+from synthpref_operator.builders import job_manifest, owner_reference
+from synthpref_operator.names import MANIFEST_ENV, Stage, job_name
 from synthpref_operator.planner import CreateJob
 from synthpref_operator.settings import OperatorSettings
 from tests.builders import spec_dict

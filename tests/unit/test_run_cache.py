@@ -10,11 +10,14 @@ from dataclasses import dataclass, field
 from types import SimpleNamespace
 from typing import Any
 
+import pytest
 from synthpref.spec import PreferenceRunSpec
 from synthpref.storage import S3Storage
-from synthpref_operator.admission import SecretFacts
+from synthpref_operator.admission import SecretFacts, SecretNotOptedInError
 from synthpref_operator.metrics import OperatorMetrics
+from synthpref_operator.names import LABEL_ALLOW_RUNS
 from synthpref_operator.run_cache import RunCache
+from synthpref_operator.settings import OperatorSettings
 from tests.builders import spec_dict
 from tests.support.s3 import FAKE_CREDENTIALS
 
@@ -25,11 +28,13 @@ class SecretsApi:
 
     secrets: dict[str, dict[str, str]]
     reads: list[str] = field(default_factory=list)
+    opted_in: bool = True
 
     def read_namespaced_secret(self, name: str, namespace: str) -> Any:
         self.reads.append(name)
         data = {k: base64.b64encode(v.encode()).decode() for k, v in self.secrets[name].items()}
-        return SimpleNamespace(data=data)
+        labels = {LABEL_ALLOW_RUNS: "true"} if self.opted_in else {"team": "a"}
+        return SimpleNamespace(data=data, metadata=SimpleNamespace(labels=labels))
 
 
 def s3_spec(uri: str, endpoint: str) -> PreferenceRunSpec:
@@ -81,6 +86,17 @@ def test_a_secret_of_unknown_version_is_read_every_pass(s3_endpoint: str, s3_uri
     assert len(core.reads) == 4
 
 
+def test_a_secret_that_lost_its_opt_in_is_not_used(s3_endpoint: str, s3_uri: str) -> None:
+    # Admission saw the label; the Secret read a moment later has lost it: its value is not
+    # used, and with the operator's list of Secret names (rbac.secretNames) the list decides.
+    core = api()
+    core.opted_in = False
+    with pytest.raises(SecretNotOptedInError, match="no longer opted in"):
+        RunCache().storage(s3_spec(s3_uri, s3_endpoint), core, "ns", "r", seen("1"))
+    listed = RunCache(settings=OperatorSettings(secret_names=["s3"]))
+    assert listed.storage(s3_spec(s3_uri, s3_endpoint), core, "ns", "r", seen("1")) is not None
+
+
 def test_storage_without_credentials_is_built_once(tmp_path: Any) -> None:
     spec = PreferenceRunSpec.model_validate(spec_dict(storage={"uri": str(tmp_path)}))
     cache = RunCache()
@@ -91,7 +107,7 @@ def test_storage_requests_are_counted_by_operation(s3_endpoint: str, s3_uri: str
     metrics = OperatorMetrics()
     cache = RunCache(metrics)
     storage = cache.storage(s3_spec(s3_uri, s3_endpoint), api(), "ns", "r", seen("1"))
-    assert isinstance(storage, S3Storage)
+    assert isinstance(storage.inner, S3Storage)
     storage.write_bytes("a.txt", b"a")
     assert storage.exists("a.txt")
     assert storage.list("") == ["a.txt"]

@@ -109,6 +109,8 @@ class BatchClient:
             base_url=endpoint.base_url,
             max_retries=0,
             timeout=endpoint.timeout_seconds,
+            # A redirect would carry the key to wherever the endpoint points: never followed.
+            http_client=openai.DefaultHttpxClient(follow_redirects=False),
         )
         self._sleep = sleep
         self._rng = random.Random(seed)

@@ -158,6 +158,8 @@ class OpenAIChatBackend:
             base_url=self.endpoint.base_url,
             max_retries=0,
             timeout=self.endpoint.timeout_seconds,
+            # A redirect would carry the key to wherever the endpoint points: never followed.
+            http_client=openai.DefaultAsyncHttpxClient(follow_redirects=False),
         )
         async with client:
 

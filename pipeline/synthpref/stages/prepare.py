@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from synthpref import layout
+from synthpref.annotate.estimate import text_tokens
 from synthpref.errors import SynthprefError
 from synthpref.jsonl import write_rows
 from synthpref.rows import PromptRow
@@ -40,6 +41,9 @@ class PromptFileError(SynthprefError, ValueError):
 class PrepareSummary:
     shards: int = 0
     prompts: int = 0
+    # Estimated tokens of the prompts (`annotate.estimate.text_tokens`): the operator's judge
+    # cost estimate reads this count, never the prompts themselves.
+    prompt_tokens: int = 0
     duplicates: int = 0
     malformed: int = 0
     malformed_examples: list[str] = field(default_factory=list)
@@ -159,6 +163,7 @@ def run_prepare(
 
     for row in read_prompts(files, source.on_malformed, summary):
         summary.prompts += 1
+        summary.prompt_tokens += text_tokens(row.text)
         batch.append(row)
         if len(batch) == source.shard_size:
             flush()
