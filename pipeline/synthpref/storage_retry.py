@@ -178,6 +178,14 @@ def classify(error: Exception, uri: str, bucket: str) -> Problem | None:
             return Problem(True, f"{name}: {cause}", unreachable=True)
         if isinstance(cause, BotoCoreError):
             return Problem(False, f"storage {uri}: {name}: {cause}")
+        if isinstance(cause, RecursionError):
+            # botocore asks a custom endpoint that answers 3xx without a region again and
+            # again (its region redirector); a redirect's Location is never followed.
+            return Problem(
+                False,
+                f"storage {uri}: the S3 endpoint answers with redirects (HTTP 3xx), which are "
+                "not followed; set storage.endpointUrl to the store itself",
+            )
     return None
 
 

@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from synthpref.spec import PreferenceRunSpec
+from synthpref.spec import PreferenceRunSpec, Toleration, TolerationOperator
 from synthpref_operator.admission import (
     SecretFacts,
     admission_problems,
@@ -16,6 +16,7 @@ from synthpref_operator.admission import (
     image_allowed,
     secret_uses,
     secrets_to_observe,
+    shard_limit_problem,
     spec_problems,
     touching,
 )
@@ -347,3 +348,179 @@ def test_fixed_run_turns_admitted_true_without_an_event() -> None:
     assert condition.last_transition_time == "2026-01-02T00:00:00Z"
     assert condition.observed_generation == 2
     assert events == []
+
+
+# ------------------------------------------------------------------ the operator's own authority
+
+
+def test_on_a_cluster_prompts_and_storage_are_s3_unless_an_admin_allows_local_paths() -> None:
+    spec = full_spec(prompts={"uri": "/etc/"}, storage={"uri": "/var/run/secrets/"})
+    problems = admission_problems(spec, OperatorSettings(), "ns", facts_all(OPTED_IN))
+    assert reasons(problems) == [
+        ("PathNotAllowed", "spec.prompts.uri"),
+        ("PathNotAllowed", "spec.storage.uri"),
+    ]
+    assert "'/etc/' is not an s3:// URI" in problems[0].message
+    assert "security.allowLocalPaths" in problems[0].message
+    local = OperatorSettings(allow_local_paths=True)
+    assert admission_problems(spec, local, "ns", facts_all(OPTED_IN)) == []
+
+
+@pytest.mark.parametrize(
+    ("namespace", "uri", "grants", "ok"),
+    [
+        ("team-a", "s3://shared/team-a/run-1", {}, False),  # default: no grant at all
+        ("team-a", "s3://shared/team-a/run-1", {"team-a": ["s3://shared/team-a/"]}, True),
+        ("team-a", "s3://shared/team-a", {"team-a": ["s3://shared/team-a"]}, True),
+        ("team-a", "s3://shared/team-ab/run", {"team-a": ["s3://shared/team-a"]}, False),
+        ("team-b", "s3://shared/team-a/run-1", {"team-a": ["s3://shared/team-a/"]}, False),
+        ("team-a", "s3://shared/team-b/run-1", {"team-a": ["s3://shared/team-a/"]}, False),
+        ("team-b", "s3://scratch/x", {"*": ["s3://scratch/"]}, True),
+        ("team-b", "s3://scratch-evil/x", {"*": ["s3://scratch"]}, False),
+    ],
+)
+def test_the_operators_s3_identity_only_where_the_chart_grants_it(
+    namespace: str, uri: str, grants: dict[str, list[str]], ok: bool
+) -> None:
+    spec = full_spec(storage={"uri": uri})  # no credentials: the operator's own identity
+    settings = OperatorSettings(operator_storage=grants)
+    problems = admission_problems(spec, settings, namespace, facts_all(OPTED_IN))
+    if ok:
+        assert problems == []
+    else:
+        assert reasons(problems) == [("CredentialNotAllowed", "spec.storage.credentials")]
+        assert "security.operatorStorage" in problems[0].message
+        assert f"namespace {namespace}" in problems[0].message
+    # With the run's own keys, the operator's identity is never used: always fine.
+    own = full_spec(storage={**full_spec().storage.model_dump(by_alias=True), "uri": uri})
+    assert admission_problems(own, settings, namespace, facts_all(OPTED_IN)) == []
+
+
+@pytest.mark.parametrize(
+    ("judge", "granted", "problem"),
+    [
+        ({}, [], "not granted the operator's own key"),
+        ({}, ["other"], "not granted the operator's own key"),
+        ({}, ["ns"], None),
+        ({}, ["*"], None),
+        # Its own key goes to its own endpoint only, whatever the allow-list says.
+        ({"baseUrl": "https://api.openai.com/v1"}, ["ns"], "goes only to its own endpoint"),
+        # The run cannot pick which of the operator's variables is the key: not looked at.
+        ({"apiKeyEnv": "AWS_SECRET_ACCESS_KEY"}, ["ns"], None),
+        ({"apiKeySecret": key("judge")}, [], None),  # the run's own key
+    ],
+)
+def test_the_operators_api_key_only_at_its_own_endpoint_for_granted_namespaces(
+    judge: dict[str, Any], granted: list[str], problem: str | None
+) -> None:
+    spec = full_spec(judge={"openai": judge})
+    settings = OperatorSettings(operator_api_key_namespaces=granted)
+    problems = admission_problems(spec, settings, "ns", facts_all(OPTED_IN))
+    if problem is None:
+        assert problems == []
+    else:
+        assert reasons(problems) == [("CredentialNotAllowed", "spec.judge.openai.apiKeySecret")]
+        assert problem in problems[0].message
+    vllm = full_spec(judge={"backend": "vllm", "openai": judge})  # no API key at all
+    assert admission_problems(vllm, settings, "ns", facts_all(OPTED_IN)) == []
+
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        "AWS_ENDPOINT_URL_S3",  # would send the workers' signed S3 requests elsewhere
+        "AWS_SECRET_ACCESS_KEY",
+        "OPENAI_BASE_URL",
+        "SYNTHPREF_RUN_MANIFEST",
+        "SYNTHPREF_TERMINATION_LOG",
+        "HOME",
+        "HF_HOME",
+        "TMPDIR",
+        "GATEWAY_TOKEN",  # the chart's workers.env (below)
+    ],
+)
+def test_worker_variables_the_operator_sets_cannot_be_named_by_a_run(name: str) -> None:
+    settings = OperatorSettings(extra_env={"GATEWAY_TOKEN": "x"})
+    secret_env = full_spec(workers={"secretEnv": [{"name": name, "secret": key("hf")}]})
+    problems = admission_problems(secret_env, settings, "ns", facts_all(OPTED_IN))
+    assert reasons(problems) == [("EnvNotAllowed", "spec.workers.secretEnv[0].name")]
+    assert f"{name!r}" in problems[0].message
+    # A model's key variable: neither set from a Secret nor read as the key without one.
+    for endpoint in ({"apiKeyEnv": name, "apiKeySecret": key("models")}, {"apiKeyEnv": name}):
+        spec = full_spec(models=[openai_model("a", **endpoint), *full_spec().models[1:]])
+        problems = admission_problems(spec, settings, "ns", facts_all(OPTED_IN))
+        assert reasons(problems) == [("EnvNotAllowed", "spec.models[0].openai.apiKeyEnv")]
+
+
+def test_a_secret_env_name_given_twice_is_refused() -> None:
+    twice = [{"name": "HF_TOKEN", "secret": key("hf")}, {"name": "HF_TOKEN", "secret": key("s3")}]
+    spec = full_spec(workers={"secretEnv": twice})
+    problems = admission_problems(spec, OperatorSettings(), "ns", facts_all(OPTED_IN))
+    assert reasons(problems) == [("EnvNotAllowed", "spec.workers.secretEnv[1].name")]
+    assert "already set by spec.workers.secretEnv[0].name" in problems[0].message
+
+
+GPU_TAINT = {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}
+
+
+def test_placement_a_run_steers_is_allow_listed() -> None:
+    settings = OperatorSettings(
+        gpu_tolerations=[GPU_TAINT],
+        gpu_node_selector={"pool": "gpu"},
+        allowed_node_labels=["gpu-type=*", "zone=us-east-1a"],
+    )
+    fine = full_spec(
+        workers={
+            "tolerations": [GPU_TAINT],
+            "nodeSelector": {"pool": "gpu", "gpu-type": "h100", "zone": "us-east-1a"},
+        }
+    )
+    assert admission_problems(fine, settings, "ns", facts_all(OPTED_IN)) == []
+    bad = full_spec(
+        workers={
+            "priorityClassName": "system-cluster-critical",
+            "tolerations": [GPU_TAINT, {"operator": "Exists"}],  # tolerates every taint
+            "nodeSelector": {"pool": "reserved", "zone": "us-east-1b"},
+        }
+    )
+    problems = admission_problems(bad, settings, "ns", facts_all(OPTED_IN))
+    assert reasons(problems) == [
+        ("PlacementNotAllowed", "spec.workers.priorityClassName"),
+        ("PlacementNotAllowed", "spec.workers.tolerations[1]"),
+        ("PlacementNotAllowed", "spec.workers.nodeSelector[pool]"),
+        ("PlacementNotAllowed", "spec.workers.nodeSelector[zone]"),
+    ]
+    assert "security.allowedPriorityClasses" in problems[0].message
+    assert "security.allowedTolerations" in problems[1].message
+    assert "pool=reserved" in problems[2].message
+    wider = settings.model_copy(
+        update={
+            "allowed_priority_classes": ["system-cluster-critical"],
+            "allowed_tolerations": [Toleration(operator=TolerationOperator.EXISTS)],
+            "allowed_node_labels": ["*"],
+        }
+    )
+    assert admission_problems(bad, wider, "ns", facts_all(OPTED_IN)) == []
+
+
+def test_per_run_limits() -> None:
+    many = [{"name": f"m{i}", "path": f"/m/{i}", "replicas": 3} for i in range(5)]
+    spec = full_spec(models=many)
+    settings = OperatorSettings(max_models=4, max_replicas=2)
+    problems = admission_problems(spec, settings, "ns", facts_all(OPTED_IN))
+    assert reasons(problems)[:2] == [
+        ("LimitExceeded", "spec.models"),
+        ("LimitExceeded", "spec.models[0].replicas"),
+    ]
+    assert len(problems) == 6 and "security.limits.maxModels" in problems[0].message
+    assert shard_limit_problem(10, OperatorSettings(max_shards=10)) is None
+    too_many = shard_limit_problem(11, OperatorSettings(max_shards=10))
+    assert too_many is not None and too_many.reason is Reason.LIMIT_EXCEEDED
+    assert "prepare cut 11 prompt shards" in too_many.message
+
+
+def test_the_storage_endpoint_is_checked_whatever_storage_uri_says() -> None:
+    # S3 prompts are read through storage.endpointUrl even when storage itself is local.
+    spec = full_spec(storage={"uri": "/data/run", "endpointUrl": "http://evil.example:9000"})
+    problems = spec_problems(spec, OperatorSettings())
+    assert reasons(problems) == [("EndpointNotAllowed", "spec.storage.endpointUrl")]

@@ -186,3 +186,45 @@ def test_the_jobs_read_in_part_give_the_state_the_whole_jobs_give() -> None:
         True,
         1,
     )
+
+
+def test_the_estimate_comes_from_prepares_counts_not_from_the_prompts(tmp_path: Path) -> None:
+    from synthpref.estimate_inputs import estimate_from
+    from synthpref.stages.prepare import run_prepare
+    from synthpref_operator.observe import PENDING_ESTIMATE, estimate_from_counts
+
+    prompts = tmp_path / "prompts"
+    prompts.mkdir()
+    lines = [{"text": f"Question {i}: " + "why " * (i % 7)} for i in range(9)]
+    lines.append(lines[0])  # a duplicate, dropped by prepare as by `synthpref estimate`
+    (prompts / "a.jsonl").write_text("".join(json.dumps(x) + "\n" for x in lines))
+    spec = PreferenceRunSpec.model_validate(spec_dict(str(prompts), str(tmp_path / "store")))
+    storage = LocalStorage(tmp_path / "store")
+    before = observe_artifacts(spec, storage)
+    assert estimate_from_counts(spec, before) == PENDING_ESTIMATE
+    assert PENDING_ESTIMATE.basis == "pending" and "prepare" in (PENDING_ESTIMATE.error or "")
+    run_prepare(spec, storage)
+    estimate = estimate_from_counts(spec, observe_artifacts(spec, storage))
+    expected = estimate_from(spec, None).judge  # reads the prompts, as the CLI does
+    assert expected is not None and estimate.basis == "prompts" and estimate.error is None
+    assert (estimate.requests, estimate.input_tokens, estimate.output_tokens) == (
+        expected.requests,
+        expected.tokens.input,
+        expected.tokens.output,
+    )
+
+
+def test_a_manifest_that_is_not_prepares_holds_the_pass(tmp_path: Path) -> None:
+    from synthpref.storage import StorageError, StorageLimitError
+    from synthpref_operator.observe import open_run_storage
+
+    spec = PreferenceRunSpec.model_validate(spec_dict(storage={"uri": str(tmp_path)}))
+    storage = open_run_storage(spec, None, "ns")
+    storage.write_bytes(layout.PROMPTS_MANIFEST, b'{"shards": "many"}')
+    with pytest.raises(StorageError, match="not a manifest"):
+        observe_artifacts(spec, storage)
+    storage.write_bytes(
+        layout.PROMPTS_MANIFEST, b'{"shards": 1, "files": ["' + b"x" * 2**24 + b'"]}'
+    )
+    with pytest.raises(StorageLimitError, match="maxStorageObjectBytes"):
+        observe_artifacts(spec, storage)

@@ -11,6 +11,7 @@ from types import SimpleNamespace
 from typing import Any
 
 import pytest
+
 from synthpref.spec import PreferenceRunSpec
 from synthpref.storage import S3Storage
 from synthpref_operator.admission import SecretFacts, SecretNotOptedInError
