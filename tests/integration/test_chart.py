@@ -84,7 +84,7 @@ def install_crd(kubectl: Kubectl) -> None:
     )
     assert result.returncode == 0, result.stderr
     for name in (CRD_NAME, CATALOGS):
-        kubectl("wait", "--for=condition=Established", "--timeout=30s", f"crd/{name}")
+        kubectl("wait", "--for=condition=Established", "--timeout=300s", f"crd/{name}")
 
 
 @pytest.fixture
@@ -238,6 +238,7 @@ def test_default_render(helm: Helm) -> None:
         "--log-level", "info",
         "--log-format", "json",
         "--metrics-port", "8080",
+        "--metrics-host", "0.0.0.0",
         "--leader-election",
         "--lease-name", "rel-synthpref",
         "--lease-duration", "15",
@@ -260,6 +261,17 @@ def test_default_render(helm: Helm) -> None:
         "allowedEndpoints": ["https://api.openai.com/v1"],
         "allowedImagePrefixes": [],
         "allowedServiceAccounts": [],
+        "operatorApiKeyNamespaces": [],
+        "operatorStorage": {},
+        "allowLocalPaths": False,
+        "allowedPriorityClasses": [],
+        "allowedTolerations": [],
+        "allowedNodeLabels": [],
+        "maxModels": 64,
+        "maxReplicas": 64,
+        "maxShards": 50000,
+        "maxStorageObjectBytes": 8388608,
+        "maxListedKeys": 500000,
         "secretNames": [],
         "deletionTimeoutSeconds": 600,
     }
@@ -283,6 +295,7 @@ def test_default_render(helm: Helm) -> None:
     assert service["metadata"]["annotations"]["prometheus.io/port"] == "8080"
     assert service["spec"]["ports"][0]["port"] == 8080
     assert service["spec"]["selector"] == deployment["spec"]["selector"]["matchLabels"]
+    assert find(docs, "NetworkPolicy") == []  # metrics.networkPolicy.enabled is false
 
 
 def test_rbac_rules_render_exactly_the_operator_calls(helm: Helm) -> None:
@@ -341,6 +354,17 @@ def test_values_reach_the_deployment(helm: Helm) -> None:
         "--set", "security.allowedServiceAccounts={s3-reader}",
         "--set", "rbac.secretNames={openai,s3}",
         "--set", "operator.deletionTimeoutSeconds=30",
+        "--set", "metrics.bindAddress=127.0.0.1",
+        "--set", "security.operatorApiKeyNamespaces={team-a,*}",
+        "--set", "security.operatorStorage.team-a={s3://data/team-a/,s3://shared/}",
+        "--set", "security.allowLocalPaths=true",
+        "--set", "security.allowedPriorityClasses={batch-low}",
+        "--set", "security.allowedTolerations[0].key=spot",
+        "--set", "security.allowedTolerations[0].operator=Exists",
+        "--set", "security.allowedNodeLabels={pool=gpu,zone=*}",
+        "--set", "security.limits.maxModels=8,security.limits.maxReplicas=4",
+        "--set", "security.limits.maxShards=100000,security.limits.maxStorageObjectBytes=1048576",
+        "--set", "security.limits.maxListedKeys=2000000",
     ]  # fmt: skip
     docs = render(helm, "ops", *values)
     c = container(docs)
@@ -351,6 +375,7 @@ def test_values_reach_the_deployment(helm: Helm) -> None:
     assert args[args.index("--log-level") + 1] == "debug"
     assert args[args.index("--log-format") + 1] == "text"
     assert args[args.index("--metrics-port") + 1] == "9090"
+    assert args[args.index("--metrics-host") + 1] == "127.0.0.1"
     assert args[args.index("--lease-name") + 1] == "sp"
     assert args[args.index("--lease-duration") + 1] == "30"
     assert c["image"] == "ghcr.io/synthpref/operator:dev"
@@ -367,6 +392,21 @@ def test_values_reach_the_deployment(helm: Helm) -> None:
     assert settings["allowedServiceAccounts"] == ["s3-reader"]
     assert settings["secretNames"] == ["openai", "s3"]
     assert settings["deletionTimeoutSeconds"] == 30
+    assert settings["operatorApiKeyNamespaces"] == ["team-a", "*"]
+    assert settings["operatorStorage"] == {"team-a": ["s3://data/team-a/", "s3://shared/"]}
+    assert settings["allowLocalPaths"] is True
+    assert settings["allowedPriorityClasses"] == ["batch-low"]
+    assert settings["allowedTolerations"] == [{"key": "spot", "operator": "Exists"}]
+    assert settings["allowedNodeLabels"] == ["pool=gpu", "zone=*"]
+    assert {k: settings[k] for k in settings if k.startswith("max")} == {
+        "maxModels": 8,
+        "maxReplicas": 4,
+        "maxShards": 100000,
+        "maxStorageObjectBytes": 1048576,
+        "maxListedKeys": 2000000,
+    }
+    assert "limits" not in settings  # flattened
+    parse_settings(env["SYNTHPREF_OPERATOR_SETTINGS"]["value"])
     (deployment,) = find(docs, "Deployment")
     template = deployment["spec"]["template"]
     assert template["spec"]["imagePullSecrets"] == [{"name": "regcred"}]
@@ -401,6 +441,40 @@ def test_switches_turn_parts_off(helm: Helm) -> None:
     assert deployment["spec"]["template"]["spec"]["serviceAccountName"] == "default"
 
 
+def test_network_policy_admits_only_the_metrics_port_from_the_peers(helm: Helm) -> None:
+    peers = [
+        {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "monitoring"}}},
+        {"podSelector": {"matchLabels": {"app": "prometheus"}}},
+        {"ipBlock": {"cidr": "10.0.0.0/8", "except": ["10.1.0.0/16"]}},
+    ]
+    docs = render(
+        helm,
+        "ops",
+        "--set",
+        "metrics.networkPolicy.enabled=true,metrics.port=9090",
+        "--set-json",
+        f"metrics.networkPolicy.from={json.dumps(peers)}",
+    )
+    (policy,) = find(docs, "NetworkPolicy")
+    (deployment,) = find(docs, "Deployment")
+    assert policy["apiVersion"] == "networking.k8s.io/v1"
+    assert policy["metadata"]["name"] == "rel-synthpref"
+    assert policy["metadata"]["namespace"] == "ops"
+    assert policy["spec"]["podSelector"] == deployment["spec"]["selector"]
+    assert policy["spec"]["policyTypes"] == ["Ingress"]
+    assert policy["spec"]["ingress"] == [
+        {"from": peers, "ports": [{"port": 9090, "protocol": "TCP"}]}
+    ]
+    assert container(docs)["ports"][0]["containerPort"] == 9090
+    # No peers (or no metrics port): the operator pods admit no connection at all. A rule
+    # without `from` would admit everyone.
+    for values in ("", ",metrics.enabled=false"):
+        closed = render(helm, "ops", "--set", f"metrics.networkPolicy.enabled=true{values}")
+        (policy,) = find(closed, "NetworkPolicy")
+        assert policy["spec"]["policyTypes"] == ["Ingress"]
+        assert policy["spec"]["ingress"] == []
+
+
 CUSTOM = (
     "--set", "watchNamespaces={a,b},operator.logFormat=text,metrics.port=9090",
     "--set", "workers.gpuTolerations[0].key=gpu,workers.gpuTolerations[0].effect=NoSchedule",
@@ -409,6 +483,15 @@ CUSTOM = (
     "--set", "security.allowedEndpoints={http://vllm.ml:8000/v1},rbac.secretNames={openai}",
     "--set", "security.allowedImagePrefixes={registry.example/ml/}",
     "--set-json", "operator.deletionTimeoutSeconds=12.5",
+    "--set", "metrics.bindAddress=::",
+    "--set", "security.operatorApiKeyNamespaces={a}",
+    "--set-json", 'security.operatorStorage={"*":["s3://shared/"],"b":["s3://team-b/"]}',
+    "--set", "security.allowLocalPaths=true,security.allowedPriorityClasses={*}",
+    "--set", "security.allowedTolerations[0].key=spot,security.allowedTolerations[0].value=yes",
+    "--set", "security.allowedNodeLabels={pool=gpu,*}",
+    "--set", "security.limits.maxModels=2,security.limits.maxReplicas=3",
+    "--set", "security.limits.maxShards=10,security.limits.maxStorageObjectBytes=1024",
+    "--set", "security.limits.maxListedKeys=1000",
 )  # fmt: skip
 
 
@@ -432,6 +515,7 @@ def test_rendered_command_line_is_accepted_by_the_cli(helm: Helm, values: tuple[
         return
     assert params["namespaces"] == ("a", "b") and params["interval"] == 0.5
     assert params["log_format"] == "text" and params["metrics_port"] == 9090
+    assert params["metrics_host"] == "::"
     assert settings.gpu_resource == "amd.com/gpu"
     assert settings.extra_env == {"HF_HOME": "/cache"}
     assert settings.gpu_tolerations == [Toleration(key="gpu", effect="NoSchedule")]
@@ -439,6 +523,14 @@ def test_rendered_command_line_is_accepted_by_the_cli(helm: Helm, values: tuple[
     assert settings.allowed_image_prefixes == ["registry.example/ml/"]
     assert settings.secret_names == ["openai"]
     assert settings.deletion_timeout_seconds == 12.5
+    assert settings.operator_api_key_namespaces == ["a"]
+    assert settings.operator_storage == {"*": ["s3://shared/"], "b": ["s3://team-b/"]}
+    assert settings.allow_local_paths is True
+    assert settings.allowed_priority_classes == ["*"]
+    assert settings.allowed_tolerations == [Toleration(key="spot", value="yes")]
+    assert settings.allowed_node_labels == ["pool=gpu", "*"]
+    assert (settings.max_models, settings.max_replicas, settings.max_shards) == (2, 3, 10)
+    assert (settings.max_storage_object_bytes, settings.max_listed_keys) == (1024, 1000)
 
 
 def test_included_crds_are_the_generated_ones(helm: Helm) -> None:
@@ -453,7 +545,9 @@ def test_included_crds_are_the_generated_ones(helm: Helm) -> None:
 # --- server-side validation -----------------------------------------------------------------
 
 
-@pytest.mark.parametrize("case", ["defaults", "cluster-wide", "two-namespaces", "include-crds"])
+@pytest.mark.parametrize(
+    "case", ["defaults", "cluster-wide", "two-namespaces", "include-crds", "network-policy"]
+)
 def test_rendered_manifests_pass_server_side_validation(
     crd: None,
     helm: Helm,
@@ -472,6 +566,10 @@ def test_rendered_manifests_pass_server_side_validation(
         expected_roles = {first, second, namespace}
     elif case == "include-crds":
         args = ["--include-crds"]
+    elif case == "network-policy":
+        peer = {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "mon"}}}
+        args = ["--set", "metrics.networkPolicy.enabled=true"]
+        args += ["--set-json", f"metrics.networkPolicy.from={json.dumps([peer])}"]
     out = helm("template", release_name("dry"), str(CHART), "-n", namespace, *args).stdout
     result = kubectl("apply", "--dry-run=server", "-f", "-", input=out, check=False)
     assert result.returncode == 0, result.stderr
@@ -487,6 +585,8 @@ def test_rendered_manifests_pass_server_side_validation(
     if case == "include-crds":
         crd_line = f"customresourcedefinition.apiextensions.k8s.io/{CRD_NAME}"
         assert any(crd_line in line for line in applied), applied
+    if case == "network-policy":
+        assert sum("networkpolicy.networking.k8s.io/" in line for line in applied) == 1
 
 
 def test_a_missing_watched_namespace_is_rejected_by_the_server(
@@ -524,6 +624,24 @@ BAD_VALUES = [
     ({"operator": {"deletionTimeoutSeconds": 0}}, "at '/operator/deletionTimeoutSeconds'"),
     ({"leaderElection": {"enabled": "yes"}}, "at '/leaderElection/enabled': got string"),
     ({"operator": {"reconcileIntervalSeconds": 0}}, "at '/operator/reconcileIntervalSeconds'"),
+    ({"security": {"operatorApiKeyNamespaces": ["A"]}}, "/security/operatorApiKeyNamespaces/0"),
+    ({"security": {"operatorApiKeyNamespaces": "*"}}, "at '/security/operatorApiKeyNamespaces'"),
+    ({"security": {"operatorStorage": {"a": ["/data"]}}}, "at '/security/operatorStorage/a/0'"),
+    ({"security": {"operatorStorage": {"a": "s3://x/"}}}, "at '/security/operatorStorage/a'"),
+    ({"security": {"allowLocalPaths": "yes"}}, "at '/security/allowLocalPaths': got string"),
+    ({"security": {"allowedPriorityClasses": ["High"]}}, "/security/allowedPriorityClasses/0"),
+    ({"security": {"allowedTolerations": [{"effect": "Never"}]}}, "/security/allowedTolerations/0"),
+    ({"security": {"allowedNodeLabels": ["gpu"]}}, "at '/security/allowedNodeLabels/0'"),
+    ({"security": {"limits": {"maxModels": 0}}}, "at '/security/limits/maxModels': minimum"),
+    ({"security": {"limits": {"maxReplicas": 0}}}, "at '/security/limits/maxReplicas': minimum"),
+    ({"security": {"limits": {"maxShards": 1.5}}}, "at '/security/limits/maxShards'"),
+    ({"security": {"limits": {"maxStorageObjectBytes": 1023}}}, "/limits/maxStorageObjectBytes"),
+    ({"security": {"limits": {"maxListedKeys": 999}}}, "at '/security/limits/maxListedKeys'"),
+    ({"security": {"limits": {"maxJobs": 1}}}, "additional properties 'maxJobs' not allowed"),
+    ({"metrics": {"bindAddress": ""}}, "at '/metrics/bindAddress'"),
+    ({"metrics": {"networkPolicy": {"enabled": 1}}}, "at '/metrics/networkPolicy/enabled'"),
+    ({"metrics": {"networkPolicy": {"from": {}}}}, "at '/metrics/networkPolicy/from'"),
+    ({"metrics": {"networkPolicy": {"from": [{"pods": {}}]}}}, "/metrics/networkPolicy/from/0"),
     # Checks the schema cannot express, made by the templates.
     ({"clusterWide": True, "watchNamespaces": ["a"]}, "leave watchNamespaces empty"),
     ({"replicaCount": 2, "leaderElection": {"enabled": False}}, "needs leaderElection.enabled"),

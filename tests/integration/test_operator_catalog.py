@@ -40,7 +40,7 @@ def install_catalog_crd(kubectl: Callable[..., Any]) -> None:
         check=False,
     )
     assert result.returncode == 0, result.stderr
-    kubectl("wait", "--for=condition=Established", "--timeout=30s", f"crd/{CATALOG_CRD_NAME}")
+    kubectl("wait", "--for=condition=Established", "--timeout=300s", f"crd/{CATALOG_CRD_NAME}")
 
 
 def catalog(env: Env, name: str, models: dict[str, str]) -> dict[str, Any]:

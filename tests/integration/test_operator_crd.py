@@ -31,7 +31,7 @@ def install_crd(kubectl: Kubectl) -> None:
     )
     assert result.returncode == 0, result.stderr
     kubectl(
-        "wait", "--for=condition=Established", "--timeout=30s", "crd/preferenceruns.synthpref.dev"
+        "wait", "--for=condition=Established", "--timeout=300s", "crd/preferenceruns.synthpref.dev"
     )
 
 

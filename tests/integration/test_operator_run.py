@@ -162,7 +162,7 @@ def env(
     )
     assert result.returncode == 0, result.stderr
     kubectl(
-        "wait", "--for=condition=Established", "--timeout=30s", "crd/preferenceruns.synthpref.dev"
+        "wait", "--for=condition=Established", "--timeout=300s", "crd/preferenceruns.synthpref.dev"
     )
     core = client.CoreV1Api(k8s_api_client)
     for name, data in [

@@ -120,6 +120,15 @@ def test_schema_enums_and_bounds() -> None:
     assert operator["logFormat"]["enum"] == ["json", "text"]
     port = props["metrics"]["properties"]["port"]
     assert (port["type"], port["minimum"], port["maximum"]) == ("integer", 1, 65535)
+    limits = props["security"]["properties"]["limits"]["properties"]
+    # The operator's own lower bounds (OperatorSettings' ge=), so a schema-valid value parses.
+    assert {k: (v["type"], v["minimum"]) for k, v in limits.items()} == {
+        "maxModels": ("integer", 1),
+        "maxReplicas": ("integer", 1),
+        "maxShards": ("integer", 1),
+        "maxStorageObjectBytes": ("integer", 1024),
+        "maxListedKeys": ("integer", 1000),
+    }
     assert props["replicaCount"] == {**props["replicaCount"], "type": "integer", "minimum": 0}
 
 
@@ -143,8 +152,25 @@ def test_security_defaults_are_the_operators() -> None:
         "allowedEndpoints": defaults.allowed_endpoints,
         "allowedImagePrefixes": defaults.allowed_image_prefixes,
         "allowedServiceAccounts": defaults.allowed_service_accounts,
+        "operatorApiKeyNamespaces": defaults.operator_api_key_namespaces,
+        "operatorStorage": defaults.operator_storage,
+        "allowLocalPaths": defaults.allow_local_paths,
+        "allowedPriorityClasses": defaults.allowed_priority_classes,
+        "allowedTolerations": defaults.allowed_tolerations,
+        "allowedNodeLabels": defaults.allowed_node_labels,
+        "limits": {
+            "maxModels": defaults.max_models,
+            "maxReplicas": defaults.max_replicas,
+            "maxShards": defaults.max_shards,
+            "maxStorageObjectBytes": defaults.max_storage_object_bytes,
+            "maxListedKeys": defaults.max_listed_keys,
+        },
     }
     assert v["security"]["allowedEndpoints"] == ["https://api.openai.com/v1"]
+    # Nothing widened by default: no operator credentials for runs, no local paths.
+    security = v["security"]
+    assert security["operatorApiKeyNamespaces"] == [] and security["operatorStorage"] == {}
+    assert security["allowLocalPaths"] is False
     assert v["rbac"]["secretNames"] == defaults.secret_names
     assert v["operator"]["deletionTimeoutSeconds"] == defaults.deletion_timeout_seconds == 600
 
@@ -180,5 +206,7 @@ def test_documented_defaults() -> None:
         "deletionTimeoutSeconds": 600,
     }
     assert v["metrics"]["enabled"] is True and v["metrics"]["port"] == 8080
+    assert v["metrics"]["bindAddress"] == "0.0.0.0"
+    assert v["metrics"]["networkPolicy"] == {"enabled": False, "from": []}
     assert v["rbac"] == {"create": True, "secretNames": []}
     assert v["serviceAccount"]["create"] is True

@@ -71,11 +71,13 @@ release namespace when empty. Meaningless with clusterWide (checked in "synthpre
 
 {{/*
 The operator settings as the JSON of SYNTHPREF_OPERATOR_SETTINGS (camelCase keys, see
-`synthpref operator run --settings-json`): the worker defaults and what runs may use.
+`synthpref operator run --settings-json`): the worker defaults and what runs may use
+(security.limits flattened to maxModels, maxReplicas, ... at the top level).
 */}}
 {{- define "synthpref.workerSettings" -}}
 {{- $w := .Values.workers }}
 {{- $s := .Values.security }}
+{{- $l := $s.limits | default (dict) }}
 {{- $settings := dict
   "image" $w.image
   "cpuImage" $w.cpuImage
@@ -88,6 +90,17 @@ The operator settings as the JSON of SYNTHPREF_OPERATOR_SETTINGS (camelCase keys
   "allowedEndpoints" ($s.allowedEndpoints | default (list))
   "allowedImagePrefixes" ($s.allowedImagePrefixes | default (list))
   "allowedServiceAccounts" ($s.allowedServiceAccounts | default (list))
+  "operatorApiKeyNamespaces" ($s.operatorApiKeyNamespaces | default (list))
+  "operatorStorage" ($s.operatorStorage | default (dict))
+  "allowLocalPaths" ($s.allowLocalPaths | default false)
+  "allowedPriorityClasses" ($s.allowedPriorityClasses | default (list))
+  "allowedTolerations" ($s.allowedTolerations | default (list))
+  "allowedNodeLabels" ($s.allowedNodeLabels | default (list))
+  "maxModels" $l.maxModels
+  "maxReplicas" $l.maxReplicas
+  "maxShards" $l.maxShards
+  "maxStorageObjectBytes" $l.maxStorageObjectBytes
+  "maxListedKeys" $l.maxListedKeys
   "secretNames" (.Values.rbac.secretNames | default (list))
   "deletionTimeoutSeconds" .Values.operator.deletionTimeoutSeconds
 }}
