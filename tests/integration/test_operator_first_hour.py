@@ -71,6 +71,8 @@ def test_missing_secret_key_and_unreachable_storage_say_why(env: Env) -> None:
     dead = f"http://127.0.0.1:{closed_port()}"
     operator = env.operator(
         allowed_endpoints=[env.server.base_url, env.s3_endpoint, dead],
+        # The second run uses the operator's own S3 identity: granted for this prefix.
+        operator_storage={env.namespace: [env.s3_uri]},
     )
     try:
         env.apply(env.manifest("nokey"))

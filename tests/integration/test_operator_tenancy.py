@@ -352,3 +352,32 @@ def test_a_run_author_cannot_use_the_operators_authority(env: Env, tmp_path: Pat
     for secret in (OPERATOR_KEY, OPERATOR_S3_SECRET, "team-b-secret", env.server.api_key):
         for where, seen in (("status", statuses), ("events", events), ("log", text)):
             assert secret not in seen, (secret, where)
+
+
+def test_a_secret_that_loses_its_opt_in_holds_the_run_and_suspends_its_jobs(env: Env) -> None:
+    from synthpref_operator.names import ANNOTATION_SUSPENDED_BY_RUN
+    from tests.integration.test_operator_admission import label_secret, wait_admitted
+
+    # The prepare pod starts late, so its Job is still running when the label goes.
+    env.kubelet.delay(lambda pod: "optout-prepare" in pod["metadata"]["name"], 30)
+    operator = env.operator()
+    try:
+        env.apply(env.manifest("optout"))
+        wait_for(lambda: "optout-prepare" in env.jobs(), 120, "the prepare Job")
+        label_secret(env, "s3", None)
+        held = wait_admitted(env, "optout", "False", "SecretNotAllowed")
+        job = wait_for(
+            lambda: (j := env.jobs()["optout-prepare"]).spec.suspend and j, 120, "suspended"
+        )
+        label_secret(env, "s3", "true")
+        wait_admitted(env, "optout", "True", "Admitted")
+        resumed = wait_for(
+            lambda: not (j := env.jobs()["optout-prepare"]).spec.suspend and j, 120, "resumed"
+        )
+        run = env.wait_phase("optout", {"Succeeded", "Failed"}, timeout=240)
+    finally:
+        operator.stop()
+    assert "spec.storage.credentials.accessKeyId names Secret 's3'" in held["message"]
+    assert job.metadata.annotations[ANNOTATION_SUSPENDED_BY_RUN] == "true"
+    assert ANNOTATION_SUSPENDED_BY_RUN not in (resumed.metadata.annotations or {})
+    assert run["status"]["phase"] == "Succeeded", run["status"]

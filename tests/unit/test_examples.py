@@ -136,3 +136,22 @@ def test_gpu_cluster_jobs(gpu_run: PreferenceRunManifest) -> None:
             assert SETTINGS.gpu_resource not in container["resources"]["limits"]
             assert "nodeSelector" not in pod
             assert ("openai-api-key", "api-key") in secret_env
+
+
+def test_the_examples_are_admitted_where_the_chart_allows_what_they_name(
+    gpu_run: PreferenceRunManifest,
+) -> None:
+    from synthpref_operator.admission import SecretFacts, admission_problems
+    from synthpref_operator.names import LABEL_ALLOW_RUNS
+
+    opted_in = SecretFacts(found=True, labels={LABEL_ALLOW_RUNS: "true"})
+    secrets = {"s3-credentials": opted_in, "openai-api-key": opted_in}
+    spec = gpu_run.spec
+    held = admission_problems(spec, OperatorSettings(), "ml-data", secrets)
+    # What its comments say: its own node selector and toleration need the allow-lists.
+    assert {p.reason.value for p in held} == {"PlacementNotAllowed"}
+    allowing = OperatorSettings(
+        allowed_node_labels=["nvidia.com/gpu.product=*"],
+        allowed_tolerations=spec.workers.tolerations,
+    )
+    assert admission_problems(spec, allowing, "ml-data", secrets) == []
