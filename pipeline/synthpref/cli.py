@@ -278,21 +278,31 @@ def judge(run_file: str | None, worker: int | None, workers: int) -> None:
 @worker_options
 def parse(run_file: str | None, worker: int | None, workers: int) -> None:
     """Parse judge ratings, binarize into pairs, write the dataset and its summary."""
+    from synthpref.outcome import assess, describe_losses
     from synthpref.report.writer import report_or_error
     from synthpref.stages.parse import run_parse
 
     manifest, storage = load(run_file)
-    reports: list[Any] = []  # the last worker to finish writes the report, then the summary
+    # The last worker to finish writes the report, then the run summary.
+    reports: list[Any] = []
+    run_summaries: list[dict[str, Any]] = []
+
+    def before_summary(document: dict[str, Any]) -> None:
+        run_summaries.append(document)
+        reports.append(report_or_error(manifest, storage, summary=document))
+
     summary = run_parse(
         manifest.spec,
         storage,
         worker=resolve_worker(worker, workers),
         workers=workers,
-        before_summary=lambda document: reports.append(
-            report_or_error(manifest, storage, summary=document)
-        ),
+        before_summary=before_summary,
     )
     echo_summary(summary)
+    if run_summaries:  # as `run --local` says it: what the whole run lost, by cause
+        lost = assess(run_summaries[-1], manifest.spec.acceptance).losses
+        if lost:
+            click.echo(f"data loss: {describe_losses(lost)}", err=True)
     if reports:
         show_report(reports[-1])
 
@@ -417,10 +427,14 @@ def entrypoint() -> None:
     (`SynthprefError.exit_code`, 1 by default); --debug or SYNTHPREF_DEBUG=1 re-raises it for
     the traceback. Committed work is never undone by an error: rerunning resumes."""
     try:
-        main(standalone_mode=True)
-    except KeyboardInterrupt:
+        # Not standalone: click would turn Ctrl-C into "Aborted!" and exit 1.
+        code = main.main(standalone_mode=False)
+    except (KeyboardInterrupt, click.exceptions.Abort):
         click.echo("Interrupted: committed work is kept; rerun to resume.", err=True)
         sys.exit(130)
+    except click.exceptions.ClickException as error:  # usage errors: click's own message
+        error.show()
+        sys.exit(error.exit_code)
     except Exception as error:
         if os.environ.get(DEBUG_ENV, "").lower() in ("1", "true", "yes"):
             raise
@@ -428,3 +442,4 @@ def entrypoint() -> None:
         click.echo(line, err=True)
         write_termination_message(line)
         sys.exit(getattr(error, "exit_code", 1) if isinstance(error, SynthprefError) else 1)
+    sys.exit(code if isinstance(code, int) else 0)

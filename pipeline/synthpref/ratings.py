@@ -50,6 +50,8 @@ _NUMBER = re.compile(
     r"^([+-]?\d+(?:\.\d+)?)(?:\s*(?:/|out\s+of)\s*(\d+(?:\.\d+)?))?", re.IGNORECASE
 )
 _FENCE = re.compile(r"^```[a-zA-Z]*\s*\n?(.*?)\n?```\s*$", re.DOTALL)
+# A fenced JSON object anywhere in a reply ("Here are my ratings: ```json {...} ```").
+_FENCED_OBJECT = re.compile(r"```[a-zA-Z]*[ \t]*\n?(\{.*?\})\s*```", re.DOTALL)
 
 
 def rating_value(text: str) -> Parsed:
@@ -224,19 +226,27 @@ def _json_reply(text: str, count: int) -> list[Parsed] | None:
 
 def parse_reply(text: str, count: int) -> list[Parsed]:
     """Ratings for `count` answers: JSON when the reply is a JSON object, else rubric text."""
+    return parse_reply_detail(text, count)[0]
+
+
+def parse_reply_detail(text: str, count: int) -> tuple[list[Parsed], bool]:
+    """`parse_reply`, and whether the JSON had to be taken out of a markdown fence (judges
+    without structured output often fence it, with text around the fence or not)."""
     if count < 1:
         raise ValueError(f"count must be at least 1 (got {count})")
     # A JSON object with only JSON whitespace around it is what the steps below would strip,
     # find unfenced and decode: the fast path may take it as it is.
     parsed = parse_schema_reply(text, count)
     if parsed is not None:
-        return parsed
+        return parsed, False
     stripped = text.strip()
-    fenced = _FENCE.match(stripped)
+    fenced = _FENCE.match(stripped) or _FENCED_OBJECT.search(stripped)
     if fenced is not None:
-        stripped = fenced.group(1).strip()
+        json_parsed = _json_reply(fenced.group(1).strip(), count)
+        if json_parsed is not None:
+            return json_parsed, True
     if stripped.startswith("{"):
         json_parsed = _json_reply(stripped, count)
         if json_parsed is not None:
-            return json_parsed
-    return parse_text(text, count)
+            return json_parsed, False
+    return parse_text(text, count), False

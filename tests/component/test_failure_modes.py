@@ -11,6 +11,7 @@ to recover, is docs/failure-modes.md.
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,6 +29,7 @@ from synthpref.storage import LocalStorage
 from tests.support.cli import error_lines, one_error, synthpref
 from tests.support.openai_server import (
     DEFAULT_API_KEY,
+    ErrorLine,
     Judgement,
     OpenAIServer,
     RequestInfo,
@@ -208,6 +210,7 @@ class Case:
     exit_code: int
     names: tuple[str, ...]  # substrings the Error line must contain ({url}: the server's URL)
     after: Callable[[World], None] = anything
+    said: tuple[str, ...] = ()  # substrings stderr must contain besides (e.g. data loss)
 
 
 def prepare(world: World, spec: dict[str, Any] | None = None, *lines: Any) -> list[str]:
@@ -290,6 +293,17 @@ def all_tied(world: World, spec: dict[str, Any] | None = None) -> list[str]:
 
     world.server.request_script = tie
     return local_run(world, spec=spec)
+
+
+def every_request_failed(world: World) -> list[str]:
+    """The judge answers every request with an error line; then `synthpref parse`."""
+    spec = world.spec()
+    spec["judge"]["maxAttempts"] = 1
+    world.done_through("mix", spec)
+    world.server.request_script = lambda info: ErrorLine() if info.custom_id else None
+    judged = synthpref("annotate", "run", world.run_file(spec), env=world.env, cwd=world.root)
+    assert judged.returncode == 0, judged.stderr
+    return ["parse", world.run_file(spec)]
 
 
 def judge_down(world: World) -> dict[str, Any]:
@@ -530,14 +544,18 @@ CASES = [
         "every-prompt-malformed-skipped",
         lambda w: prepare(w, skipping(w), "{bad", "[1]"),
         1,
-        ("no usable prompts in 1 file(s)",),
+        (
+            "no usable prompts in 1 file(s)",
+            "2 malformed line(s) skipped (prompts.onMalformed: skip), e.g. ",
+            "p.jsonl:1: not valid JSON",
+        ),
         not_prepared,
     ),
     Case(
         "prompt-file-empty",
         lambda w: prepare(w, None, ""),
         1,
-        ("no usable prompts in 1 file(s)",),
+        ("no usable prompts in 1 file(s) (the files hold no prompt lines)",),
         not_prepared,
     ),
     Case(
@@ -693,6 +711,13 @@ CASES = [
         dataset_kept,
     ),
     Case(
+        "parse-every-request-failed",
+        every_request_failed,
+        0,
+        (),
+        said=("data loss: ", "8 judge request(s) failed"),
+    ),
+    Case(
         "zero-pairs-accepted-when-asked",
         lambda w: all_tied(w, nested(w, "acceptance", {"minPairFraction": 0})),
         0,
@@ -732,6 +757,8 @@ def test_failure_mode(
         message = one_error(result)
         for part in case.names:
             assert part.format(url=server.base_url) in message, message
+    for part in case.said:
+        assert part in result.stderr, result.stderr
     case.after(world)
     assert DEFAULT_API_KEY not in result.stdout + result.stderr
 
@@ -739,3 +766,38 @@ def test_failure_mode(
 def test_the_table_is_large_and_every_case_is_named() -> None:
     assert len(CASES) >= 40
     assert len({c.id for c in CASES}) == len(CASES)
+
+
+def test_ctrl_c_exits_130_and_keeps_committed_work(
+    tmp_path: Path, server: OpenAIServer, s3_endpoint: str
+) -> None:
+    """SIGINT (Ctrl-C) in the middle of a stage: the documented exit 130 and message, not
+    click's "Aborted!" and 1; what was committed stays."""
+    import signal
+    import subprocess
+    import time
+
+    from tests.support.cli import SYNTHPREF
+
+    world = World(tmp_path, server, s3_endpoint)
+    world.done_through("prepare")
+    server.chat_delay_s = 30  # every answer hangs: the command is mid-request when interrupted
+    try:
+        process = subprocess.Popen(
+            [str(SYNTHPREF), "generate", world.run_file(), "--model", "a"],
+            stderr=subprocess.PIPE,
+            text=True,
+            env={**os.environ, **world.env},
+        )
+        deadline = time.monotonic() + 120
+        while not server.calls_to("POST", "/v1/chat/completions"):
+            assert time.monotonic() < deadline and process.poll() is None, "no request was sent"
+            time.sleep(0.1)
+        process.send_signal(signal.SIGINT)
+        _, stderr = process.communicate(timeout=120)
+    finally:
+        server.chat_delay_s = 0
+    assert process.returncode == 130, stderr
+    assert "Interrupted: committed work is kept; rerun to resume." in stderr
+    assert "Aborted!" not in stderr and "Traceback" not in stderr
+    assert world.store.exists(layout.PROMPTS_MANIFEST)

@@ -319,3 +319,23 @@ REPLY_CASES: list[tuple[str, int]] = [
 @pytest.mark.parametrize(("text", "count"), REPLY_CASES)
 def test_parse_reply_gives_what_the_general_path_gives(text: str, count: int) -> None:
     assert typed(parse_reply(text, count)) == typed(general_reply(text, count))
+
+
+@pytest.mark.parametrize(
+    ("reply", "fenced"),
+    [
+        ('{"1": {"rating": 4}, "2": {"rating": 2}}', False),
+        ('```json\n{"1": {"rating": 4}, "2": {"rating": 2}}\n```', True),
+        ('```\n{"1": {"rating": 4}, "2": {"rating": 2}}\n```', True),
+        (
+            'Here are my ratings:\n```json\n{"1": {"rating": 4}, "2": {"rating": 2}}\n```\nDone.',
+            True,
+        ),
+        ('Ratings below.\n```json {"1": {"rating": 4}, "2": {"rating": 2}} ```', True),
+    ],
+)
+def test_json_in_a_markdown_fence_is_parsed_and_counted(reply: str, fenced: bool) -> None:
+    from synthpref.ratings import parse_reply_detail
+
+    assert parse_reply_detail(reply, 2) == ([4.0, 2.0], fenced)
+    assert parse_reply(reply, 2) == [4.0, 2.0]

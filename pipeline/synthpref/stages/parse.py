@@ -38,7 +38,7 @@ from synthpref.binarize import binarize_prompt, preference_row, score_answers, t
 from synthpref.jsonl import read_records, write_records
 from synthpref.judge_requests import CustomIdError, encode_custom_id, in_shard
 from synthpref.outcome import assess
-from synthpref.ratings import Parsed, RatingFailure, parse_reply
+from synthpref.ratings import Parsed, RatingFailure, parse_reply_detail
 from synthpref.records import MixRecord, PreferenceRecord, ResultRecord
 from synthpref.spec import OutputFormat, PreferenceRunSpec
 from synthpref.stages.inputs import require_judged, require_mix, uncommitted
@@ -78,6 +78,8 @@ class ParseSummary(ShardSummary):
     unrated_answers: int = 0
     prompts_dropped: dict[str, int] = field(default_factory=dict)
     unknown_results: int = 0
+    # Replies whose JSON was inside a markdown fence (parsed all the same).
+    fenced_replies: int = 0
 
 
 Reply = str | RequestFailure
@@ -164,7 +166,9 @@ def parse_row(
             _count(summary.request_failures, reply.value)
             continue
         summary.replies += 1
-        parsed = to_candidate_order(parse_reply(reply, count), order)
+        shown, fenced = parse_reply_detail(reply, count)
+        summary.fenced_replies += fenced
+        parsed = to_candidate_order(shown, order)
         _count_ratings(summary, parsed)
         ratings[aspect] = parsed
     scores = score_answers(ratings, count)

@@ -170,7 +170,9 @@ def run_prepare(
     if batch:
         flush()
     if summary.prompts == 0:
-        raise PromptFileError(f"{source.uri}: no usable prompts in {len(files)} file(s)")
+        raise PromptFileError(
+            f"{source.uri}: no usable prompts in {len(files)} file(s) ({unusable(summary)})"
+        )
     if earlier is not None and (earlier["prompts"], earlier["shards"]) != (
         summary.prompts,
         summary.shards,
@@ -184,6 +186,22 @@ def run_prepare(
     summary.timing = stopwatch.record()
     storage.write_json(layout.PROMPTS_MANIFEST, asdict(summary))
     return summary
+
+
+def unusable(summary: PrepareSummary) -> str:
+    """Why no prompt was left: the lines skipped as malformed (with an example) and the
+    duplicates dropped, or that the files held no line at all."""
+    if not (summary.malformed or summary.duplicates):
+        return "the files hold no prompt lines"
+    parts = []
+    if summary.malformed:
+        example = f", e.g. {summary.malformed_examples[0]}" if summary.malformed_examples else ""
+        parts.append(
+            f"{summary.malformed} malformed line(s) skipped (prompts.onMalformed: skip){example}"
+        )
+    if summary.duplicates:
+        parts.append(f"{summary.duplicates} duplicate(s) dropped")
+    return "; ".join(parts)
 
 
 def shard_count(storage: Storage) -> int:
