@@ -55,14 +55,17 @@ def crd_command(
     if sync or verify:
         files.update({path: make() for path, make in CHECKED_IN.items()})
     if check_files or verify:
-        stale = [
-            f
-            for f, wanted in files.items()
-            if not Path(f).exists() or Path(f).read_text(encoding="utf-8") != wanted
-        ]
-        for f in stale:
-            click.echo(f"{f} is stale: run `synthpref operator crd --sync`", err=True)
-        if stale:
+        differ = False
+        for f, wanted in files.items():
+            if not Path(f).is_file():
+                fix = "`synthpref operator crd --sync`" if f in CHECKED_IN else f"--write {f}"
+                click.echo(f"{f} does not exist: write it with {fix}", err=True)
+            elif Path(f).read_text(encoding="utf-8") != wanted:
+                click.echo(f"{f} is stale: run `synthpref operator crd --sync`", err=True)
+            else:
+                continue
+            differ = True
+        if differ:
             sys.exit(1)
         return
     for path, wanted in files.items():

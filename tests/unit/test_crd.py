@@ -44,6 +44,11 @@ def test_check_flag_fails_on_drift(tmp_path: Path) -> None:
     assert result.exit_code == 1 and "stale" in result.output
     stale.write_text(crd_yaml())
     assert CliRunner().invoke(operator_command, ["crd", "--check", str(stale)]).exit_code == 0
+    # A file that is not there is missing, not stale.
+    missing = tmp_path / "nowhere.yaml"
+    result = CliRunner().invoke(operator_command, ["crd", "--check", str(missing)])
+    assert result.exit_code == 1 and "stale" not in result.output
+    assert f"{missing} does not exist: write it with --write {missing}" in result.output
 
 
 @pytest.mark.parametrize("make", [crd, catalog_crd], ids=["PreferenceRun", "ModelCatalog"])
