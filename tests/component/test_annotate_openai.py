@@ -876,6 +876,31 @@ def test_unreachable_judge_is_warned_about_at_once_and_tracked_until_the_deadlin
     )
 
 
+def test_giving_up_happens_at_the_deadline_not_after_the_retries_and_sleeps(
+    mixed: tuple[PreferenceRunSpec, LocalStorage],
+) -> None:
+    # Long backoffs (50-60 s), six retries a call and a 60 s poll interval against a 30 s
+    # deadline: no sleep may carry the run past it (it once gave up at 683 s of 600).
+    spec = with_judge_url(mixed[0], closed_base_url(), poll_interval_seconds=60.0)
+    spec = spec.model_copy(
+        update={"judge": spec.judge.model_copy(update={"give_up_after_seconds": 30.0})}
+    )
+    now = [1000.0]
+    slept: list[float] = []
+
+    def sleep(seconds: float) -> None:
+        slept.append(seconds)
+        now[0] += seconds
+
+    client = BatchClient(
+        spec.judge.openai, backoff_base_s=50, backoff_max_s=60, sleep=sleep, seed=1
+    )
+    engine = Annotator(spec, mixed[1], RUN, client, clock=lambda: now[0], sleep=sleep)
+    with pytest.raises(JudgeUnavailableError, match="unreachable for 30 s"):
+        engine.run_until_done()
+    assert now[0] == 1030.0 and slept and max(slept) <= 30
+
+
 def test_a_small_retry_count_makes_a_failing_step_return_after_one_call(
     mixed: tuple[PreferenceRunSpec, LocalStorage], server: OpenAIServer
 ) -> None:

@@ -119,6 +119,9 @@ class BatchClient:
         self.retry_log = RetryLog(
             f"judge endpoint {self.where}", log, last_try="tried again on the next step"
         )
+        # When set (by the Annotator, on its clock): no retry sleeps past it, none starts after.
+        self.give_up_at: float | None = None
+        self.clock: Callable[[], float] = time.time
         self.answered = 0  # calls the service answered (2xx, or a 4xx the engine judges)
         self.last_failure: str | None = None  # the last try's transport error, until an answer
         self.failed_tries = 0  # tries in a row without an answer
@@ -186,6 +189,12 @@ class BatchClient:
             delay = backoff_delay(
                 attempt, self.backoff_base_s, self.backoff_max_s, self._rng, retry_after
             )
+            if self.give_up_at is not None:
+                remaining = self.give_up_at - self.clock()
+                if remaining <= 0:  # the caller gives up now: no more tries
+                    self.retry_log.failed(self.failed_tries, None, cause, unreachable=unreachable)
+                    break
+                delay = min(delay, remaining)
             self.retry_log.failed(self.failed_tries, delay, cause, unreachable=unreachable)
             self._sleep(delay)
         raise TransientApiError(

@@ -381,6 +381,10 @@ class Annotator:
         report = StepReport(endpoint=self.client.where)
         started = self.clock()
         answered = self.client.answered
+        # The client's retries stop at the moment this run gives up on the endpoint.
+        since = self.failing_since if self.failing_since is not None else started
+        self.client.clock = self.clock
+        self.client.give_up_at = since + self.judge.give_up_after_seconds
         cancelled = self.cancelled()
         # Counted once per step and kept up to date by _upload/_create (not once per file).
         self._in_flight = self._tokens_in_flight()
@@ -828,7 +832,11 @@ class Annotator:
                     seconds(self.judge.give_up_after_seconds),
                 )
             if not report.progressed:
-                self.sleep(self.judge.poll_interval_seconds)
+                wait = self.judge.poll_interval_seconds
+                if self.failing_since is not None:  # never sleep past giving up
+                    give_up = self.failing_since + self.judge.give_up_after_seconds
+                    wait = max(0.0, min(wait, give_up - self.clock()))
+                self.sleep(wait)
 
     def unavailable_error(self, resume: str = "rerun to resume") -> JudgeUnavailableError | None:
         """The error to stop with when the endpoint has failed for `judge.giveUpAfterSeconds`
