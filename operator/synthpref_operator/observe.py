@@ -48,7 +48,7 @@ from synthpref_operator.names import (
     Stage,
     run_selector,
 )
-from synthpref_operator.planner import Artifacts, JobState, JudgeLedger
+from synthpref_operator.planner import Artifacts, JobState, JudgeLedger, ReportWarning
 from synthpref_operator.status import CostEstimate, JudgeProgress
 
 COMPLETION_INDEX = "batch.kubernetes.io/job-completion-index"
@@ -274,6 +274,9 @@ def observe_artifacts(
     memory = memory if memory is not None else ArtifactMemory()
     if memory.manifest is None:
         if not storage.exists(layout.PROMPTS_MANIFEST):
+            # S3 answers a lookup in a bucket that does not exist as "not there": a listing
+            # says which it is (a StorageError, so the run is blocked, not failed by prepare).
+            storage.list(layout.PROMPTS_MANIFEST)
             return Artifacts(dataset_uri=storage.url("dataset/"))
         manifest = prompt_manifest(storage)
         memory.manifest = (manifest.shards, manifest.prompts)
@@ -315,6 +318,7 @@ def observe_artifacts(
         dataset_uri=storage.url("dataset/"),
         report_uri=memory.report_uri,
         report_error=memory.report_error,
+        report_warnings=memory.report_warnings,
     )
 
 
@@ -330,15 +334,49 @@ def one_listing_is_cheaper(shards: int, models: int, due_models: int) -> bool:
 
 
 def _observe_outcome(storage: Storage, memory: ArtifactMemory) -> None:
-    """The summary that ends the parse stage, and the report written before it."""
+    """The summary that ends the parse stage, and the report written before it: its page, its
+    error, or its warnings (each a small object, read bounded like every object here)."""
     summary = storage.read_json(layout.SUMMARY) if storage.exists(layout.SUMMARY) else None
     memory.summary = summary
-    memory.report_uri = memory.report_error = None
+    memory.report_uri = memory.report_error = memory.report_warnings = None
     if summary is not None:
-        if storage.exists(layout.REPORT_HTML):
-            memory.report_uri = storage.url(layout.REPORT_HTML)
-        if storage.exists(layout.REPORT_ERROR):
-            memory.report_error = str(storage.read_json(layout.REPORT_ERROR).get("error", ""))
+        outcome = observe_report(storage)
+        memory.report_uri = outcome.report_uri
+        memory.report_error = outcome.report_error
+        memory.report_warnings = outcome.report_warnings
+
+
+class _Warning(msgspec.Struct):
+    kind: str
+    message: str
+
+
+class _Warnings(msgspec.Struct):
+    """What the operator reads of report/warnings.json."""
+
+    warnings: list[_Warning]
+
+
+def observe_report(storage: Storage) -> Artifacts:
+    """The run report as it is now: its page's URI once written, the error that stopped it
+    (report/error.json), else its warnings (report/warnings.json; None when there is none, e.g.
+    written by an older version). Only the report fields of the result are set."""
+    report_uri = storage.url(layout.REPORT_HTML) if storage.exists(layout.REPORT_HTML) else None
+    if storage.exists(layout.REPORT_ERROR):
+        error = storage.read_json(layout.REPORT_ERROR)
+        text = str(error.get("error", "")) if isinstance(error, dict) else str(error)
+        return Artifacts(report_uri=report_uri, report_error=text)
+    warnings = None
+    if report_uri is not None and storage.exists(layout.REPORT_WARNINGS):
+        try:
+            found = msgspec.json.decode(
+                storage.read_bytes(layout.REPORT_WARNINGS), type=_Warnings
+            ).warnings
+        except msgspec.DecodeError as error:  # written by hand: say so, block nothing
+            where = storage.url(layout.REPORT_WARNINGS)
+            found = [_Warning("unreadable", f"{where} is not what the report writes: {error}")]
+        warnings = tuple(ReportWarning(w.kind, w.message) for w in found)
+    return Artifacts(report_uri=report_uri, report_warnings=warnings)
 
 
 def judged_shards(storage: Storage, shards: int) -> int:

@@ -228,3 +228,18 @@ def test_a_manifest_that_is_not_prepares_holds_the_pass(tmp_path: Path) -> None:
     )
     with pytest.raises(StorageLimitError, match="maxStorageObjectBytes"):
         observe_artifacts(spec, storage)
+
+
+def test_a_bucket_that_does_not_exist_is_a_storage_error_not_an_unprepared_run(
+    s3_endpoint: str,
+) -> None:
+    from synthpref.storage import StorageError
+    from synthpref_operator.blocked import observation_reason
+    from synthpref_operator.observe import open_run_storage
+    from synthpref_operator.status import Reason
+
+    storage = {"uri": "s3://no-such-bucket/run", "endpointUrl": s3_endpoint}
+    spec = PreferenceRunSpec.model_validate(spec_dict(storage=storage))
+    with pytest.raises(StorageError, match="bucket 'no-such-bucket' does not exist") as caught:
+        observe_artifacts(spec, open_run_storage(spec, None, "ns"))
+    assert observation_reason(caught.value) is Reason.STORAGE_UNREACHABLE
