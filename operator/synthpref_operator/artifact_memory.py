@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from synthpref_operator.names import Stage
-from synthpref_operator.planner import JobState
+from synthpref_operator.planner import JobState, ReportWarning
 
 # Each unfinished part of a run's storage is looked at least this often, seconds.
 RELIST_SECONDS = 120.0
@@ -88,6 +88,7 @@ class ArtifactMemory:
     summary: dict[str, Any] | None = None
     report_uri: str | None = None
     report_error: str | None = None
+    report_warnings: tuple[ReportWarning, ...] | None = None
 
     def rebase(self, basis: Basis) -> None:
         """Forget everything when the run's spec or retry annotation changed."""
@@ -101,7 +102,7 @@ class ArtifactMemory:
         self.marks.clear()
         self.looked_at.clear()
         self.summary = None
-        self.report_uri = self.report_error = None
+        self.report_uri = self.report_error = self.report_warnings = None
 
     def due(self, parts: Iterable[str], marks: Mapping[str, JobMark], now: float) -> set[str]:
         """The parts to look at now.

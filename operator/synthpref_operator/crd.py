@@ -158,7 +158,14 @@ def crd() -> dict[str, Any]:
     status_schema["description"] = "Observed state, written by the operator."
     columns: list[dict[str, Any]] = [
         {"name": "Phase", "type": "string", "jsonPath": ".status.phase"},
-        {"name": "Progress", "type": "string", "jsonPath": ".status.progress"},
+        {
+            "name": "Progress",
+            "type": "string",
+            "jsonPath": ".status.progress",
+            "description": "Work units done/total: 1 for prepare, then per prompt shard one for "
+            "each answering model, one for mix, one for the judge and one for parse (total = 1 + "
+            "shards x (models + 3): 22/22 is 3 shards and 4 models, all done).",
+        },
         {"name": "Pairs", "type": "integer", "jsonPath": ".status.result.pairs"},
         {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},
         {"name": "Judge", "type": "string", "jsonPath": ".spec.judge.backend", "priority": 1},

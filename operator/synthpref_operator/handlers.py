@@ -216,10 +216,36 @@ def build_registry(config: OperatorConfig) -> kopf.OperatorRegistry:
     return registry
 
 
+# kopf's logger that says it cannot install signal handlers outside the main thread.
+KOPF_RUNNING_LOGGER = "kopf._core.reactor.running"
+THREAD_SIGNALS_WARNING = "OS signals are ignored: running not in the main thread"
+
+
+class _SignalsHandledByTheProcess(logging.Filter):
+    """kopf installs its SIGTERM/SIGINT handlers only when it runs in the main thread, and
+    warns `OS signals are ignored: running not in the main thread.` otherwise; it has no flag
+    to say that someone else handles them. Here someone does: `service.run_service` installs
+    the handlers in the main thread and stops kopf through `OperatorThread`'s stop flag (and
+    tests stop it the same way). So that one warning is wrong for this process and is dropped;
+    every other record of kopf's passes."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith(THREAD_SIGNALS_WARNING)
+
+
+def quiet_thread_signals_warning() -> None:
+    """Drop kopf's thread-signals warning (once per process; see the filter's doc)."""
+    logger = logging.getLogger(KOPF_RUNNING_LOGGER)
+    if not any(isinstance(f, _SignalsHandledByTheProcess) for f in logger.filters):
+        logger.addFilter(_SignalsHandledByTheProcess())
+
+
 class OperatorThread:
-    """The operator in a thread of this process (tests): `start()`, then `stop()`."""
+    """The operator in a thread of this process (tests): `start()`, then `stop()`. Signals are
+    the caller's to handle (`service.run_service`); `stop()` stops kopf."""
 
     def __init__(self, config: OperatorConfig) -> None:
+        quiet_thread_signals_warning()
         self.config = config
         self.registry = build_registry(config)
         self._stop = threading.Event()

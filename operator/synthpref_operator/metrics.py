@@ -3,9 +3,12 @@
 `OperatorMetrics` owns a private registry: counters and a histogram that the reconcile pass and
 the applier update (`reconcile.Reconciler`, `apply.Applier`), the requests the operator makes of
 storage and of the API server (counted by hooks on the clients: `count_storage_requests`,
-`count_api_requests`), and `RunStatusCollector`, which
-keeps the last `RunStatus` of each run and turns it into gauges at scrape time (runs per phase,
-stage timings, shard and judge progress). `serve` runs a threaded HTTP server for them.
+`count_api_requests`), `RunStatusCollector`, which
+keeps the last `RunStatus` of each run (and its spec's judge budget) and turns it into gauges at
+scrape time (runs per phase, conditions, stage timings, shard and judge progress, the judge's
+cost and budget, its endpoint's outage), and prometheus_client's process and platform
+collectors (`process_resident_memory_bytes`, `python_info`). `serve` runs a threaded HTTP server
+for them.
 Everything here is thread-safe: reconcile passes run in kopf's worker threads.
 """
 
@@ -21,10 +24,18 @@ from socketserver import ThreadingMixIn
 from typing import Any
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
-from prometheus_client import CollectorRegistry, Counter, Histogram, make_wsgi_app
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Histogram,
+    PlatformCollector,
+    ProcessCollector,
+    make_wsgi_app,
+)
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.metrics_core import Metric
 
+from synthpref.spec import JudgeBudget
 from synthpref_operator.names import Stage
 from synthpref_operator.status import (
     ConditionStatus,
@@ -103,14 +114,24 @@ class RunStatusCollector:
         self._clock = clock
         self._lock = threading.Lock()
         self._runs: dict[tuple[str, str], RunStatus] = {}
+        self._budgets: dict[tuple[str, str], JudgeBudget] = {}
 
     def observe(self, namespace: str, name: str, status: RunStatus) -> None:
         with self._lock:
             self._runs[(namespace, name)] = status
 
+    def observe_budget(self, namespace: str, name: str, budget: JudgeBudget | None) -> None:
+        """The run's spec.judge.budget (None: it has none), exported with its status."""
+        with self._lock:
+            if budget is None:
+                self._budgets.pop((namespace, name), None)
+            else:
+                self._budgets[(namespace, name)] = budget
+
     def forget(self, namespace: str, name: str) -> None:
         with self._lock:
             self._runs.pop((namespace, name), None)
+            self._budgets.pop((namespace, name), None)
 
     def describe(self) -> Iterable[Metric]:
         return list(self._families().values())
@@ -118,12 +139,16 @@ class RunStatusCollector:
     def collect(self) -> Iterable[Metric]:
         with self._lock:
             runs = sorted(self._runs.items())
+            budgets = dict(self._budgets)
         families = self._families()
         now = self._clock()
         phases = dict.fromkeys(Phase, 0)
         for (namespace, name), status in runs:
             phases[status.phase] += 1
             self._add_run(families, namespace, name, status, now)
+            budget = budgets.get((namespace, name))
+            if budget is not None:
+                self._add_budget(families, [namespace, name], budget)
         for phase, count in phases.items():
             families["runs"].add_metric([phase.value], count)
         return list(families.values())
@@ -137,6 +162,13 @@ class RunStatusCollector:
                 "synthpref_run_phase",
                 "1 for the phase each PreferenceRun is in.",
                 labels=[*_RUN, "phase"],
+            ),
+            "condition": gauge(
+                "synthpref_run_condition",
+                "1 for each condition of a PreferenceRun's status, with its status (True, False, "
+                "Unknown) and reason (e.g. Blocked True SecretNotFound, Admitted False "
+                "EndpointNotAllowed, BudgetExhausted True).",
+                labels=[*_RUN, "type", "status", "reason"],
             ),
             "duration": gauge(
                 "synthpref_run_duration_seconds",
@@ -177,6 +209,29 @@ class RunStatusCollector:
             "tokens": counter(
                 "synthpref_judge_tokens", "Tokens the judge used (openai judge).", labels=_RUN
             ),
+            "cost": gauge(
+                "synthpref_judge_cost_usd",
+                "US dollars of the tokens the judge used, at Batch API prices (openai judge; "
+                "absent without a price).",
+                labels=_RUN,
+            ),
+            "failing": gauge(
+                "synthpref_judge_endpoint_failing_since_seconds",
+                "Unix time since when every call to the run's judge endpoint has failed; absent "
+                "while it answers (after judge.giveUpAfterSeconds the run fails).",
+                labels=_RUN,
+            ),
+            "budget_usd": gauge(
+                "synthpref_judge_budget_usd",
+                "The judge's spending cap in US dollars (spec.judge.budget.maxUsd; absent "
+                "without one).",
+                labels=_RUN,
+            ),
+            "budget_tokens": gauge(
+                "synthpref_judge_budget_tokens",
+                "The judge's cap in tokens (spec.judge.budget.maxTokens; absent without one).",
+                labels=_RUN,
+            ),
         }
 
     @staticmethod
@@ -185,6 +240,10 @@ class RunStatusCollector:
     ) -> None:
         run = [namespace, name]
         families["phase"].add_metric([*run, status.phase.value], 1)
+        for condition in status.conditions:
+            families["condition"].add_metric(
+                [*run, condition.type.value, condition.status.value, condition.reason.value], 1
+            )
         duration = run_duration(status, now)
         if duration is not None:
             families["duration"].add_metric(run, duration)
@@ -209,6 +268,18 @@ class RunStatusCollector:
         families["requests"].add_metric([*run, "done"], judge.requests_done)
         families["requests"].add_metric([*run, "failed"], judge.requests_failed)
         families["tokens"].add_metric(run, judge.tokens_used)
+        if judge.cost_usd is not None:
+            families["cost"].add_metric(run, judge.cost_usd)
+        failing_since = _seconds(judge.endpoint_failing_since)
+        if failing_since is not None:
+            families["failing"].add_metric(run, failing_since)
+
+    @staticmethod
+    def _add_budget(families: dict[str, _Family], run: list[str], budget: JudgeBudget) -> None:
+        if budget.max_usd is not None:
+            families["budget_usd"].add_metric(run, budget.max_usd)
+        if budget.max_tokens is not None:
+            families["budget_tokens"].add_metric(run, budget.max_tokens)
 
 
 class OperatorMetrics:
@@ -271,6 +342,10 @@ class OperatorMetrics:
         )
         self.runs = RunStatusCollector(clock)
         self.registry.register(self.runs)
+        # process_resident_memory_bytes, process_cpu_seconds_total, ... (from /proc: Linux
+        # only) and python_info.
+        ProcessCollector(registry=self.registry)
+        PlatformCollector(registry=self.registry)
 
     def job_created(self, namespace: str, stage: Stage) -> None:
         self.jobs_created.labels(namespace=namespace, stage=stage.value).inc()
@@ -306,6 +381,11 @@ class OperatorMetrics:
     def observe_run(self, namespace: str, name: str, status: RunStatus) -> None:
         """Record the status a reconcile pass computed (exported at the next scrape)."""
         self.runs.observe(namespace, name, status)
+
+    def observe_budget(self, namespace: str, name: str, budget: JudgeBudget | None) -> None:
+        """Record the run's spec.judge.budget (each pass that reads a valid spec): exported
+        with the run's status, as `synthpref_judge_budget_usd` and `_tokens`."""
+        self.runs.observe_budget(namespace, name, budget)
 
     def forget_run(self, namespace: str, name: str) -> None:
         """Stop exporting a run (it was deleted)."""

@@ -70,6 +70,14 @@ class JobState:
 
 
 @dataclass(frozen=True)
+class ReportWarning:
+    """One warning of the run report (report/warnings.json): which check, and its sentence."""
+
+    kind: str
+    message: str
+
+
+@dataclass(frozen=True)
 class Artifacts:
     """Committed artifacts in the run's storage (counts of committed shards per stage)."""
 
@@ -84,6 +92,8 @@ class Artifacts:
     dataset_uri: str = ""
     report_uri: str | None = None  # set once report/index.html exists
     report_error: str | None = None  # what report/error.json says
+    # What report/warnings.json says; None when there is none (no report yet, or it failed).
+    report_warnings: tuple[ReportWarning, ...] | None = None
 
 
 @dataclass(frozen=True)
@@ -229,6 +239,50 @@ def set_condition(
     )
     others = [c for c in conditions if c.type is not kind]
     return sorted([*others, new], key=lambda c: list(ConditionType).index(c.type))
+
+
+# The ReportWarnings condition names at most this many warnings, each cut to this length;
+# each warning also gets one Warning Event (whose message the API server takes up to 1 KiB).
+MAX_REPORT_WARNINGS = 10
+MAX_WARNING_CHARS = 400
+
+
+def _cut(text: str, limit: int) -> str:
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def report_warnings_condition(
+    conditions: Sequence[Condition],
+    warnings: Sequence[ReportWarning] | None,
+    report_uri: str | None,
+    generation: int,
+    now: str,
+) -> tuple[list[Condition], list[Action]]:
+    """The ReportWarnings condition of a finished run from its report's warnings (unchanged
+    while there are none to read: no report yet, or it failed), and one Warning Event per
+    warning when they changed, so `kubectl describe` and `kubectl get events` show them."""
+    if warnings is None:
+        return list(conditions), []
+    shown = list(warnings[:MAX_REPORT_WARNINGS])
+    where = f" (the report: {report_uri})" if report_uri else ""
+    if shown:
+        more = len(warnings) - len(shown)
+        text = "; ".join(_cut(w.message, MAX_WARNING_CHARS) for w in shown)
+        message = f"the run report warns: {text}{f'; and {more} more' if more else ''}{where}"
+        status, reason = ConditionStatus.TRUE, Reason.REPORT_WARNINGS
+    else:
+        message = f"the run report has no warnings{where}"
+        status, reason = ConditionStatus.FALSE, Reason.NO_REPORT_WARNINGS
+    was = next((c for c in conditions if c.type is ConditionType.REPORT_WARNINGS), None)
+    updated = set_condition(
+        conditions, ConditionType.REPORT_WARNINGS, status, reason, message, generation, now
+    )
+    if was is not None and was.status is status and was.message == message:
+        return updated, []
+    events: list[Action] = [
+        Event("Warning", "ReportWarning", _cut(f"{w.message}{where}", 1024)) for w in shown
+    ]
+    return updated, events
 
 
 def cpu_workers(shards: int, shards_per_worker: int) -> int:
@@ -616,13 +670,16 @@ def plan(spec: PreferenceRunSpec, observed: Observed, now: str) -> tuple[list[Ac
         message = assessment.message(result.dataset_uri if result else "")
         if prev.condition(ConditionType.SUSPENDED) is None:
             condition(ConditionType.SUSPENDED, False, Reason.NOT_SUSPENDED)
+        conditions, warned = report_warnings_condition(
+            conditions, art.report_warnings, art.report_uri, gen, now
+        )
         if not assessment.accepted:
             message = f"acceptance check failed: {message}"
             condition(ConditionType.FAILED, True, Reason.ACCEPTANCE_FAILED, message)
             condition(ConditionType.SUCCEEDED, False, Reason.ACCEPTANCE_FAILED, message)
-            return finish(Phase.FAILED, message, [])
+            return finish(Phase.FAILED, message, warned)
         condition(ConditionType.SUCCEEDED, True, Reason.SUCCEEDED, message)
-        return finish(Phase.SUCCEEDED, message, [])
+        return finish(Phase.SUCCEEDED, message, warned)
     condition(ConditionType.SUCCEEDED, False, Reason.NOT_FINISHED)
 
     actions: list[Action] = []
@@ -735,6 +792,53 @@ def retry_requested(prev: RunStatus, token: str | None) -> bool:
     return prev.phase is Phase.FAILED and bool(token) and token != prev.retry_token
 
 
+def retry_ignored(prev: RunStatus, token: str | None) -> bool:
+    """A Succeeded run with a synthpref.dev/retry value not seen yet: nothing to retry."""
+    return prev.phase is Phase.SUCCEEDED and bool(token) and token != prev.retry_token
+
+
+def ignore_retry(
+    prev: RunStatus,
+    token: str,
+    outcome: Artifacts | None,
+    generation: int,
+    now: str,
+    why_unread: str = "",
+) -> tuple[list[Action], RunStatus]:
+    """A retry asked of a Succeeded run: nothing is redone (its Jobs and storage are left as
+    they are); the value is recorded so it is answered once, with a Normal Event saying why.
+    The report is read again (`outcome`: the run's report objects as just read; None when they
+    could not be, `why_unread` saying why), so a report rewritten by `synthpref report` since
+    (its error gone, its warnings) shows on the run."""
+    conditions: list[Condition] = list(prev.conditions)
+    result = prev.result
+    events: list[Action] = []
+    if outcome is not None and result is not None:
+        result = result.model_copy(
+            update={"report_uri": outcome.report_uri, "report_error": outcome.report_error}
+        )
+        conditions, events = report_warnings_condition(
+            conditions, outcome.report_warnings, outcome.report_uri, generation, now
+        )
+        if outcome.report_error:
+            read = f"its report was read again: {outcome.report_error}"
+        elif prev.result is not None and prev.result.report_error:
+            read = "its report was read again: the report error is cleared"
+        else:
+            read = "its report was read again"
+    else:
+        read = f"its report could not be read again ({why_unread or 'no result yet'})"
+    message = (
+        f"{ANNOTATION_RETRY}={token} ignored: the run Succeeded, so there is nothing to retry "
+        f"(a retry redoes what a Failed run is missing); {read}. To make its dataset again, "
+        "create a new PreferenceRun with another storage.uri"
+    )
+    status = prev.model_copy(
+        update={"retry_token": token, "result": result, "conditions": conditions}
+    )
+    return [Event("Normal", Reason.RETRY_IGNORED.value, message), *events], status
+
+
 def _retry(spec: PreferenceRunSpec, observed: Observed, now: str) -> tuple[list[Action], RunStatus]:
     """Retry a Failed run: delete its failed Jobs (committed shards stay in storage, so the
     Jobs created afresh by the next passes redo only what is missing) and go back to Pending;
@@ -808,7 +912,7 @@ def uses_gpu(spec: PreferenceRunSpec, stage: Stage, model: str | None) -> int:
     """GPUs per pod of a stage's Job (0 for CPU stages and for openai-backend models)."""
     if stage is Stage.GENERATE and model is not None:
         m = spec.model(model)
-        return m.gpus if m.backend is GenerationBackend.VLLM else 0
+        return m.gpu_count if m.backend is GenerationBackend.VLLM else 0
     if stage is Stage.JUDGE:
-        return spec.judge.gpus
+        return spec.judge.gpu_count
     return 0

@@ -23,6 +23,7 @@ from pydantic import ValidationError
 
 from synthpref.catalog import with_models
 from synthpref.logs import run_context
+from synthpref.run_lease import LeaseHeldError
 from synthpref.spec import (
     API_GROUP,
     API_VERSION,
@@ -58,6 +59,7 @@ from synthpref_operator.observe import (
     observe_catalog,
     observe_jobs,
     observe_judge,
+    observe_report,
     observe_secrets,
     open_run_storage,
 )
@@ -70,7 +72,9 @@ from synthpref_operator.planner import (
     Observed,
     StepJudge,
     SuspendJob,
+    ignore_retry,
     plan,
+    retry_ignored,
     retry_requested,
     suspend_held,
 )
@@ -199,6 +203,8 @@ class Reconciler:
             status = self._invalid(previous, generation, now, error, name)
             self._write(run, previous, status, [Event("Warning", "SpecInvalid", status.message)])
             return status
+        if self.metrics is not None:  # the status does not say it: synthpref_judge_budget_*
+            self.metrics.observe_budget(namespace, name, spec.judge.budget)
         if spec.model_catalog is not None:
             facts = observe_catalog(self.applier.custom, namespace, spec.model_catalog.name)
             taken = catalog_pass(spec, previous, facts, namespace)
@@ -221,12 +227,11 @@ class Reconciler:
                 return status
             spec = taken.spec
         retry = (run["metadata"].get("annotations") or {}).get(ANNOTATION_RETRY)
-        if (
-            previous.phase in TERMINAL_PHASES
-            and previous.observed_generation == generation
-            and not retry_requested(previous, retry)
-        ):
-            return previous  # nothing to do until the spec changes (see planner._reassess)
+        if previous.phase in TERMINAL_PHASES and previous.observed_generation == generation:
+            if retry is not None and retry_ignored(previous, retry):
+                return self._ignore_retry(run, spec, previous, retry, generation, now)
+            if not retry_requested(previous, retry):
+                return previous  # nothing to do until the spec changes (see planner._reassess)
         # Before any Secret value is read, storage opened, the judge called or a Job created.
         problems, secrets = self._admission(spec, namespace)
         if problems:
@@ -247,6 +252,14 @@ class Reconciler:
             ):
                 judge, judged = observe_judge(spec, storage, name)
                 artifacts = replace(artifacts, judged=judged)
+                judge_lease(storage, namespace, name, done=judged >= (artifacts.shards or 0))
+        except LeaseHeldError as error:  # another writer (e.g. `synthpref annotate run`)
+            log.warning("blocked: %s", error)
+            held, warnings = blocked_status(
+                previous, Reason.RUN_LEASE_HELD, str(error), generation, now
+            )
+            self._write(run, previous, held, warnings)
+            return held
         except SecretNotOptedInError as error:  # lost its opt-in since admission looked
             problem = Problem(Reason.SECRET_NOT_ALLOWED, "spec", str(error))
             return self._hold(run, previous, [problem], generation, now)
@@ -300,6 +313,34 @@ class Reconciler:
             )
             events += warnings
         self._write(run, previous, status, events)
+        return status
+
+    def _ignore_retry(
+        self,
+        run: dict[str, Any],
+        spec: PreferenceRunSpec,
+        previous: RunStatus,
+        retry: str,
+        generation: int,
+        now: str,
+    ) -> RunStatus:
+        """A retry asked of a Succeeded run: say (an Event) that it is ignored and why, and read
+        the run's report objects again (a few small reads, after admission as always), so a
+        report rewritten since by `synthpref report` shows on the run."""
+        meta = run["metadata"]
+        namespace, name = meta["namespace"], meta["name"]
+        outcome, why = None, ""
+        problems, secrets = self._admission(spec, namespace)
+        if problems:
+            why = f"the run may not use what it names: {problems[0].message}"
+        else:
+            try:
+                storage = self.cache.storage(spec, self.applier.core, namespace, name, secrets)
+                outcome = observe_report(storage)
+            except (LookupError, StorageError, SecretNotOptedInError) as error:
+                why = str(error)
+        actions, status = ignore_retry(previous, retry, outcome, generation, now, why)
+        self._write(run, previous, status, [a for a in actions if isinstance(a, Event)])
         return status
 
     def _hold(
@@ -579,6 +620,29 @@ class Reconciler:
             f"cancelled the judge: {len(running)} batch(es) cancelled, "
             f"{summary.files_done}/{summary.files} request files ended",
         )
+
+
+# The operator's hold on a run's lease while it steps the judge: renewed every pass.
+JUDGE_LEASE_TTL_S = 300.0
+
+
+def judge_lease(storage: Storage, namespace: str, name: str, *, done: bool) -> None:
+    """Take (or renew) the run's lease for the operator's judge loop, so no second writer
+    (`synthpref annotate run`, `run --local` on the same storage) submits the same requests;
+    give it up once the judge is done. The holder is the same for every operator process (one
+    leads at a time), so a new leader carries on at once."""
+    from synthpref.run_lease import RunLease
+
+    lease = RunLease(
+        storage,
+        "the operator's judge",
+        ttl_s=JUDGE_LEASE_TTL_S,
+        holder=f"synthpref operator ({namespace}/{name})",
+    )
+    if done:
+        lease.release_if_held()
+    else:
+        lease.acquire()
 
 
 def _parse_time(text: str) -> dt.datetime:

@@ -53,6 +53,9 @@ class ConditionType(StrEnum):
     ADMITTED = "Admitted"
     # Whether something outside the run keeps it from going on (see `blocked.py`).
     BLOCKED = "Blocked"
+    # Whether the finished run's report warns about its data (a judge's position bias, failed
+    # requests, ...): report/warnings.json, written with the report.
+    REPORT_WARNINGS = "ReportWarnings"
 
 
 class Reason(StrEnum):
@@ -89,6 +92,7 @@ class Reason(StrEnum):
     ENV_NOT_ALLOWED = "EnvNotAllowed"
     LIMIT_EXCEEDED = "LimitExceeded"
     STORAGE_OBJECT_TOO_LARGE = "StorageObjectTooLarge"
+    RUN_LEASE_HELD = "RunLeaseHeld"
     CATALOG_NOT_FOUND = "CatalogNotFound"
     CATALOG_INVALID = "CatalogInvalid"
     NOT_BLOCKED = "NotBlocked"
@@ -98,6 +102,9 @@ class Reason(StrEnum):
     QUEUED = "Queued"
     JOB_REFUSED = "JobRefused"
     RETRIED = "Retried"
+    RETRY_IGNORED = "RetryIgnored"
+    REPORT_WARNINGS = "ReportWarnings"
+    NO_REPORT_WARNINGS = "NoReportWarnings"
 
 
 class ConditionStatus(StrEnum):
@@ -228,11 +235,15 @@ class RunResult(StatusModel):
     report_uri: str | None = Field(
         default=None,
         description="The run report (report/index.html: plots of the data and the judge's "
-        "biases), once the last parse worker wrote it.",
+        "biases), once the last parse worker wrote it. `synthpref report open RUN.yaml` (or "
+        "`synthpref report open NAME -n NAMESPACE`) downloads it to a local folder; with --url "
+        "it prints a presigned HTTPS link to it instead.",
     )
     report_error: str | None = Field(
         default=None,
-        description="Why the run report could not be written (the dataset is not affected).",
+        description="Why the run report could not be written (the dataset is not affected). "
+        "After `synthpref report RUN.yaml` wrote it, a new synthpref.dev/retry value makes the "
+        "operator read the report again and clear this.",
     )
 
 
@@ -266,7 +277,10 @@ class RunStatus(StatusModel):
     phase: Phase = Field(default=Phase.PENDING, description="Summary phase of the run.")
     message: str = Field(default="", description="What the run is doing or why it failed.")
     progress: str = Field(
-        default="", description="Work units done/total (shards over all stages), e.g. 37/120."
+        default="",
+        description="Work units done/total: 1 for prepare, then per prompt shard one for each "
+        "answering model, one for mix, one for the judge and one for parse; so total = 1 + "
+        "shards x (models + 3), e.g. 22/22 for 3 shards and 4 models.",
     )
     observed_generation: int = Field(
         default=0, ge=0, description="metadata.generation this status was computed from."

@@ -25,6 +25,7 @@ from synthpref.spec import (
     ObjectMeta,
     PreferenceRunSpec,
     SpecModel,
+    describe_documents,
     validation_problems,
 )
 
@@ -115,10 +116,16 @@ def load_catalog(path: str | Path, name: str) -> ModelCatalogSpec:
     for catalog in catalogs:
         if catalog.metadata.name == name:
             return catalog.spec
-    found = ", ".join(c.metadata.name for c in catalogs) or "none"
+    if catalogs:
+        found = ", ".join(c.metadata.name for c in catalogs)
+        raise CatalogError(
+            f"{source}: no {CATALOG_KIND} named {name!r} (the run's spec.modelCatalog.name); "
+            f"the file has: {found}"
+        )
     raise CatalogError(
-        f"{source}: no {CATALOG_KIND} named {name!r} (the run's spec.modelCatalog.name); "
-        f"the file has: {found}"
+        f"{source}: no {CATALOG_KIND} in this file (it has: {describe_documents(documents)}): "
+        f"--catalog takes the file that defines {CATALOG_KIND} {name!r} (the run's "
+        "spec.modelCatalog.name), and the run's own file comes first: RUN.yaml --catalog FILE"
     )
 
 

@@ -7,6 +7,7 @@ Indexed Job find their index in JOB_COMPLETION_INDEX; `--worker/--workers` overr
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import sys
@@ -19,6 +20,7 @@ import click
 import yaml
 
 from synthpref import layout
+from synthpref.console import VERBOSE_ENV, captured, quiet
 from synthpref.errors import (
     DEFAULT_TERMINATION_LOG,
     TERMINATION_LOG_ENV,
@@ -27,7 +29,13 @@ from synthpref.errors import (
     SynthprefError,
 )
 from synthpref.logs import configure_from_env, set_default_context
-from synthpref.spec import PreferenceRunManifest, SpecError, load_run, parse_manifest
+from synthpref.spec import (
+    GenerationBackend,
+    PreferenceRunManifest,
+    SpecError,
+    load_run,
+    parse_manifest,
+)
 from synthpref.storage import Storage, open_storage
 
 
@@ -93,21 +101,55 @@ def load_manifest(run_file: str | None) -> PreferenceRunManifest:
     """The run manifest from RUN.yaml or, when omitted (in a Job), from $SYNTHPREF_RUN_MANIFEST,
     with the models of its spec.modelCatalog resolved from `--catalog FILE` (a Job's manifest
     comes resolved by the operator)."""
+    context = click.get_current_context(silent=True)
+    catalog_file = context.meta.get(_CATALOG_KEY) if context is not None else None
     try:
         if run_file is not None:
             manifest = load_run(run_file)
         elif MANIFEST_ENV in os.environ:
             document = yaml.safe_load(os.environ[MANIFEST_ENV])
             manifest = parse_manifest(document, f"${MANIFEST_ENV}")
+        elif catalog_file is not None:
+            command = _command_path(context)
+            raise click.UsageError(
+                f"no RUN.yaml: --catalog took {catalog_file} ({_kinds_in(catalog_file)}) and "
+                f"nothing was left for the run; give the run's file first, then the file of "
+                f"the ModelCatalog its spec.modelCatalog names: {command} RUN.yaml --catalog "
+                "CATALOG.yaml"
+            )
         else:
             raise click.UsageError(f"give RUN.yaml or set {MANIFEST_ENV}")
     except SpecError as error:
         raise click.ClickException(str(error)) from None
-    context = click.get_current_context(silent=True)
-    catalog_file = context.meta.get(_CATALOG_KEY) if context is not None else None
     manifest = with_catalog(manifest, run_file or f"${MANIFEST_ENV}", catalog_file)
     set_default_context(manifest.metadata.namespace, manifest.metadata.name)
     return manifest
+
+
+def _command_path(context: click.Context | None) -> str:
+    """How the user called the command: `synthpref report`, not its default `report write`."""
+    if context is None:
+        return "synthpref COMMAND"
+    parent = context.parent
+    if (
+        parent is not None
+        and isinstance(parent.command, DefaultCommandGroup)
+        and parent.command.default == context.info_name
+    ):
+        return parent.command_path
+    return context.command_path
+
+
+def _kinds_in(path: str) -> str:
+    """What a YAML file holds, for a usage message: "it has: PreferenceRun 'x'"."""
+    from synthpref.spec import describe_documents
+
+    try:
+        with open(path, encoding="utf-8") as stream:
+            documents = [d for d in yaml.safe_load_all(stream) if d is not None]
+    except (OSError, yaml.YAMLError, UnicodeDecodeError) as error:
+        return f"which cannot be read as YAML: {error}"
+    return f"it has: {describe_documents(documents)}"
 
 
 def with_catalog(
@@ -156,6 +198,17 @@ def worker_options(function: Callable[..., Any]) -> Callable[..., Any]:
         type=click.IntRange(min=0),
         default=None,
         help="This worker's index (default: $JOB_COMPLETION_INDEX, else 0).",
+    )(function)
+
+
+def verbose_option(function: Callable[..., Any]) -> Callable[..., Any]:
+    """`--verbose` of the commands that start a vLLM engine (`synthpref.console`)."""
+    return click.option(
+        "--verbose",
+        is_flag=True,
+        help="Print what the vLLM engine and its libraries print. Without it, when stderr is a "
+        "terminal, that goes to the run's logs/ instead and only its last lines are printed if "
+        f"the stage fails; elsewhere (a Job's pod) it is printed anyway (also: {VERBOSE_ENV}=1).",
     )(function)
 
 
@@ -215,11 +268,14 @@ def main(debug: bool) -> None:
 @RUN_ARGUMENT
 def prepare(run_file: str | None) -> None:
     """Read prompt files, assign stable ids, drop duplicates, write prompt shards."""
+    from synthpref.run_lease import DEFAULT_TTL_S, hold
     from synthpref.stages.prepare import PromptFileError, run_prepare
 
     manifest, storage = load(run_file)
     try:
-        echo_summary(run_prepare(manifest.spec, storage))
+        # The manifest has one writer; a killed earlier try's lease is waited out.
+        with hold(storage, "synthpref prepare", wait_s=DEFAULT_TTL_S + 5):
+            echo_summary(run_prepare(manifest.spec, storage))
     except PromptFileError as error:
         raise click.ClickException(str(error)) from None
 
@@ -228,22 +284,23 @@ def prepare(run_file: str | None) -> None:
 @RUN_ARGUMENT
 @click.option("--model", "model_name", required=True, help="Name of the model in spec.models.")
 @worker_options
-def generate(run_file: str | None, model_name: str, worker: int | None, workers: int) -> None:
+@verbose_option
+def generate(
+    run_file: str | None, model_name: str, worker: int | None, workers: int, verbose: bool
+) -> None:
     """Answer this worker's prompt shards with one model (loaded once)."""
     from synthpref.stages.generate import run_generate
 
     manifest, storage = load(run_file)
     try:
-        manifest.spec.model(model_name)
+        model = manifest.spec.model(model_name)
     except KeyError as error:
         raise click.BadParameter(str(error.args[0]), param_hint="--model") from None
-    summary = run_generate(
-        manifest.spec,
-        storage,
-        model_name,
-        worker=resolve_worker(worker, workers),
-        workers=workers,
-    )
+    index = resolve_worker(worker, workers)
+    engine = quiet(verbose, local_run=False) and model.backend is GenerationBackend.VLLM
+    log_key = layout.engine_log("generate", model_name, index, workers)
+    with captured(storage, log_key, enabled=engine):
+        summary = run_generate(manifest.spec, storage, model_name, worker=index, workers=workers)
     echo_summary({**asdict(summary), "tokens_per_second": round(summary.tokens_per_second, 1)})
 
 
@@ -263,14 +320,17 @@ def mix(run_file: str | None, worker: int | None, workers: int) -> None:
 @main.command()
 @RUN_ARGUMENT
 @worker_options
-def judge(run_file: str | None, worker: int | None, workers: int) -> None:
+@verbose_option
+def judge(run_file: str | None, worker: int | None, workers: int, verbose: bool) -> None:
     """Rate the judge request files with the offline vLLM judge (judge.backend: vllm)."""
     from synthpref.stages.judge import run_judge
 
     manifest, storage = load(run_file)
-    echo_summary(
-        run_judge(manifest.spec, storage, worker=resolve_worker(worker, workers), workers=workers)
-    )
+    index = resolve_worker(worker, workers)
+    log_key = layout.engine_log("judge", None, index, workers)
+    with captured(storage, log_key, enabled=quiet(verbose, local_run=False)):
+        summary = run_judge(manifest.spec, storage, worker=index, workers=workers)
+    echo_summary(summary)
 
 
 @main.command()
@@ -319,11 +379,33 @@ def show_report(result: Any) -> None:
         click.echo(f"warning: {warning['message']}", err=True)
 
 
-@main.command()
+class DefaultCommandGroup(click.Group):
+    """A group whose first argument, when it names none of its commands, goes to `default`:
+    `synthpref report RUN.yaml` is `synthpref report write RUN.yaml`, and `synthpref report
+    open RUN` another command of the group."""
+
+    def __init__(self, *args: Any, default: str, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.default = default
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        if not args or (args[0] not in self.commands and args[0] not in ctx.help_option_names):
+            args = [self.default, *args]
+        return super().parse_args(ctx, args)
+
+
+@main.group(cls=DefaultCommandGroup, default="write")
+def report() -> None:
+    """The run report of a finished run: `synthpref report [RUN.yaml]` writes it again (as
+    `report write`); `synthpref report open RUN` fetches it to a local folder or prints a
+    presigned link to it."""
+
+
+@report.command("write")
 @RUN_ARGUMENT
-def report(run_file: str | None) -> None:
-    """Write the run report (report/index.html, report/report.json), dataset/provenance.json and
-    the dataset card dataset/README.md of a finished run."""
+def report_write(run_file: str | None) -> None:
+    """Write the run report (report/index.html, report/report.json, report/warnings.json),
+    dataset/provenance.json and the dataset card dataset/README.md of a finished run."""
     from synthpref.report.writer import report_or_error
 
     manifest, storage = load(run_file)
@@ -333,6 +415,81 @@ def report(run_file: str | None) -> None:
             "stage; run it (or the whole run) first"
         )
     show_report(report_or_error(manifest, storage))
+
+
+@report.command("open")
+@click.argument("run", metavar="RUN")
+@click.option(
+    "--namespace",
+    "-n",
+    default=None,
+    help="RUN is a run's name on the cluster, in this namespace (default: the kubeconfig "
+    "context's, else default).",
+)
+@click.option(
+    "--kubeconfig",
+    type=click.Path(dir_okay=False),
+    default=None,
+    help="The kubeconfig to read the run with (default: $KUBECONFIG, ~/.kube/config).",
+)
+@click.option(
+    "--to",
+    "folder",
+    type=click.Path(file_okay=False),
+    default=None,
+    help="Folder to copy the report into (default: ./RUN-NAME-report).",
+)
+@click.option("--url", "as_url", is_flag=True, help="Print a presigned HTTPS link instead.")
+@click.option(
+    "--expires",
+    type=click.IntRange(min=1, max=7 * 24 * 3600),
+    default=3600,
+    show_default=True,
+    help="Seconds the --url link works.",
+)
+def report_open(
+    run: str,
+    namespace: str | None,
+    kubeconfig: str | None,
+    folder: str | None,
+    as_url: bool,
+    expires: int,
+) -> None:
+    """Open a finished run's report: RUN is its RUN.yaml, or its name on the cluster (with
+    --namespace, or any RUN that is not a file). The report (status.result.reportUri, an
+    s3:// URI) is copied into a local folder whose index.html a browser opens; with --url,
+    a presigned HTTPS link to the page is printed instead. S3 is read with your own
+    credentials (AWS_* variables), as `aws s3 cp` does."""
+    from pathlib import Path
+
+    from synthpref.report import opening
+
+    if namespace is None and (os.path.isfile(run) or run.endswith((".yaml", ".yml"))):
+        located = opening.from_manifest(load_run_file(run))
+    else:
+        located = opening.from_cluster(run, namespace, kubeconfig)
+    if as_url:
+        click.echo(opening.presigned_link(located, expires))
+        return
+    page = opening.local_page(located)
+    if page is None:
+        target = Path(folder) if folder is not None else Path(f"{located.run}-report")
+        page = opening.fetch(located, target)
+        click.echo(f"fetched {located.uri}", err=True)
+    click.echo(f"report: {page}")
+    warnings_file = page.parent / "warnings.json"
+    if warnings_file.is_file():
+        with contextlib.suppress(ValueError, TypeError, KeyError):
+            for warning in json.loads(warnings_file.read_text(encoding="utf-8"))["warnings"]:
+                click.echo(f"warning: {warning['message']}", err=True)
+
+
+def load_run_file(run_file: str) -> PreferenceRunManifest:
+    """A RUN.yaml as it is (its spec.modelCatalog left unresolved: the report needs no models)."""
+    try:
+        return load_run(run_file)
+    except SpecError as error:
+        raise click.ClickException(str(error)) from None
 
 
 @main.command()
@@ -368,14 +525,23 @@ def estimate(run_file: str | None, prompts_uri: str | None, as_json: bool) -> No
 @RUN_ARGUMENT
 @click.option("--local", is_flag=True, required=True, help="Run every stage here, in order.")
 @click.option("--no-progress", is_flag=True, help="No progress bars (e.g. in CI logs).")
-def run(run_file: str | None, local: bool, no_progress: bool) -> None:
+@click.option(
+    "--verbose",
+    is_flag=True,
+    help="Print what the vLLM engines and their libraries print, between the progress bars; "
+    "without it that goes to the run's logs/ (logs/generate-MODEL.log, logs/judge.log) and "
+    f"only a failing engine's last lines are printed (also: {VERBOSE_ENV}=1).",
+)
+def run(run_file: str | None, local: bool, no_progress: bool, verbose: bool) -> None:
     """Run the whole pipeline locally: prepare → generate → mix → judge → parse."""
     from synthpref.local_run import run_local
     from synthpref.outcome import AcceptanceError, describe_losses
     from synthpref.report.writer import ReportError
+    from synthpref.run_lease import hold
 
     manifest, storage = load(run_file)
-    result = run_local(manifest, storage, progress=not no_progress)
+    with hold(storage, "synthpref run --local"):  # one writer per run: no request paid twice
+        result = run_local(manifest, storage, progress=not no_progress, verbose=verbose)
     echo_summary(result.summary)
     click.echo(f"dataset: {result.dataset_uri} ({result.pairs} pairs)")
     report_result = result.report

@@ -15,10 +15,12 @@ MIX_MANIFEST = "mix/manifest.json"
 SUMMARY = "dataset/summary.json"
 
 # What the run report step writes once the dataset is done (`synthpref.report`): the report
-# itself, the error that stopped it (absent after a report was written), and beside the dataset
-# its provenance and Hugging Face dataset card.
+# itself, its warnings alone (a small object the operator reads onto the run), the error that
+# stopped it (absent after a report was written), and beside the dataset its provenance and
+# Hugging Face dataset card.
 REPORT_HTML = "report/index.html"
 REPORT_JSON = "report/report.json"
+REPORT_WARNINGS = "report/warnings.json"
 REPORT_ERROR = "report/error.json"
 PROVENANCE = "dataset/provenance.json"
 DATASET_CARD = "dataset/README.md"
@@ -94,6 +96,16 @@ def judge_resubmit(request_key: str, attempt: int) -> str:
 def model_record(model: str) -> str:
     """What the generation workers of `model` loaded (see `JUDGE_RECORD`)."""
     return f"provenance/models/{model}.json"
+
+
+def engine_log(stage: str, model: str | None = None, worker: int = 0, workers: int = 1) -> str:
+    """What the engine and its libraries printed while a stage ran on a local console
+    (`synthpref.console`): logs/generate-MODEL.log, logs/judge.log; one per worker when several
+    share the stage (logs/judge-worker-1.log)."""
+    name = stage if model is None else f"{stage}-{model}"
+    if workers > 1:
+        name += f"-worker-{worker}"
+    return f"logs/{name}.log"
 
 
 def dataset_shard(index: int, extension: str = "jsonl") -> str:

@@ -5,22 +5,23 @@ Every stage skips what is already committed, so an interrupted local run resumes
 stopped when started again. Its last step is the run report (`synthpref.report`), written by
 the parse stage just before the run summary, whatever the outcome. The result carries the run's
 assessment against `spec.acceptance` (`outcome.assess`), which the CLI turns into its exit
-code.
+code. What the vLLM engines and their libraries print goes to the run's `logs/`, not between
+the progress bars, unless `verbose` (`synthpref.console`).
 """
 
 from __future__ import annotations
 
-import os
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
 from tqdm import tqdm
 
 from synthpref import layout
+from synthpref.console import captured, quiet
 from synthpref.errors import SynthprefError
 from synthpref.outcome import Assessment, assess
 from synthpref.report.writer import ReportError, ReportResult, report_or_error
@@ -38,9 +39,19 @@ class LocalRunResult:
 
 
 @contextmanager
-def stage_bar(name: str, total: int | None, enabled: bool) -> Iterator[Callable[[int], None]]:
-    """A progress bar for one stage; yields the per-shard callback the stages accept."""
-    with tqdm(total=total, desc=f"{name:<9}", unit="shard", disable=not enabled) as bar:
+def stage_bar(
+    name: str, total: int | None, enabled: bool, file: TextIO | None = None
+) -> Iterator[Callable[[int], None]]:
+    """A progress bar for one stage (on `file`, default stderr); yields the per-shard callback
+    the stages accept."""
+    with tqdm(
+        total=total,
+        desc=f"{name:<9}",
+        unit="shard",
+        disable=not enabled,
+        file=file,
+        dynamic_ncols=True,
+    ) as bar:
 
         def tick(_shard: int) -> None:
             bar.update(1)
@@ -89,9 +100,11 @@ def run_local(
     *,
     progress: bool = True,
     report: bool = True,
+    verbose: bool = False,
 ) -> LocalRunResult:
     """Run prepare → generate (each model) → mix → judge → parse (the run report, when
-    `report`, written just before the run summary); return the run summary."""
+    `report`, written just before the run summary); return the run summary. Each vLLM engine's
+    output goes to logs/ in the storage (`layout.engine_log`), unless `verbose`."""
     from synthpref.stages.generate import run_generate
     from synthpref.stages.judge import run_judge
     from synthpref.stages.mix import run_mix
@@ -100,8 +113,7 @@ def run_local(
 
     spec = manifest.spec
     check_local_models(spec)
-    if progress:  # vLLM's per-step INFO lines would bury the progress bars
-        os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")
+    quiet_console = quiet(verbose, local_run=True)
     timings: dict[str, float] = {}
     summary: dict[str, Any] = {}
 
@@ -117,7 +129,11 @@ def run_local(
     summary["generate"] = {}
     for model in spec.models:
         started = time.monotonic()
-        with stage_bar(model.name, shards, progress) as tick:
+        engine = quiet_console and model.backend is GenerationBackend.VLLM
+        with (
+            captured(storage, layout.engine_log("generate", model.name), enabled=engine) as out,
+            stage_bar(model.name, shards, progress, out) as tick,
+        ):
             result = run_generate(spec, storage, model.name, on_shard=tick)
         summary["generate"][model.name] = asdict(result)
         timed(f"generate/{model.name}", started)
@@ -128,7 +144,11 @@ def run_local(
     timed("mix", started)
 
     started = time.monotonic()
-    with stage_bar("judge", shards, progress) as tick:
+    engine = quiet_console and spec.judge.backend is JudgeBackend.VLLM
+    with (
+        captured(storage, layout.engine_log("judge"), enabled=engine) as out,
+        stage_bar("judge", shards, progress, out) as tick,
+    ):
         if spec.judge.backend is JudgeBackend.VLLM:
             summary["judge"] = asdict(run_judge(spec, storage, on_shard=tick))
         else:

@@ -308,7 +308,13 @@ class ModelSpec(SpecModel):
         description="Model to load: a Hugging Face id or a local path (vllm); model name (openai).",
     )
     revision: str | None = Field(default=None, description="Model revision (vllm).")
-    gpus: int = Field(default=1, ge=0, le=64, description="GPUs per replica (tensor parallel).")
+    gpus: int | None = Field(
+        default=None,
+        ge=0,
+        le=64,
+        description="GPUs per replica (tensor parallel); unset: 1 for backend vllm, 0 for "
+        "backend openai (which loads no model).",
+    )
     replicas: int = Field(
         default=1, ge=1, le=1024, description="Parallel workers; each takes every n-th shard."
     )
@@ -349,6 +355,13 @@ class ModelSpec(SpecModel):
         "memory = request); vLLM on CPU (gpus: 0) requests 2 CPUs and 8Gi (limits 4 CPUs, 16Gi); "
         "the openai backend requests 500m and 1Gi (limits 2 CPUs, 2Gi).",
     )
+
+    @property
+    def gpu_count(self) -> int:
+        """GPUs per replica: `gpus`, or when unset 1 for a vLLM model, 0 for an openai one."""
+        if self.gpus is not None:
+            return self.gpus
+        return 1 if self.backend is GenerationBackend.VLLM else 0
 
     @field_validator("name")
     @classmethod
@@ -493,7 +506,12 @@ class JudgeSpec(SpecModel):
     )
     temperature: float = Field(default=0.0, ge=0.0, le=2.0, description="Judge temperature.")
     max_tokens: int = Field(default=1024, ge=16, le=65_536, description="Judge max reply tokens.")
-    gpus: int = Field(default=1, ge=0, le=64, description="GPUs for a vllm judge.")
+    gpus: int | None = Field(
+        default=None,
+        ge=0,
+        le=64,
+        description="GPUs for a vllm judge; unset: 1 for backend vllm, 0 for backend openai.",
+    )
     max_model_len: int | None = Field(default=None, ge=16, description="vllm judge context.")
     engine_args: dict[str, Any] = Field(
         default_factory=dict, description="Extra vLLM engine arguments for a vllm judge."
@@ -533,6 +551,13 @@ class JudgeSpec(SpecModel):
         description="CPU and memory of a vLLM judge's pod, merged key by key with the defaults "
         "of a vLLM model with judge.gpus GPUs.",
     )
+
+    @property
+    def gpu_count(self) -> int:
+        """GPUs of the judge: `gpus`, or when unset 1 for a vLLM judge, 0 for an openai one."""
+        if self.gpus is not None:
+            return self.gpus
+        return 1 if self.backend is JudgeBackend.VLLM else 0
 
     def price(self) -> Price | None:
         """judge.pricing, else the price table's entry for judge.model (None: unknown)."""
@@ -937,6 +962,19 @@ def parse_manifest(document: Any, source: str = "<manifest>") -> PreferenceRunMa
         raise SpecError(format_validation_error(source, error)) from None
 
 
+def describe_documents(documents: list[Any]) -> str:
+    """The kinds and names of a YAML file's documents, for messages: "ModelCatalog 'tulu3'"."""
+    described = []
+    for document in documents:
+        if isinstance(document, dict):
+            name = (document.get("metadata") or {}).get("name")
+            kind = str(document.get("kind") or "a document without kind")
+            described.append(f"{kind} {name!r}" if name else kind)
+        else:
+            described.append(type(document).__name__)
+    return ", ".join(described) or "no documents"
+
+
 def load_run(path: str | Path) -> PreferenceRunManifest:
     """Read the one PreferenceRun manifest of a YAML file (other kinds, e.g. a Secret, are
     ignored; several PreferenceRuns are an error)."""
@@ -951,7 +989,14 @@ def load_run(path: str | Path) -> PreferenceRunManifest:
         raise SpecError(f"{source}: not valid YAML: {error}") from None
     runs = [d for d in documents if isinstance(d, dict) and d.get("kind") == KIND]
     if not runs:
-        raise SpecError(f"{source}: no document with kind: {KIND}")
+        found = describe_documents(documents)
+        hint = ""
+        if any(isinstance(d, dict) and d.get("kind") == "ModelCatalog" for d in documents):
+            hint = (
+                "; a ModelCatalog file goes to --catalog FILE, after the run's own file: "
+                "RUN.yaml --catalog CATALOG.yaml"
+            )
+        raise SpecError(f"{source}: no document with kind: {KIND} (the file has: {found}){hint}")
     if len(runs) > 1:
         names = [str((d.get("metadata") or {}).get("name", "?")) for d in runs]
         raise SpecError(

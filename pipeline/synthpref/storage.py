@@ -113,8 +113,10 @@ class Storage(ABC):
             yield line.text(url)
 
     @abstractmethod
-    def open_writer(self, key: str) -> Any:
-        """Context manager yielding a text stream; the object appears only on clean exit."""
+    def open_writer(self, key: str, content_type: str | None = None) -> Any:
+        """Context manager yielding a text stream; the object appears only on clean exit.
+        `content_type`: the object's Content-Type where the store keeps one (S3), so that a
+        browser shows a report page instead of downloading it; a local file has none."""
 
     @contextmanager
     def open_byte_writer(self, key: str) -> Iterator[ByteSink]:
@@ -147,14 +149,18 @@ class Storage(ABC):
         return f"{self.uri.rstrip('/')}/{key}"
 
     @abstractmethod
-    def write_bytes(self, key: str, data: bytes) -> None:
-        """Write a whole object atomically."""
+    def write_bytes(self, key: str, data: bytes, content_type: str | None = None) -> None:
+        """Write a whole object atomically (`content_type`: as for `open_writer`)."""
 
     def read_json(self, key: str) -> Any:
         return json.loads(self.read_bytes(key))
 
-    def write_json(self, key: str, value: Any) -> None:
-        self.write_bytes(key, (json.dumps(value, indent=2, sort_keys=True) + "\n").encode())
+    def write_json(self, key: str, value: Any, content_type: str | None = None) -> None:
+        data = (json.dumps(value, indent=2, sort_keys=True) + "\n").encode()
+        if content_type is None:
+            self.write_bytes(key, data)
+        else:
+            self.write_bytes(key, data, content_type=content_type)
 
     def commit(self, key: str, info: dict[str, Any]) -> None:
         """Mark `key` done; `info` (row counts, summaries) is stored in the marker."""
@@ -260,8 +266,8 @@ class LocalStorage(Storage):
                 tmp.unlink(missing_ok=True)
 
     @contextmanager
-    def open_writer(self, key: str) -> Iterator[IO[str]]:
-        with self._atomic_file(key, binary=False) as stream:
+    def open_writer(self, key: str, content_type: str | None = None) -> Iterator[IO[str]]:
+        with self._atomic_file(key, binary=False) as stream:  # a file has no Content-Type
             yield stream
 
     @contextmanager
@@ -269,8 +275,8 @@ class LocalStorage(Storage):
         with self._atomic_file(key, binary=True) as stream:
             yield stream
 
-    def write_bytes(self, key: str, data: bytes) -> None:
-        with self._atomic_file(key, binary=True) as stream:
+    def write_bytes(self, key: str, data: bytes, content_type: str | None = None) -> None:
+        with self._atomic_file(key, binary=True) as stream:  # a file has no Content-Type
             stream.write(data)
 
     def exists(self, key: str) -> bool:
@@ -332,6 +338,11 @@ class S3Storage(Storage):
     def _call(self, what: str, operation: Callable[[], T]) -> T:
         return self._retrier().call(what, operation)
 
+    def call(self, what: str, operation: Callable[[], T]) -> T:
+        """`operation()` (a call of `client`) with this storage's retries and error messages:
+        for requests the methods above do not make (e.g. the run lease's conditional writes)."""
+        return self._call(what, operation)
+
     def _get(self, key: str, offset: int = 0, etag: str | None = None) -> Any:
         """GET the object from byte `offset` on; `etag` guards a resumed read against an
         object that was replaced meanwhile (412, a StorageError)."""
@@ -376,7 +387,8 @@ class S3Storage(Storage):
             body.close()
 
     @contextmanager
-    def open_writer(self, key: str) -> Iterator[IO[str]]:
+    def open_writer(self, key: str, content_type: str | None = None) -> Iterator[IO[str]]:
+        extra = {"ContentType": content_type} if content_type else None
         with tempfile.SpooledTemporaryFile(max_size=self.SPOOL_BYTES, mode="w+b") as spool:
             text = io.TextIOWrapper(spool, encoding="utf-8", newline="\n", write_through=True)
             yield text
@@ -386,7 +398,7 @@ class S3Storage(Storage):
             def upload() -> None:  # every try sends the whole object again
                 view = io.BufferedReader(_SpoolView(spool))
                 self.client.upload_fileobj(
-                    view, self.bucket, self._key(key), Config=self._transfer()
+                    view, self.bucket, self._key(key), ExtraArgs=extra, Config=self._transfer()
                 )
 
             self._call(f"write {key}", upload)
@@ -397,11 +409,27 @@ class S3Storage(Storage):
         size = self.MULTIPART_BYTES
         return TransferConfig(multipart_threshold=size, multipart_chunksize=size, max_concurrency=4)
 
-    def write_bytes(self, key: str, data: bytes) -> None:
-        self._call(
-            f"write {key}",
-            lambda: self.client.put_object(Bucket=self.bucket, Key=self._key(key), Body=data),
+    def write_bytes(self, key: str, data: bytes, content_type: str | None = None) -> None:
+        def put() -> Any:
+            if content_type:
+                return self.client.put_object(
+                    Bucket=self.bucket, Key=self._key(key), Body=data, ContentType=content_type
+                )
+            return self.client.put_object(Bucket=self.bucket, Key=self._key(key), Body=data)
+
+        self._call(f"write {key}", put)
+
+    def presigned_url(self, key: str, expires_seconds: int, content_type: str | None = None) -> str:
+        """A link that GETs the object without credentials until it expires (signed here with
+        the client's own; no request is sent). `content_type`: what the response says it is,
+        whatever the object was stored with."""
+        params: dict[str, Any] = {"Bucket": self.bucket, "Key": self._key(key)}
+        if content_type:
+            params["ResponseContentType"] = content_type
+        url: str = self.client.generate_presigned_url(
+            "get_object", Params=params, ExpiresIn=expires_seconds
         )
+        return url
 
     def exists(self, key: str) -> bool:
         from botocore.exceptions import ClientError
@@ -500,6 +528,9 @@ def s3_client(
             retries={"mode": "standard", "total_max_attempts": S3_MAX_ATTEMPTS},
             connect_timeout=S3_CONNECT_TIMEOUT_S,
             read_timeout=S3_READ_TIMEOUT_S,
+            # What requests use anyway; said here so presigned links are SigV4 too (botocore
+            # presigns with the legacy SigV2 otherwise, which most regions refuse).
+            signature_version="s3v4",
         ),
     )
     return client

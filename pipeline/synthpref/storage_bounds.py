@@ -64,14 +64,14 @@ class BoundedStorage(Storage):
         most = self.limits.max_listed_keys
         return self.inner.list(prefix, limit=most if limit is None else min(limit, most))
 
-    def open_writer(self, key: str) -> Any:
-        return self.inner.open_writer(key)
+    def open_writer(self, key: str, content_type: str | None = None) -> Any:
+        return self.inner.open_writer(key, content_type)
 
     def open_byte_writer(self, key: str) -> Any:
         return self.inner.open_byte_writer(key)
 
-    def write_bytes(self, key: str, data: bytes) -> None:
-        self.inner.write_bytes(key, data)
+    def write_bytes(self, key: str, data: bytes, content_type: str | None = None) -> None:
+        self.inner.write_bytes(key, data, content_type)
 
     def exists(self, key: str) -> bool:
         return self.inner.exists(key)

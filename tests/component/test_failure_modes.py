@@ -715,7 +715,7 @@ CASES = [
         every_request_failed,
         0,
         (),
-        said=("data loss: ", "8 judge request(s) failed"),
+        said=("data loss: 16 judge requests failed after all attempts",),
     ),
     Case(
         "zero-pairs-accepted-when-asked",

@@ -117,9 +117,9 @@ class CountingStorage(LocalStorage):
         self.reads.append(prefix)
         return super().list(prefix, limit)
 
-    def write_bytes(self, key: str, data: bytes) -> None:
+    def write_bytes(self, key: str, data: bytes, content_type: str | None = None) -> None:
         self.writes.append(key)
-        super().write_bytes(key, data)
+        super().write_bytes(key, data, content_type)
 
 
 def judge(storage: Storage, server: OpenAIServer, files: int | None = None) -> Annotator:

@@ -1,7 +1,10 @@
 """The quickstart end to end through the real CLI, as scripts/demo.sh runs it: the real small
 model (SmolLM2, two system prompts) and a tiny random-weight one answer on vLLM's CPU engine,
 SmolLM2 judges with structured output, every stage on the local filesystem, the run report and
-provenance; then a rerun that finds everything committed."""
+provenance; then a rerun that finds everything committed.
+
+The console stays quiet: what the engines and their libraries print is in the run's logs/,
+except with --verbose (tiny-bad answers first, by its stage command with --verbose)."""
 
 from __future__ import annotations
 
@@ -27,6 +30,11 @@ SYNTHPREF = [sys.executable, "-m", "synthpref"]
 
 pytestmark = pytest.mark.vllm
 
+# A line of vLLM's logging (parent, engine core and worker processes alike).
+ENGINE_LINE = re.compile(
+    r"^\((MainProcess|EngineCore|Worker|VllmWorker-\d+) pid=\d+\) (INFO|WARNING) ", re.M
+)
+
 
 def synthpref(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
     result = subprocess.run(
@@ -43,10 +51,10 @@ def synthpref(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
 
 
 def printed_summary(stdout: str) -> dict[str, Any]:
-    """The run summary the CLI prints last (vLLM's log lines may come before it)."""
+    """The summary the CLI prints last (with --verbose, vLLM's log lines come before it)."""
     text = "\n" + stdout  # the summary may also be the first thing printed
     start = text.rindex("\n{\n") + 1
-    summary: dict[str, Any] = json.loads(text[start : text.rindex("}") + 1])
+    summary: dict[str, Any] = json.loads(text[start : text.index("\n}\n", start) + 2])
     return summary
 
 
@@ -60,10 +68,30 @@ def test_quickstart_end_to_end_and_resume(tmp_path: Path) -> None:
     assert {Path(m["path"]).parent.name for m in spec["models"]} == {".models"}
     run_file = tmp_path / "quickstart.yaml"
     run_file.write_text(yaml.safe_dump(manifest))
+    storage = LocalStorage(tmp_path / spec["storage"]["uri"])
+
+    synthpref("prepare", str(run_file), cwd=tmp_path)
+    verbose = synthpref("generate", str(run_file), "--model", "tiny-bad", "--verbose", cwd=tmp_path)
+    assert ENGINE_LINE.search(verbose.stdout), verbose.stdout  # vLLM logs to stdout
+    assert "Loading safetensors checkpoint shards" in verbose.stderr  # its worker process
+    assert not storage.exists(layout.engine_log("generate", "tiny-bad"))
 
     first = synthpref("run", str(run_file), "--local", "--no-progress", cwd=tmp_path)
 
-    storage = LocalStorage(tmp_path / spec["storage"]["uri"])
+    # Only synthpref's own lines on the console: the summary first, then the dataset and the
+    # report; its warnings and the data loss on stderr. The engines' lines are in logs/.
+    assert first.stdout.startswith("{\n"), first.stdout
+    assert not ENGINE_LINE.search(first.stdout + first.stderr)
+    for line in first.stderr.splitlines():
+        assert line.startswith(("warning: ", "data loss: ")), first.stderr
+    quiet = [m["name"] for m in spec["models"] if m["name"] != "tiny-bad"]
+    keys = [*(layout.engine_log("generate", name) for name in quiet), layout.engine_log("judge")]
+    logs = {key: storage.read_bytes(key) for key in keys}
+    for key, log in logs.items():
+        text = log.decode()
+        for process in ("MainProcess", "EngineCore", "Worker"):
+            assert re.search(rf"^\({process} pid=\d+\) (INFO|WARNING) ", text, re.M), key
+        assert "Loading safetensors checkpoint shards" in text, key
     summary = storage.read_json(layout.SUMMARY)
     rows = [
         row
@@ -84,6 +112,8 @@ def test_quickstart_end_to_end_and_resume(tmp_path: Path) -> None:
         assert "topic" in row.metadata
     printed = printed_summary(first.stdout)
     assert printed["prepare"]["prompts"] == 24
+    assert printed["generate"]["tiny-bad"]["shards_skipped"] == 3
+    printed["generate"]["tiny-bad"] = printed_summary(verbose.stdout)
     for model in spec["models"]:
         generated = printed["generate"][model["name"]]
         assert generated["rows"] == 24 and generated["completion_tokens"] > 0
@@ -126,3 +156,4 @@ def test_quickstart_end_to_end_and_resume(tmp_path: Path) -> None:
         assert again["generate"][model["name"]]["shards_skipped"] == 3
     assert again["judge"]["request_files"] == 0
     assert [storage.read_bytes(layout.dataset_shard(s)) for s in range(3)] == dataset_before
+    assert {key: storage.read_bytes(key) for key in logs} == logs  # no engine: logs kept

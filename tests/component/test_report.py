@@ -379,3 +379,59 @@ def test_a_report_error_is_one_line_and_the_dataset_stays(
     assert f"report: {storage.url(layout.REPORT_HTML)}" in result.stdout
     assert "warning: Length bias" in result.stderr
     assert not storage.exists(layout.REPORT_ERROR)
+
+
+def test_on_s3_the_report_has_content_types_warnings_and_opens(
+    judged: Callable[[str], Judged], s3_endpoint: str, tmp_path: Path
+) -> None:
+    """Written to S3, each report object has its Content-Type (a browser shows the page, not a
+    download), report/warnings.json holds the warnings alone, and `synthpref report open`
+    fetches the report or prints a presigned SigV4 link whose page is text/html."""
+    import urllib.request
+
+    from synthpref.report.writer import CONTENT_TYPES
+    from synthpref.storage import S3Storage, s3_client
+    from tests.support.s3 import new_bucket
+
+    local_manifest, local = judged("position")
+    uri = f"s3://{new_bucket(s3_endpoint)}/runs/position"
+    client = s3_client(s3_endpoint, "us-east-1")
+    storage = S3Storage(uri, client)
+    for path in sorted(local.root.rglob("*")):  # the judged run, without its report
+        key = path.relative_to(local.root).as_posix()
+        if path.is_file() and key not in CONTENT_TYPES:
+            storage.write_bytes(key, path.read_bytes())
+    document = local_manifest.model_dump(mode="json", by_alias=True)
+    document["spec"]["storage"] = {"uri": uri, "endpointUrl": s3_endpoint}
+    manifest = PreferenceRunManifest.model_validate(document)
+    result = write_report(manifest, storage)
+    for key, content_type in CONTENT_TYPES.items():
+        head = client.head_object(Bucket=storage.bucket, Key=f"runs/position/{key}")
+        assert head["ContentType"] == content_type, key
+    warnings = storage.read_json(layout.REPORT_WARNINGS)["warnings"]
+    assert {w["kind"] for w in warnings} == JUDGES["position"][2]
+    assert [w["message"] for w in warnings] == [w["message"] for w in result.warnings]
+
+    run_file = tmp_path / "run.yaml"
+    run_file.write_text(yaml.safe_dump(manifest.model_dump(mode="json", by_alias=True)))
+    env = {KEY_ENV: DEFAULT_API_KEY}
+    opened = synthpref("report", "open", str(run_file), "--to", "fetched", env=env, cwd=tmp_path)
+    assert opened.returncode == 0, opened.stderr
+    assert opened.stdout.strip() == "report: fetched/index.html"
+    assert "warning: Position bias" in opened.stderr
+    assert sorted(p.name for p in (tmp_path / "fetched").iterdir()) == [
+        "index.html",
+        "report.json",
+        "warnings.json",
+    ]
+    assert (tmp_path / "fetched" / "index.html").read_bytes() == storage.read_bytes(
+        layout.REPORT_HTML
+    )
+    link = synthpref("report", "open", str(run_file), "--url", "--expires", "600", env=env)
+    assert link.returncode == 0, link.stderr
+    url = link.stdout.strip()
+    assert url.startswith(f"{s3_endpoint}/") and "X-Amz-Algorithm=AWS4-HMAC-SHA256" in url
+    assert "X-Amz-Expires=600" in url
+    with urllib.request.urlopen(url, timeout=30) as reply:  # no credentials: the link's own
+        assert reply.headers["Content-Type"] == "text/html; charset=utf-8"
+        assert reply.read() == storage.read_bytes(layout.REPORT_HTML)

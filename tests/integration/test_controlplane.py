@@ -643,6 +643,10 @@ def test_controlplane_basics(control_plane: ControlPlane, tmp_path: Path) -> Non
     assert "kube-apiserver" in control_plane.log_tail(5) or control_plane.log_tail(5) == ""
     version = control_plane.request("GET", "/version")
     assert version["gitVersion"] == "v1.36.3"
+    # Events last a day (the API server's default is one hour), as `dev cluster up` runs it.
+    apiserver = control_plane.pids()["kube-apiserver"]
+    args = Path(f"/proc/{apiserver}/cmdline").read_bytes().decode().split("\0")
+    assert "--event-ttl=24h" in args, args
     # An extra user without RBAC bindings is authenticated but forbidden.
     cfg = control_plane.write_kubeconfig(tmp_path / "alice.kubeconfig", user="alice", groups=())
     from kubernetes import config

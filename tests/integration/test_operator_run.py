@@ -258,6 +258,13 @@ def test_run_to_succeeded_with_dataset_in_s3(env: Env) -> None:
     ).stdout
     for reason in ("Preparing", "Generating", "Mixing", "Annotating", "Parsing", "Succeeded"):
         assert reason in events, events
+    # The report's warnings (its small warnings.json) are on the run: a condition, and one
+    # Warning Event each.
+    warnings = storage.read_json(layout.REPORT_WARNINGS)["warnings"]
+    warned = {c["type"]: c for c in status["conditions"]}["ReportWarnings"]
+    assert warned["status"] == ("True" if warnings else "False")
+    assert all(w["message"] in warned["message"] for w in warnings)
+    assert events.count("ReportWarning") == len(warnings), events
     assert DEFAULT_API_KEY not in json.dumps(run)
     hops = stage_hops(env.jobs())
     print(f"\nend-to-end wall time {wall:.1f}s; stage hops (s): {hops}")

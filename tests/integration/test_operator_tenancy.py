@@ -381,3 +381,41 @@ def test_a_secret_that_loses_its_opt_in_holds_the_run_and_suspends_its_jobs(env:
     assert job.metadata.annotations[ANNOTATION_SUSPENDED_BY_RUN] == "true"
     assert ANNOTATION_SUSPENDED_BY_RUN not in (resumed.metadata.annotations or {})
     assert run["status"]["phase"] == "Succeeded", run["status"]
+
+
+def test_the_operators_judge_waits_while_another_writer_holds_the_run(env: Env) -> None:
+    """One writer per run: while someone else holds the run's lease (a `synthpref annotate
+    run` on the same storage, say), the operator submits no batch and says who holds it; once
+    it is given up, the run goes on and each request file gets one batch."""
+    from synthpref.run_lease import RunLease
+
+    env.kubelet.delay(lambda pod: "leased-mix" in pod["metadata"]["name"], 15)
+    operator = env.operator()
+    try:
+        env.apply(env.manifest("leased"))
+        env.wait_phase("leased", {"Mixing"}, timeout=180)
+        other = RunLease(env.storage(), "synthpref annotate run", holder="laptop:42 (annotate)")
+        other.acquire()
+        blocked = wait_for(
+            lambda: (
+                (c := base_condition(env, "leased", "Blocked"))
+                and c["reason"] == "RunLeaseHeld"
+                and c
+            ),
+            180,
+            "leased: Blocked RunLeaseHeld",
+        )
+        batches_while_held = len(env.server.batches)
+        other.release()
+        run = env.wait_phase("leased", {"Succeeded", "Failed"}, timeout=240)
+    finally:
+        operator.stop()
+    assert "another writer holds this run: laptop:42 (annotate)" in blocked["message"]
+    assert batches_while_held == 0
+    assert run["status"]["phase"] == "Succeeded", run["status"]
+    assert len(env.server.batches) == run["status"]["stages"]["judge"]["files"]
+
+
+def base_condition(env: Env, name: str, kind: str) -> dict[str, Any] | None:
+    conditions = (env.run(name).get("status") or {}).get("conditions") or []
+    return next((c for c in conditions if c["type"] == kind), None)

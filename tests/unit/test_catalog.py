@@ -144,7 +144,7 @@ def test_load_catalog_picks_by_name(tmp_path: Path) -> None:
 def test_tulu3_catalog_is_the_scripts_list() -> None:
     catalog = load_catalog(TULU3, "tulu3")
     assert len(catalog.models) == 27
-    gpus = {m.path: m.gpus for m in catalog.models}
+    gpus = {m.path: m.gpu_count for m in catalog.models}
     assert gpus["meta-llama/Llama-3.1-70B-Instruct"] == 4
     assert gpus["mistralai/Mistral-7B-Instruct-v0.2"] == 1
     assert gpus["internlm/internlm2_5-1_8b-chat"] == 2
@@ -157,7 +157,7 @@ def test_tulu3_catalog_is_the_scripts_list() -> None:
         assert model.backend is GenerationBackend.VLLM
         # Raises when engineArgs contradicts the spec (e.g. tensor_parallel_size vs gpus).
         engine_kwargs(
-            tensor_parallel_size=max(model.gpus, 1),
+            tensor_parallel_size=max(model.gpu_count, 1),
             max_model_len=model.max_model_len,
             revision=model.revision,
             seed=model.sampling.seed,

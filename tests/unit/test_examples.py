@@ -50,7 +50,7 @@ def test_example_is_a_valid_run(path: Path) -> None:
         if model.backend is GenerationBackend.VLLM:
             # Raises when engineArgs contradicts the spec (e.g. tensor_parallel_size vs gpus).
             engine_kwargs(
-                tensor_parallel_size=max(model.gpus, 1),
+                tensor_parallel_size=max(model.gpu_count, 1),
                 max_model_len=model.max_model_len,
                 revision=model.revision,
                 seed=model.sampling.seed,
@@ -96,8 +96,8 @@ def test_gpu_cluster_shows_a_real_cluster_run(gpu_run: PreferenceRunManifest) ->
     assert spec.prompts.uri.startswith("s3://") and spec.storage.uri.startswith("s3://")
     assert spec.storage.credentials is not None
     vllm_models = [m for m in spec.models if m.backend is GenerationBackend.VLLM]
-    assert len({m.gpus for m in vllm_models}) >= 3, "models of different GPU counts"
-    assert all(m.gpus >= 1 for m in vllm_models)
+    assert len({m.gpu_count for m in vllm_models}) >= 3, "models of different GPU counts"
+    assert all(m.gpu_count >= 1 for m in vllm_models)
     assert any(m.engine_args.get("tensor_parallel_size", 1) > 1 for m in vllm_models)
     assert spec.mix.on_policy_model in {m.name for m in vllm_models}
     assert spec.judge.backend is JudgeBackend.OPENAI
@@ -128,7 +128,7 @@ def test_gpu_cluster_jobs(gpu_run: PreferenceRunManifest) -> None:
         assert all("value" in e for e in container["env"] if "valueFrom" not in e)
         if model.backend is GenerationBackend.VLLM:
             assert container["image"] == SETTINGS.image
-            assert container["resources"]["limits"][SETTINGS.gpu_resource] == str(model.gpus)
+            assert container["resources"]["limits"][SETTINGS.gpu_resource] == str(model.gpu_count)
             assert pod["nodeSelector"] == spec.workers.node_selector
             assert len(pod["tolerations"]) == len(spec.workers.tolerations)
         else:

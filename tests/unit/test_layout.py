@@ -39,3 +39,10 @@ def test_result_names_line_up_with_requests() -> None:
     result = layout.result_for_request(request)
     assert result == layout.result_file(7, 2)
     assert result.startswith(layout.result_prefix(7))
+
+
+def test_engine_logs_are_named_per_stage_model_and_worker() -> None:
+    assert layout.engine_log("generate", "smol") == "logs/generate-smol.log"
+    assert layout.engine_log("judge") == "logs/judge.log"
+    assert layout.engine_log("judge", None, 1, 2) == "logs/judge-worker-1.log"
+    assert layout.engine_log("generate", "smol", 0, 3) == "logs/generate-smol-worker-0.log"

@@ -83,6 +83,38 @@ def test_the_report_is_observed_once_the_run_is_done(tmp_path: Path) -> None:
     )
 
 
+def test_the_report_warnings_are_read_from_their_small_object(tmp_path: Path) -> None:
+    """report/warnings.json (not the large report.json) gives the run its warnings; its read
+    is bounded like every read of a run's storage; one written by hand blocks nothing."""
+    from synthpref.storage import StorageLimitError, StorageLimits
+    from synthpref.storage_bounds import BoundedStorage
+    from synthpref_operator.observe import observe_report
+    from synthpref_operator.planner import ReportWarning
+
+    storage = BoundedStorage(LocalStorage(tmp_path), StorageLimits(max_object_bytes=4096))
+    spec = PreferenceRunSpec.model_validate(spec_dict())
+    storage.write_json(layout.PROMPTS_MANIFEST, {"shards": 1, "prompts": 2})
+    storage.write_json(layout.SUMMARY, {"pairs": 1})
+    storage.write_bytes(layout.REPORT_HTML, b"<html></html>")
+    assert observe_artifacts(spec, storage).report_warnings is None  # an older report: none
+    storage.write_bytes(layout.REPORT_JSON, b"x" * 100_000)  # never read by the operator
+    warning = {"kind": "position_bias", "message": "Position bias: ...", "value": 0.9}
+    storage.write_json(layout.REPORT_WARNINGS, {"warnings": [warning]})
+    artifacts = observe_artifacts(spec, storage)
+    assert artifacts.report_warnings == (ReportWarning("position_bias", "Position bias: ..."),)
+    assert observe_report(storage).report_warnings == artifacts.report_warnings
+    storage.write_json(layout.REPORT_WARNINGS, {"warnings": "none"})
+    (unreadable,) = observe_report(storage).report_warnings or ()
+    assert unreadable.kind == "unreadable" and "warnings.json is not what" in unreadable.message
+    storage.write_json(layout.REPORT_WARNINGS, {"warnings": [warning] * 100})
+    with pytest.raises(StorageLimitError, match=r"warnings\.json: the object is larger"):
+        observe_report(storage)
+    # A report that failed: its error, no warnings (they would be an earlier report's).
+    storage.write_json(layout.REPORT_ERROR, {"error": "run r: the run report could not be written"})
+    failed = observe_report(storage)
+    assert failed.report_error and failed.report_warnings is None
+
+
 def test_a_long_error_line_is_cut() -> None:
     line = last_error_line("Error: " + "x" * 2000)
     assert len(line) == MAX_ERROR_LINE and line.endswith("...")

@@ -5,7 +5,10 @@ from __future__ import annotations
 
 import math
 import random
+import re
+import tomllib
 from collections import Counter
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -20,6 +23,8 @@ from synthpref.report.stats import Correlation, Histogram, Moments, RunStats
 from synthpref.spec import OutputFormat, PreferenceRunManifest, PreferenceRunSpec
 from synthpref.timing import Stopwatch, timing_of
 from tests.builders import manifest_dict, spec_dict
+
+ROOT = Path(__file__).resolve().parents[2]
 
 MODELS = ["m0", "m1", "m2", "m3"]
 ASPECTS = ["helpfulness", "honesty"]
@@ -179,6 +184,21 @@ def test_the_card_points_at_the_data_files_and_leaves_the_license_open() -> None
     assert 'load_dataset("parquet", data_files="s3://bucket/run/dataset/part-*.parquet"' in snippet
     assert data_glob(OutputFormat.JSONL) == "part-*.jsonl"
     assert "requests_failed 2" in card and "gpt-4o-2024-08-06" in card
+
+
+def test_the_card_links_to_no_made_up_project_page() -> None:
+    """pyproject.toml names no project URL, so the card links to none (it once linked to a
+    repository that does not exist)."""
+    assert "urls" not in tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    card = dataset_card(
+        manifest(),
+        {"pairs": 1, "prepare": {"prompts": 2}},
+        dataset_uri="s3://bucket/run/dataset/",
+        report_uri="s3://bucket/run/report/index.html",
+        judge_served=[],
+    )
+    assert re.findall(r"\]\((https?://[^)]*)\)", card) == []
+    assert "github.com" not in card and "made by synthpref the way" in card
 
 
 def test_template_hashes_follow_the_judge_prompt() -> None:

@@ -112,3 +112,24 @@ def test_judge_max_tokens_must_cover_the_longest_structured_reply() -> None:
     # Free-text replies, unbounded rationales and the OpenAI judge are not sized by this rule.
     for judge in ({"structuredOutput": False}, {"rationaleMaxChars": None}, {"backend": "openai"}):
         parse_manifest(manifest_dict(vllm_judge_spec(100, **judge)))
+
+
+def test_gpus_default_to_one_for_vllm_and_to_none_shown_for_openai() -> None:
+    """An API-backed model loads nothing: `kubectl describe` must not show it `Gpus: 1` (the
+    CRD has no default for gpus), while a vLLM model (or judge) without gpus still gets 1."""
+    from synthpref.spec import JudgeSpec, ModelSpec
+    from synthpref_operator.crd import crd
+
+    api = ModelSpec(name="api", backend="openai", path="gpt")
+    vllm = ModelSpec(name="local", path="/models/a")
+    assert (api.gpus, api.gpu_count) == (None, 0)
+    assert (vllm.gpus, vllm.gpu_count) == (None, 1)
+    assert ModelSpec(name="tp", path="/m", gpus=4).gpu_count == 4
+    assert ModelSpec(name="cpu", path="/m", gpus=0).gpu_count == 0
+    assert "gpus" not in api.model_dump(by_alias=True, exclude_none=True)
+    assert (JudgeSpec().gpu_count, JudgeSpec(backend="vllm", model="/j").gpu_count) == (0, 1)
+    spec = crd()["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"]
+    model = spec["properties"]["models"]["items"]["properties"]["gpus"]
+    judge = spec["properties"]["judge"]["properties"]["gpus"]
+    assert "default" not in model and "default" not in judge
+    assert model["type"] == judge["type"] == "integer"

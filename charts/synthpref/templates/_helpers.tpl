@@ -144,6 +144,12 @@ chart README / INTERFACE): no delete verbs, no list or watch of Secrets.
 {{- if and .Values.clusterWide .Values.watchNamespaces }}
 {{- fail "clusterWide: true watches every namespace: leave watchNamespaces empty" }}
 {{- end }}
+{{- if and .Values.serviceMonitor.enabled (not (and .Values.metrics.enabled .Values.metrics.service.enabled)) }}
+{{- fail "serviceMonitor.enabled scrapes the metrics Service: it needs metrics.enabled and metrics.service.enabled" }}
+{{- end }}
+{{- if and .Values.prometheusRule.enabled (not .Values.metrics.enabled) }}
+{{- fail "prometheusRule.enabled alerts on the operator's metrics: it needs metrics.enabled" }}
+{{- end }}
 {{- if and (gt (int .Values.replicaCount) 1) (not .Values.leaderElection.enabled) }}
 {{- fail "replicaCount > 1 needs leaderElection.enabled: true (otherwise every replica acts)" }}
 {{- end }}

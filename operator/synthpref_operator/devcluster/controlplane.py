@@ -53,6 +53,9 @@ DEFAULT_CONTROLLERS: tuple[str, ...] = (
 )
 
 SERVICE_CIDR = "10.96.0.0/16"
+# How long the API server keeps Events (its default, 1h, and the 10m this once used, lose a
+# run's story over a lunch break; a dev cluster's Events are few).
+EVENT_TTL = "24h"
 PR_SET_PDEATHSIG = 1
 
 
@@ -458,7 +461,7 @@ class ControlPlane:
                 f"--service-cluster-ip-range={SERVICE_CIDR}",
                 "--allow-privileged=true",
                 "--profiling=false",
-                "--event-ttl=10m",
+                f"--event-ttl={EVENT_TTL}",
                 "--v=1",
                 *self.extra_apiserver_args,
             ],

@@ -30,9 +30,14 @@ from synthpref.cli import RUN_ARGUMENT, load
 
 
 def _annotator(run_file: str) -> Annotator:
+    """The run's judge, with the run's lease held until the command ends (one writer of the
+    ledgers and batches: a second `annotate` or `run --local` gets an error naming it)."""
     from synthpref.annotate.local import annotator
+    from synthpref.run_lease import hold
 
     manifest, storage = load(run_file)
+    context = click.get_current_context()
+    context.with_resource(hold(storage, f"synthpref annotate {context.info_name}"))
     try:
         return annotator(manifest.spec, storage, manifest.metadata.name)
     except FatalApiError as error:

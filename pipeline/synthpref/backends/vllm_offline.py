@@ -185,7 +185,7 @@ class VllmChatBackend:
         return cls(
             spec.path,
             revision=spec.revision,
-            tensor_parallel_size=max(spec.gpus, 1),
+            tensor_parallel_size=max(spec.gpu_count, 1),
             max_model_len=spec.max_model_len,
             chat_template=spec.chat_template,
             engine_args=spec.engine_args,
@@ -197,7 +197,7 @@ class VllmChatBackend:
         """The engine for the vLLM judge."""
         return cls(
             spec.model,
-            tensor_parallel_size=max(spec.gpus, 1),
+            tensor_parallel_size=max(spec.gpu_count, 1),
             max_model_len=spec.max_model_len,
             engine_args=spec.engine_args,
         )

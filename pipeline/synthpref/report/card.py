@@ -117,10 +117,9 @@ def dataset_card(
 
 # {manifest.metadata.name}
 
-Synthetic preference pairs (prompt, chosen, rejected) made by
-[synthpref](https://github.com/synthpref/synthpref) the way the Tulu 3 / UltraFeedback recipe
-makes them: {len(spec.models)} models answered {prompts} prompts, {mix} were rated 1-5 by the
-judge on {", ".join(spec.mix.aspects)}, and the mean ratings were binarized into
+Synthetic preference pairs (prompt, chosen, rejected) made by synthpref the way the Tulu 3 /
+UltraFeedback recipe makes them: {len(spec.models)} models answered {prompts} prompts, {mix} were
+rated 1-5 by the judge on {", ".join(spec.mix.aspects)}, and the mean ratings were binarized into
 {pairs} pairs.
 
 ## Load it

@@ -6,8 +6,12 @@ run --local`, and on a cluster in the parse Job's last worker), so the report ex
 run counts as done. Reads the run (`report.collect`, streaming), then writes
 
 - `dataset/provenance.json` (`report.provenance`) and `dataset/README.md` (`report.card`);
-- `report/report.json` (`report.document`) and `report/index.html` (`report.page`, figures
-  drawn by `report.render`), the page last.
+- `report/report.json` (`report.document`), `report/warnings.json` (the warnings alone: a
+  small object, which the operator puts on the run as its `ReportWarnings` condition) and
+  `report/index.html` (`report.page`, figures drawn by `report.render`), the page last.
+
+Each object gets its Content-Type where the storage keeps one (S3: `CONTENT_TYPES`), so a
+browser shows the page, and a presigned link to it (`synthpref report open --url`) opens it.
 
 A report never takes a finished run down with it: `report_or_error` turns any failure into a
 `ReportError` (one line naming the run and the cause) after recording it in
@@ -21,7 +25,7 @@ import hashlib
 import json
 import logging
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -39,6 +43,21 @@ from synthpref.stages.parse import dataset_key
 from synthpref.storage import Storage
 
 log = logging.getLogger(__name__)
+
+HTML = "text/html; charset=utf-8"
+JSON = "application/json"
+MARKDOWN = "text/markdown; charset=utf-8"
+CONTENT_TYPES = {
+    layout.REPORT_HTML: HTML,
+    layout.REPORT_JSON: JSON,
+    layout.REPORT_WARNINGS: JSON,
+    layout.PROVENANCE: JSON,
+    layout.DATASET_CARD: MARKDOWN,
+}
+# At most this many warnings, each cut to this many characters, go into report/warnings.json
+# (the report's checks give a handful; the operator bounds what it reads anyway).
+MAX_WARNINGS = 20
+MAX_WARNING_CHARS = 1000
 
 
 class ReportError(SynthprefError):
@@ -127,7 +146,7 @@ def write_report(
         dataset_files=dataset_files(manifest, storage, int(summary.get("shards", 0))),
         storage_uri=storage.url(""),
     )
-    storage.write_json(layout.PROVENANCE, provenance)
+    storage.write_json(layout.PROVENANCE, provenance, content_type=JSON)
     card = dataset_card(
         manifest,
         summary,
@@ -135,7 +154,7 @@ def write_report(
         report_uri=report_uri,
         judge_served=sorted(stats.judge.served_models),
     )
-    storage.write_bytes(layout.DATASET_CARD, card.encode("utf-8"))
+    storage.write_bytes(layout.DATASET_CARD, card.encode("utf-8"), content_type=MARKDOWN)
 
     run = {
         "name": manifest.metadata.name,
@@ -149,9 +168,14 @@ def write_report(
     document = build_document(stats, summary, spec, run=run)
     svgs = {figure["id"]: svg(figure) for s in document["sections"] for figure in s["figures"]}
     storage.write_bytes(
-        layout.REPORT_JSON, json.dumps(document, indent=1, ensure_ascii=False).encode("utf-8")
+        layout.REPORT_JSON,
+        json.dumps(document, indent=1, ensure_ascii=False).encode("utf-8"),
+        content_type=JSON,
     )
-    storage.write_bytes(layout.REPORT_HTML, page(document, svgs).encode("utf-8"))
+    storage.write_json(
+        layout.REPORT_WARNINGS, warnings_document(document["warnings"]), content_type=JSON
+    )
+    storage.write_bytes(layout.REPORT_HTML, page(document, svgs).encode("utf-8"), content_type=HTML)
     if storage.exists(layout.REPORT_ERROR):
         storage.delete(layout.REPORT_ERROR)
     return ReportResult(
@@ -162,6 +186,16 @@ def write_report(
         figures=figure_ids(document),
         warnings=document["warnings"],
     )
+
+
+def warnings_document(warnings: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+    """`report/warnings.json`: each warning's kind and sentence (at most `MAX_WARNINGS`)."""
+    return {
+        "warnings": [
+            {"kind": str(w["kind"]), "message": str(w["message"])[:MAX_WARNING_CHARS]}
+            for w in warnings[:MAX_WARNINGS]
+        ]
+    }
 
 
 def report_or_error(
