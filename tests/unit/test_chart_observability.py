@@ -26,11 +26,16 @@ from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
 from synthpref.annotate.ledger import Phase as LedgerPhase
+from synthpref.spec import JudgeBudget
+from synthpref_operator.admission import Problem, admission_status
+from synthpref_operator.blocked import blocked_status
 from synthpref_operator.metrics import STAGE_CONDITIONS, OperatorMetrics
 from synthpref_operator.names import Stage
+from synthpref_operator.planner import set_condition
 from synthpref_operator.status import (
     Condition,
     ConditionStatus,
+    ConditionType,
     JudgeProgress,
     ModelProgress,
     Phase,
@@ -48,14 +53,17 @@ FULLNAME = f"{RELEASE}-synthpref"
 JOB = f"{FULLNAME}-metrics"
 ALERTS = {
     "SynthprefRunFailed",
+    "SynthprefRunBlocked",
+    "SynthprefRunNotAdmitted",
+    "SynthprefJudgeUnreachable",
+    "SynthprefJudgeBudgetReached",
     "SynthprefRunStalled",
     "SynthprefOperatorDown",
     "SynthprefReconcileErrors",
     "SynthprefAPIThrottled",
 }
-# Series the dashboard reads that the operator does not export, and where they come from. The
-# operator's registry is its own (OperatorMetrics.registry) without prometheus_client's process
-# collector, so its memory comes from the kubelet.
+# Series the dashboard reads that the operator does not export, and where they come from (its
+# own memory, process_resident_memory_bytes, it does: the process collector is on its registry).
 OUTSIDE = {
     "up": "Prometheus, for every target it scrapes",
     "container_memory_working_set_bytes": "the kubelet's cAdvisor (the operator container)",
@@ -173,6 +181,56 @@ def run_in(phase: Phase) -> RunStatus:
     )
 
 
+def held_runs() -> dict[str, RunStatus]:
+    """Runs held the ways the run alerts name, their statuses made by the operator's own
+    functions: Blocked (a Secret without its key), not admitted (and so Blocked too), the judge
+    endpoint failing (Blocked JudgeUnreachable), the judge budget reached (with its cost)."""
+    generation, now = 1, at(120)
+    blocked, _ = blocked_status(
+        run_in(Phase.GENERATING), Reason.SECRET_KEY_MISSING, "no key token", generation, now
+    )
+    problem = Problem(Reason.ENDPOINT_NOT_ALLOWED, "spec.judge.baseUrl", "not allowed")
+    refused, _ = admission_status(run_in(Phase.PENDING), [problem], generation, now)
+    not_admitted, _ = blocked_status(
+        refused, problem.reason, refused.message, generation, now, event=False, prefix=""
+    )
+    judging = run_in(Phase.ANNOTATING)
+    assert judging.stages.judge is not None
+    failing_judge = judging.stages.judge.model_copy(
+        update={"endpoint_failing_since": at(100), "last_error": "connection refused"}
+    )
+    failing, _ = blocked_status(
+        judging.model_copy(
+            update={"stages": judging.stages.model_copy(update={"judge": failing_judge})}
+        ),
+        Reason.JUDGE_UNREACHABLE,
+        "judge endpoint unreachable",
+        generation,
+        now,
+    )
+    spent_judge = judging.stages.judge.model_copy(update={"cost_usd": 12.5})
+    exhausted = judging.model_copy(
+        update={
+            "stages": judging.stages.model_copy(update={"judge": spent_judge}),
+            "conditions": set_condition(
+                judging.conditions,
+                ConditionType.BUDGET_EXHAUSTED,
+                ConditionStatus.TRUE,
+                Reason.BUDGET_EXHAUSTED,
+                "spent $12.50 of $12.00",
+                generation,
+                now,
+            ),
+        }
+    )
+    return {
+        "blocked": blocked,
+        "not-admitted": not_admitted,
+        "judge-failing": failing,
+        "over-budget": exhausted,
+    }
+
+
 class _Events:
     """botocore's event system, as far as `count_storage_requests` uses it."""
 
@@ -200,6 +258,9 @@ def exported() -> Exposition:
     metrics = OperatorMetrics(clock=lambda: T0.timestamp() + 600)
     for i, phase in enumerate(Phase):
         metrics.observe_run(f"team-{i % 2}", f"run-{phase.value.lower()}", run_in(phase))
+    for name, status in held_runs().items():
+        metrics.observe_budget("team-0", name, JudgeBudget(max_usd=12.0, max_tokens=2_000_000))
+        metrics.observe_run("team-0", name, status)
     for stage in Stage:
         metrics.job_created("team-0", stage)
     metrics.reconcile_failed("team-1")
@@ -398,6 +459,10 @@ def test_prometheus_rule_alerts_and_their_values() -> None:
     found = alerts(docs)
     assert set(found) == ALERTS
     assert found["SynthprefRunStalled"]["for"] == "30m"
+    assert found["SynthprefRunBlocked"]["for"] == found["SynthprefRunNotAdmitted"]["for"] == "30m"
+    assert "> 300\n" in found["SynthprefJudgeUnreachable"]["expr"]
+    assert "for" not in found["SynthprefJudgeUnreachable"]
+    assert "for" not in found["SynthprefJudgeBudgetReached"]
     assert found["SynthprefOperatorDown"]["labels"] == {"severity": "critical"}
     for name, alert in found.items():
         assert f'job="{JOB}"' in alert["expr"], name
@@ -409,6 +474,10 @@ def test_prometheus_rule_alerts_and_their_values() -> None:
         "prometheusRule.enabled=true",
         "--set",
         "prometheusRule.stalledMinutes=45",
+        "--set",
+        "prometheusRule.blockedMinutes=60",
+        "--set",
+        "prometheusRule.judgeUnreachableMinutes=12",
         "--set",
         "prometheusRule.job=synthpref",
         "--set",
@@ -424,6 +493,11 @@ def test_prometheus_rule_alerts_and_their_values() -> None:
     assert set(found) == ALERTS - {"SynthprefAPIThrottled"}
     assert found["SynthprefRunStalled"]["for"] == "45m"
     assert "45 minutes" in found["SynthprefRunStalled"]["annotations"]["summary"]
+    for name in ("SynthprefRunBlocked", "SynthprefRunNotAdmitted"):
+        assert found[name]["for"] == "60m", name
+        assert "60 minutes" in found[name]["annotations"]["summary"], name
+        assert "{{ $labels.reason }}" in found[name]["annotations"]["summary"], name
+    assert "> 720\n" in found["SynthprefJudgeUnreachable"]["expr"]
     for name, alert in found.items():
         assert alert["labels"]["team"] == "ml-data", name
         assert 'job="synthpref"' in alert["expr"] and JOB not in alert["expr"], name
@@ -445,6 +519,11 @@ def test_prometheus_rule_alerts_and_their_values() -> None:
             "prometheusRule.enabled alerts on the operator's metrics",
         ),
         (("--set", "prometheusRule.stalledMinutes=0"), "/prometheusRule/stalledMinutes"),
+        (("--set", "prometheusRule.blockedMinutes=0"), "/prometheusRule/blockedMinutes"),
+        (
+            ("--set", "prometheusRule.judgeUnreachableMinutes=1.5"),
+            "/prometheusRule/judgeUnreachableMinutes",
+        ),
         (("--set", "prometheusRule.ruleLabels.severity=info"), "/prometheusRule/ruleLabels"),
         (("--set-json", 'prometheusRule.disabled=["Nope"]'), "/prometheusRule/disabled/0"),
         (("--set", 'prometheusRule.job=a\\"b'), "/prometheusRule/job"),
@@ -517,13 +596,13 @@ def test_rules_select_only_what_the_operator_exports(exported: Exposition, tmp_p
 def test_the_checks_catch_a_series_the_operator_does_not_export(exported: Exposition) -> None:
     wrong_name, wrong_label, wrong_value = expr_selectors(
         [
-            "synthpref_judge_cost_usd > 0",
+            "synthpref_judge_spend_usd > 0",
             'synthpref_runs{stage="mix"}',
             'synthpref_run_phase{phase="Blocked"}',
         ]
     )
     assert selector_problems(wrong_name[0], exported) == [
-        "synthpref_judge_cost_usd is not exported"
+        "synthpref_judge_spend_usd is not exported"
     ]
     assert selector_problems(wrong_label[0], exported) == ["synthpref_runs has no label stage"]
     assert "no series with ['Blocked']" in selector_problems(wrong_value[0], exported)[0]
@@ -664,10 +743,17 @@ def test_dashboard_panels_select_only_what_the_operator_exports(exported: Exposi
         problems += [f"{expr}: {p}" for p in function_problems(expr, exported)]
     assert problems == []
     assert named - set(exported.types) == set(OUTSIDE)
-    # what the panels are for: runs by phase, progress, the judge, requests, throttling,
-    # reconcile errors and durations
+    # what the panels are for: runs by phase, held runs, progress, the judge (tokens and cost
+    # against its budget, its endpoint's outage), requests, throttling, reconcile errors and
+    # durations, the operator's memory
     assert {
         "synthpref_runs",
+        "synthpref_run_condition",
+        "synthpref_judge_cost_usd",
+        "synthpref_judge_budget_usd",
+        "synthpref_judge_budget_tokens",
+        "synthpref_judge_endpoint_failing_since_seconds",
+        "process_resident_memory_bytes",
         "synthpref_stage_shards_done",
         "synthpref_generation_shards_done",
         "synthpref_judge_tokens_total",

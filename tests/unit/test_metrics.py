@@ -15,6 +15,7 @@ from kubernetes.client import ApiException
 from prometheus_client.parser import text_string_to_metric_families
 
 from synthpref import logs
+from synthpref.spec import JudgeBudget
 from synthpref_operator.apply import Applier
 from synthpref_operator.metrics import MetricsServer, OperatorMetrics, serve
 from synthpref_operator.names import Stage
@@ -32,7 +33,7 @@ from synthpref_operator.status import (
     Reason,
     RunStatus,
 )
-from tests.builders import UnreadReply, make_spec
+from tests.builders import UnreadReply, make_spec, spec_dict
 
 T0 = dt.datetime(2026, 1, 1, tzinfo=dt.UTC)
 Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
@@ -232,6 +233,134 @@ def test_judge_and_generation_progress(metrics: OperatorMetrics, server: Metrics
     assert value(samples, "synthpref_run_shards", **gen) == 8
 
 
+def conditions_of(samples: Samples, run: str) -> set[tuple[str, str, str]]:
+    """(type, status, reason) of each synthpref_run_condition series of `run`."""
+    found = named(samples, "synthpref_run_condition")
+    out = set()
+    for labels, v in found.items():
+        label = dict(labels)
+        if label["run"] == run:
+            assert v == 1
+            out.add((label["type"], label["status"], label["reason"]))
+    return out
+
+
+def with_condition(
+    status: RunStatus, kind: ConditionType, state: ConditionStatus, reason: Reason
+) -> RunStatus:
+    kept = [c for c in status.conditions if c.type is not kind]
+    new = Condition(type=kind, status=state, reason=reason, last_transition_time=at(300))
+    return status.model_copy(update={"conditions": [*kept, new]})
+
+
+def test_every_condition_is_exported_with_its_status_and_reason(
+    metrics: OperatorMetrics, server: MetricsServer
+) -> None:
+    held = with_condition(
+        generating_run(), ConditionType.BLOCKED, ConditionStatus.TRUE, Reason.UNSCHEDULABLE
+    )
+    held = with_condition(held, ConditionType.ADMITTED, ConditionStatus.TRUE, Reason.ADMITTED)
+    refused = with_condition(
+        RunStatus(), ConditionType.ADMITTED, ConditionStatus.FALSE, Reason.SECRET_NOT_ALLOWED
+    )
+    metrics.observe_run("a", "held", held)
+    metrics.observe_run("a", "refused", refused)
+    samples = scrape(server)
+    assert conditions_of(samples, "held") == {
+        ("Prepared", "True", "Done"),
+        ("Generated", "False", "InProgress"),
+        ("Mixed", "False", "Waiting"),
+        ("Blocked", "True", "Unschedulable"),
+        ("Admitted", "True", "Admitted"),
+    }
+    assert conditions_of(samples, "refused") == {("Admitted", "False", "SecretNotAllowed")}
+
+    # a new reason, then no block: the old series go, the new ones come
+    held = with_condition(held, ConditionType.BLOCKED, ConditionStatus.TRUE, Reason.QUEUED)
+    metrics.observe_run("a", "held", held)
+    assert ("Blocked", "True", "Queued") in conditions_of(scrape(server), "held")
+    assert ("Blocked", "True", "Unschedulable") not in conditions_of(scrape(server), "held")
+    held = with_condition(held, ConditionType.BLOCKED, ConditionStatus.FALSE, Reason.NOT_BLOCKED)
+    metrics.observe_run("a", "held", held)
+    blocked = {c for c in conditions_of(scrape(server), "held") if c[0] == "Blocked"}
+    assert blocked == {("Blocked", "False", "NotBlocked")}
+
+    metrics.forget_run("a", "held")
+    samples = scrape(server)
+    assert conditions_of(samples, "held") == set()
+    assert conditions_of(samples, "refused") == {("Admitted", "False", "SecretNotAllowed")}
+
+
+def judging(**judge: Any) -> RunStatus:
+    """`annotating_run`, still annotating, with these JudgeProgress fields."""
+    status = annotating_run()
+    assert status.stages.judge is not None
+    progress = status.stages.judge.model_copy(update=judge)
+    return status.model_copy(
+        update={
+            "phase": Phase.ANNOTATING,
+            "completion_time": None,
+            "stages": status.stages.model_copy(update={"judge": progress}),
+        }
+    )
+
+
+def test_judge_cost_budget_and_endpoint_outage(
+    metrics: OperatorMetrics, server: MetricsServer
+) -> None:
+    run = {"namespace": "b", "run": "judge"}
+    metrics.observe_budget("b", "judge", JudgeBudget(max_usd=25.0, max_tokens=1_000_000))
+    metrics.observe_run(
+        "b", "judge", judging(cost_usd=3.25, endpoint_failing_since=at(700), last_error="503")
+    )
+    samples = scrape(server)
+    assert value(samples, "synthpref_judge_cost_usd", **run) == 3.25
+    assert value(samples, "synthpref_judge_budget_usd", **run) == 25.0
+    assert value(samples, "synthpref_judge_budget_tokens", **run) == 1_000_000
+    since = value(samples, "synthpref_judge_endpoint_failing_since_seconds", **run)
+    assert since == T0.timestamp() + 700
+
+    # the endpoint answers again, the cost grows, the budget is raised (in USD only)
+    metrics.observe_budget("b", "judge", JudgeBudget(max_usd=40.0))
+    metrics.observe_run("b", "judge", judging(cost_usd=4.5))
+    samples = scrape(server)
+    assert value(samples, "synthpref_judge_cost_usd", **run) == 4.5
+    assert value(samples, "synthpref_judge_budget_usd", **run) == 40.0
+    assert named(samples, "synthpref_judge_budget_tokens") == {}
+    assert named(samples, "synthpref_judge_endpoint_failing_since_seconds") == {}
+
+    # no price: no cost; the budget removed from the spec: no budget
+    metrics.observe_budget("b", "judge", None)
+    metrics.observe_run("b", "judge", judging(cost_usd=None))
+    samples = scrape(server)
+    for name in ("synthpref_judge_cost_usd", "synthpref_judge_budget_usd"):
+        assert named(samples, name) == {}, name
+
+    # forgotten: nothing of the run is left, and a budget seen before does not come back
+    metrics.observe_budget("b", "judge", JudgeBudget(max_tokens=5))
+    metrics.observe_run("b", "judge", judging(endpoint_failing_since=at(700)))
+    metrics.forget_run("b", "judge")
+    assert not [k for k in scrape(server) if ("run", "judge") in k[1]]
+    metrics.observe_run("b", "judge", judging())
+    assert named(scrape(server), "synthpref_judge_budget_tokens") == {}
+
+
+def test_a_budget_is_exported_only_with_its_runs_status(
+    metrics: OperatorMetrics, server: MetricsServer
+) -> None:
+    metrics.observe_budget("a", "new", JudgeBudget(max_usd=10.0))
+    assert named(scrape(server), "synthpref_judge_budget_usd") == {}
+    metrics.observe_run("a", "new", RunStatus())
+    assert value(scrape(server), "synthpref_judge_budget_usd", namespace="a", run="new") == 10.0
+
+
+def test_the_process_own_memory_and_platform(server: MetricsServer) -> None:
+    samples = scrape(server)
+    resident = value(samples, "process_resident_memory_bytes")
+    assert resident is not None and resident > 0
+    assert named(samples, "python_info")
+
+
 def test_counters_and_the_reconcile_histogram(
     metrics: OperatorMetrics, server: MetricsServer
 ) -> None:
@@ -304,6 +433,37 @@ def test_a_reconcile_pass_is_timed_recorded_and_tagged_with_the_run(
     monkeypatch.setattr(subject, "_reconcile", lambda namespace, name: None)
     subject.request("a", "r1")  # the run is gone: it is forgotten
     assert value(scrape(server), "synthpref_runs", phase="Generating") == 0
+
+
+class RunReader:
+    """Applier.get_run: one run, as the API server returns it."""
+
+    def __init__(self, run: dict[str, Any]) -> None:
+        self.run = run
+
+    def __call__(self, namespace: str, name: str) -> dict[str, Any] | None:
+        return self.run
+
+
+def test_a_pass_records_the_specs_judge_budget(
+    metrics: OperatorMetrics, server: MetricsServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    subject = reconciler(metrics)
+    done_status = RunStatus(phase=Phase.SUCCEEDED, observed_generation=3).to_body()
+    run = {
+        "metadata": {"name": "r1", "namespace": "a", "generation": 3},
+        "spec": spec_dict(judge={"budget": {"maxUsd": 7.5}}),
+        "status": done_status,  # done: the pass ends there, with no request
+    }
+    monkeypatch.setattr(subject.applier, "get_run", RunReader(run))
+    subject.request("a", "r1")
+    samples = scrape(server)
+    assert value(samples, "synthpref_judge_budget_usd", namespace="a", run="r1") == 7.5
+    assert value(samples, "synthpref_run_phase", namespace="a", run="r1", phase="Succeeded") == 1
+
+    run["spec"] = spec_dict()  # the budget is taken out of the spec
+    subject.request("a", "r1")
+    assert named(scrape(server), "synthpref_judge_budget_usd") == {}
 
 
 def test_a_failing_pass_is_counted_and_still_raises(
