@@ -11,19 +11,4 @@ cd "$(dirname "$0")/.."
 
 # shellcheck source=scripts/go-env.sh
 source scripts/go-env.sh
-find_go build-actionlint
-
-SRC=tools/actionlint
-KEY="$(cat "$SRC/go.mod" "$SRC/go.sum" | sha256sum | cut -c1-16)_$("$GO" env GOVERSION)"
-CACHE_ROOT="${SYNTHPREF_KUBE_CACHE:-$HOME/.cache/synthpref}"
-OUT="$CACHE_ROOT/actionlint/$KEY/actionlint"
-
-if [[ ! -x "$OUT" ]]; then
-    mkdir -p "$(dirname "$OUT")"
-    go_cache_env "$CACHE_ROOT"
-    (cd "$SRC" && "$GO" build -mod=readonly -trimpath -ldflags "-s -w" -o "$OUT.tmp" \
-        github.com/rhysd/actionlint/cmd/actionlint)
-    mv -f "$OUT.tmp" "$OUT"
-    echo "build-actionlint: built $OUT" >&2
-fi
-echo "$OUT"
+build_go_tool actionlint tools/actionlint github.com/rhysd/actionlint/cmd/actionlint

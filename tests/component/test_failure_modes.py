@@ -782,6 +782,7 @@ def test_ctrl_c_exits_130_and_keeps_committed_work(
     world = World(tmp_path, server, s3_endpoint)
     world.done_through("prepare")
     server.chat_delay_s = 30  # every answer hangs: the command is mid-request when interrupted
+    before = len(server.calls_to("POST", "/v1/chat/completions"))  # the server is shared
     try:
         process = subprocess.Popen(
             [str(SYNTHPREF), "generate", world.run_file(), "--model", "a"],
@@ -790,7 +791,7 @@ def test_ctrl_c_exits_130_and_keeps_committed_work(
             env={**os.environ, **world.env},
         )
         deadline = time.monotonic() + 120
-        while not server.calls_to("POST", "/v1/chat/completions"):
+        while len(server.calls_to("POST", "/v1/chat/completions")) == before:
             assert time.monotonic() < deadline and process.poll() is None, "no request was sent"
             time.sleep(0.1)
         process.send_signal(signal.SIGINT)

@@ -26,7 +26,7 @@ from synthpref_operator.crd import PLURAL, crd
 from synthpref_operator.devcluster.controlplane import ControlPlane
 from synthpref_operator.handlers import OperatorConfig, passes_api_client
 from synthpref_operator.metrics import OperatorMetrics
-from synthpref_operator.names import LABEL_RUN, Stage
+from synthpref_operator.names import LABEL_ALLOW_RUNS, LABEL_RUN, Stage
 from synthpref_operator.planner import CreateJob, DeleteJob, Event, SuspendJob
 from synthpref_operator.settings import OperatorSettings
 from tests.builders import make_spec, manifest_dict
@@ -160,7 +160,11 @@ def throttled(kube_bin_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> I
         )
         core.create_namespaced_secret(
             THROTTLED_NAMESPACE,
-            client.V1Secret(metadata=client.V1ObjectMeta(name="keys"), string_data={"k": "v"}),
+            client.V1Secret(
+                # Opted in for runs: the operator reads no value of a Secret without it.
+                metadata=client.V1ObjectMeta(name="keys", labels={LABEL_ALLOW_RUNS: "true"}),
+                string_data={"k": "v"},
+            ),
         )
         client.ApiextensionsV1Api(admin).create_custom_resource_definition(cast(Any, crd()))
         kubeconfig = cp.write_kubeconfig(
