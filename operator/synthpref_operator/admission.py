@@ -15,7 +15,14 @@ cert-manager and external-secrets do, a run may use only what an operator admin 
 - `workers.serviceAccountName` must be in `allowed_service_accounts`;
 - every Secret the operator reads for the run, or exposes to its workers (`secret_uses`), must
   be opted in: labelled `synthpref.dev/allow-runs: "true"` or, when `secret_names` is set (the
-  chart's `rbac.secretNames`, which also limits the operator's RBAC), named in that list.
+  chart's `rbac.secretNames`, which also limits the operator's RBAC), named in that list;
+- the operator's own credentials serve a run only where the chart grants them
+  (`credential_problems`): its API key only at its own endpoint for `operator_api_key_namespaces`,
+  its S3 identity only under `operator_storage` prefixes; prompts and storage are `s3://`
+  unless `allow_local_paths`;
+- worker variables a run names may not override what the operator sets (`env_problems`);
+  placement a run steers is allow-listed (`placement_problems`); models and replicas are
+  bounded (`limit_problems`; shards once prepare counted them: `shard_limit_problem`).
 
 The reconcile pass (`reconcile.Reconciler`) calls `admission_problems` at the top of every pass,
 after observing only the metadata of the Secrets `secrets_to_observe` names, and before it
