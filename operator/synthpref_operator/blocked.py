@@ -16,7 +16,7 @@ Called by `reconcile.Reconciler` (admission holds, failed observations).
 
 from __future__ import annotations
 
-from synthpref.storage_errors import StorageLimitError
+from synthpref.storage_errors import LeaseHeldError, StorageLimitError
 from synthpref_operator.planner import Event, set_condition
 from synthpref_operator.status import ConditionStatus, ConditionType, Reason, RunStatus
 
@@ -62,6 +62,8 @@ def observation_reason(error: Exception) -> Reason:
     """The Blocked reason of an error the pass met while observing the run."""
     if isinstance(error, StorageLimitError):
         return Reason.STORAGE_OBJECT_TOO_LARGE
+    if isinstance(error, LeaseHeldError):  # another writer, e.g. `synthpref annotate run`
+        return Reason.RUN_LEASE_HELD
     return (
         Reason.SECRET_KEY_MISSING if isinstance(error, LookupError) else Reason.STORAGE_UNREACHABLE
     )

@@ -253,18 +253,12 @@ class Reconciler:
                 judge, judged = observe_judge(spec, storage, name)
                 artifacts = replace(artifacts, judged=judged)
                 judge_lease(storage, namespace, name, done=judged >= (artifacts.shards or 0))
-        except LeaseHeldError as error:  # another writer (e.g. `synthpref annotate run`)
-            log.warning("blocked: %s", error)
-            held, warnings = blocked_status(
-                previous, Reason.RUN_LEASE_HELD, str(error), generation, now
-            )
-            self._write(run, previous, held, warnings)
-            return held
         except SecretNotOptedInError as error:  # lost its opt-in since admission looked
             problem = Problem(Reason.SECRET_NOT_ALLOWED, "spec", str(error))
             return self._hold(run, previous, [problem], generation, now)
-        except (LookupError, StorageError) as error:
-            # A Secret without its key, storage out of reach: say so, and try again next pass.
+        except (LookupError, StorageError, LeaseHeldError) as error:
+            # A Secret without its key, storage out of reach, another writer holding the run:
+            # say so, and try again next pass.
             log.warning("blocked: %s", error)
             held, warnings = blocked_status(
                 admitted, observation_reason(error), str(error), generation, now
@@ -462,15 +456,7 @@ class Reconciler:
             return own
         facts = (secrets or {}).get(ref.name)
         version = facts.resource_version if facts is not None else ""
-        return self.cache.secret(
-            self.applier.core,
-            namespace,
-            run,
-            ref.name,
-            ref.key,
-            version,
-            require_opt_in=not self.applier.settings.secret_names,
-        )
+        return self.cache.secret(self.applier.core, namespace, run, ref.name, ref.key, version)
 
     def _annotator(
         self,

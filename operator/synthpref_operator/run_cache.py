@@ -75,16 +75,16 @@ class RunCache:
         name: str,
         key: str,
         version: str,
-        *,
-        require_opt_in: bool = True,
     ) -> str:
         """One key of a Secret, read again only when its `version` (resourceVersion) changed
-        since it was cached ("" : unknown, read every time); with `require_opt_in`, only while
-        the Secret read carries the opt-in label (a label change changes the version)."""
+        since it was cached ("" : unknown, read every time); unless the operator's list of
+        Secret names decides (`secret_names`), only while the Secret read carries the opt-in
+        label (a label change changes the version)."""
         entry = self._entry(namespace, run)
         cached = entry.values.get((name, key))
         if version and cached is not None and cached[0] == version:
             return cached[1]
+        require_opt_in = not self._settings.secret_names
         value = secret_value(core_api, namespace, name, key, require_opt_in=require_opt_in)
         if version:
             entry.values[(name, key)] = (version, value)
@@ -117,16 +117,7 @@ class RunCache:
         by_version = {name: version for name, _, version in versions}
 
         def read(name: str, secret_key: str) -> str:
-            version = by_version.get(name, "")
-            return self.secret(
-                core_api,
-                namespace,
-                run,
-                name,
-                secret_key,
-                version,
-                require_opt_in=not self._settings.secret_names,
-            )
+            return self.secret(core_api, namespace, run, name, secret_key, by_version.get(name, ""))
 
         storage = open_run_storage(
             spec, core_api, namespace, read_secret=read, limits=self._settings.storage_limits()

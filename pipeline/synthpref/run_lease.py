@@ -32,8 +32,10 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from synthpref.errors import SynthprefError
 from synthpref.storage import LocalStorage, S3Storage, Storage, StorageError
+from synthpref.storage_errors import LeaseHeldError, LeaseLostError
+
+__all__ = ["LEASE_KEY", "LeaseHeldError", "LeaseLostError", "RunLease", "hold"]
 
 log = logging.getLogger(__name__)
 
@@ -41,14 +43,6 @@ LEASE_KEY = "lease.json"
 # S3's answers to a conditional write whose condition does not hold.
 _CONDITION_FAILED = ("PreconditionFailed", "412", "ConditionalRequestConflict", "409")
 DEFAULT_TTL_S = 60.0
-
-
-class LeaseHeldError(SynthprefError):
-    """Another live writer holds the run's lease."""
-
-
-class LeaseLostError(SynthprefError):
-    """The lease expired unrenewed and another writer took it over."""
 
 
 @dataclass(frozen=True)

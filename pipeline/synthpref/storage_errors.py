@@ -30,6 +30,14 @@ class NotUtf8Error(StorageError):
         self.offset = offset
 
 
+class LeaseHeldError(SynthprefError):
+    """Another live writer holds the run's lease (`synthpref.run_lease`)."""
+
+
+class LeaseLostError(SynthprefError):
+    """The run's lease expired unrenewed and another writer took it over."""
+
+
 class StorageLimitError(StorageError):
     """An object or a listing is larger than the reader's limit (`StorageLimits`)."""
 

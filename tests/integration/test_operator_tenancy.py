@@ -388,6 +388,7 @@ def test_the_operators_judge_waits_while_another_writer_holds_the_run(env: Env) 
     run` on the same storage, say), the operator submits no batch and says who holds it; once
     it is given up, the run goes on and each request file gets one batch."""
     from synthpref.run_lease import RunLease
+    from tests.integration.test_operator_admission import condition
 
     env.kubelet.delay(lambda pod: "leased-mix" in pod["metadata"]["name"], 15)
     operator = env.operator()
@@ -398,9 +399,7 @@ def test_the_operators_judge_waits_while_another_writer_holds_the_run(env: Env) 
         other.acquire()
         blocked = wait_for(
             lambda: (
-                (c := base_condition(env, "leased", "Blocked"))
-                and c["reason"] == "RunLeaseHeld"
-                and c
+                (c := condition(env, "leased", "Blocked")) and c["reason"] == "RunLeaseHeld" and c
             ),
             180,
             "leased: Blocked RunLeaseHeld",
@@ -414,8 +413,3 @@ def test_the_operators_judge_waits_while_another_writer_holds_the_run(env: Env) 
     assert batches_while_held == 0
     assert run["status"]["phase"] == "Succeeded", run["status"]
     assert len(env.server.batches) == run["status"]["stages"]["judge"]["files"]
-
-
-def base_condition(env: Env, name: str, kind: str) -> dict[str, Any] | None:
-    conditions = (env.run(name).get("status") or {}).get("conditions") or []
-    return next((c for c in conditions if c["type"] == kind), None)
